@@ -1,0 +1,1 @@
+"""Data stage: sources -> canonical tables -> splits -> sequence datasets."""

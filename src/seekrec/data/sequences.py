@@ -1,0 +1,124 @@
+"""Training examples for next-item models: left-padded windows over each user's sequence.
+
+All windows are materialised once into one ``[E, L + 1]`` tensor, so a batch is a single index
+into it: no per-example Python work and no collate function on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seekrec.data.splits import UserSequences, _ranges
+
+
+@dataclass
+class SeqBatch:
+    """A batch of next-item examples; position ``j`` of ``input_ids`` predicts ``target_ids[:, j]``."""
+
+    input_ids: torch.Tensor  # [B, L] left-padded, 0 = padding
+    target_ids: torch.Tensor  # [B, L] next item at each position, 0 = no target
+    user_ids: torch.Tensor  # [B]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SeqBatch:
+        return SeqBatch(
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.target_ids.to(device, non_blocking=non_blocking),
+            self.user_ids.to(device, non_blocking=non_blocking),
+        )
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class SequenceDataset:
+    """Windows of ``max_len + 1`` items from each user's training sequence.
+
+    With ``stride=None`` a user contributes one window, their latest ``max_len + 1`` items (the
+    original SASRec recipe). With a stride, earlier windows ending every ``stride`` items are added
+    too, so long histories are fully used.
+    """
+
+    def __init__(self, seqs: UserSequences, max_len: int, stride: int | None = None, min_len: int = 2) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if stride is not None and stride < 1:
+            raise ValueError(f"stride must be >= 1 or None, got {stride}")
+        self.max_len = max_len
+        lengths = seqs.lengths()
+        users = np.flatnonzero(lengths >= min_len)
+        if stride is None:
+            win_users, win_ends = users, seqs.offsets[users + 1]
+        else:
+            # window ends: the sequence end, then every `stride` items back while >= min_len items remain
+            n_win = 1 + (lengths[users] - min_len) // stride
+            win_users = np.repeat(users, n_win)
+            win_ends = np.repeat(seqs.offsets[users + 1], n_win) - _ranges(n_win) * stride
+        starts = np.maximum(win_ends - (max_len + 1), seqs.offsets[win_users])
+        take = win_ends - starts
+        width = max_len + 1
+        windows = np.zeros((len(win_users), width), dtype=np.int64)
+        rows = np.repeat(np.arange(len(win_users)), take)
+        cols = width - np.repeat(take, take) + _ranges(take)
+        windows[rows, cols] = seqs.items[np.repeat(starts, take) + _ranges(take)]
+        self.windows = torch.from_numpy(windows)  # [E, L + 1]
+        self.users = torch.from_numpy(win_users.astype(np.int64))
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    def batch(self, index: torch.Tensor) -> SeqBatch:
+        rows = self.windows.index_select(0, index)
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        targets = targets.masked_fill(inputs == 0, 0)  # a padded position predicts nothing
+        return SeqBatch(inputs.contiguous(), targets.contiguous(), self.users.index_select(0, index))
+
+
+class SequenceLoader:
+    """Shuffled, optionally sharded batches over a ``SequenceDataset``, resumable at any batch.
+
+    The order of epoch ``e`` is a permutation drawn from ``seed + e`` alone, so a run resumed at
+    ``(epoch, batch)`` sees exactly the batches the uninterrupted run would have seen. With
+    ``world_size > 1`` rank ``r`` takes every ``world_size``-th example of each global batch, so
+    the ranks together consume the same global batches as one process would.
+    """
+
+    def __init__(
+        self,
+        dataset: SequenceDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must lie in 0..{world_size - 1}")
+        if batch_size % world_size:
+            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(len(self.dataset))
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.dataset), generator=gen)
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[SeqBatch]:
+        """Yield this rank's share of global batches ``start_batch..`` of ``epoch``."""
+        order = self.order(epoch)
+        for b in range(start_batch, len(self)):
+            global_index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.dataset.batch(global_index[self.rank :: self.world_size])

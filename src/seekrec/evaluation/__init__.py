@@ -1,0 +1,1 @@
+"""Evaluation stage: pure metrics, the full-ranking protocol, baselines and reports."""

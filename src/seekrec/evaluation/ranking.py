@@ -1,0 +1,120 @@
+"""Full-ranking evaluation: rank each user's held-out target against every item in the catalogue.
+
+No sampled negatives. Items the user has already interacted with are masked out (the protocol of
+the published SASRec/HSTU MovieLens results) except the target itself, so a repeat is still
+rankable. Ties count against the model: the rank is the number of other items scoring at least as
+high as the target.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seekrec.data.splits import EvalSet
+from seekrec.evaluation import metrics
+
+RANK_KS = (10, 50, 200)
+METRIC_KEYS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
+COVERAGE_K = 10
+
+
+@dataclass
+class EvalBatch:
+    """What a scorer sees of a batch of evaluation users."""
+
+    users: torch.Tensor  # [B] user ids
+    history: torch.Tensor  # [B, H] left-padded visible history, 0 = padding
+    targets: torch.Tensor  # [B] held-out item ids (for the evaluator; scorers must not read them)
+
+    def to(self, device: torch.device | str) -> EvalBatch:
+        return EvalBatch(self.users.to(device), self.history.to(device), self.targets.to(device))
+
+
+class Scorer(Protocol):
+    """Anything that scores every item for a batch of users: ``[B, N + 1]``, column 0 = padding."""
+
+    def score(self, batch: EvalBatch) -> torch.Tensor: ...
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    ranks: np.ndarray  # [M] 0-based rank of each user's target
+    n_users: int
+    seconds: float
+
+
+def rank_targets(
+    scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based rank of each target and the masked scores.
+
+    ``scores`` ``[B, N + 1]`` (modified in place), ``targets`` ``[B]``, ``history`` ``[B, H]`` or
+    ``None`` for no masking. Column 0 (padding) is never a candidate.
+    """
+    if torch.isnan(scores).any():
+        raise ValueError("the model produced NaN scores; check the checkpoint and inputs")
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets].clone()
+    scores[:, 0] = -torch.inf
+    if history is not None:
+        scores.scatter_(1, history, -torch.inf)
+        scores[rows, targets] = target_scores
+    higher_or_tied = (scores >= target_scores[:, None]).sum(dim=1)
+    return higher_or_tied - 1, scores  # minus the target itself
+
+
+def summarize(ranks: np.ndarray, top_items: np.ndarray | None, n_items: int) -> dict[str, float]:
+    """The standard metric dictionary from ranks (and top-K lists for coverage)."""
+    out: dict[str, float] = {}
+    for k in RANK_KS:
+        out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
+    for k in RANK_KS:
+        out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
+    out["mrr"] = metrics.mrr(ranks)
+    if top_items is not None:
+        out[f"coverage@{COVERAGE_K}"] = metrics.coverage(top_items, n_items)
+    return out
+
+
+@torch.inference_mode()
+def evaluate(
+    scorer: Scorer,
+    eval_set: EvalSet,
+    n_items: int,
+    *,
+    batch_size: int = 256,
+    mask_history: bool = True,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> EvalResult:
+    """Score every item for each evaluation user in batches and rank their target."""
+    if len(eval_set) == 0:
+        raise ValueError("the evaluation set is empty: no user has a held-out event")
+    start = time.perf_counter()
+    index = np.arange(len(eval_set))
+    ranks, tops = [], []
+    batches = range(0, len(index), batch_size)
+    for lo in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        sel = index[lo : lo + batch_size]
+        batch_users = eval_set.users[sel]
+        batch = EvalBatch(
+            torch.from_numpy(batch_users),
+            torch.from_numpy(eval_set.history.padded(batch_users)),
+            torch.from_numpy(eval_set.targets[sel]),
+        ).to(device)
+        scores = scorer.score(batch).float()
+        if scores.shape != (len(sel), n_items + 1):
+            raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected {(len(sel), n_items + 1)}")
+        rank, masked = rank_targets(scores, batch.targets, batch.history if mask_history else None)
+        ranks.append(rank.cpu().numpy())
+        tops.append(torch.topk(masked, min(COVERAGE_K, n_items), dim=1).indices.cpu().numpy())
+    all_ranks = np.concatenate(ranks)
+    result = summarize(all_ranks, np.concatenate(tops), n_items)
+    return EvalResult(result, all_ranks, len(all_ranks), time.perf_counter() - start)

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from seekrec.data.sequences import SequenceDataset, SequenceLoader
+from seekrec.data.splits import UserSequences
+
+
+def _seqs():
+    # user 1: 1..6, user 2: 10, 11, user 3: a single event (too short to train on)
+    users = np.array([1] * 6 + [2, 2, 3])
+    items = np.array([1, 2, 3, 4, 5, 6, 10, 11, 20])
+    return UserSequences.from_interactions(users, items, np.arange(9), 3)
+
+
+def test_windows_shift_targets_by_one():
+    ds = SequenceDataset(_seqs(), max_len=3)
+    assert len(ds) == 2
+    b = ds.batch(torch.tensor([0, 1]))
+    assert b.input_ids.tolist() == [[3, 4, 5], [0, 0, 10]]
+    assert b.target_ids.tolist() == [[4, 5, 6], [0, 0, 11]]
+    assert b.user_ids.tolist() == [1, 2]
+
+
+def test_stride_covers_earlier_windows():
+    ds = SequenceDataset(_seqs(), max_len=3, stride=2)
+    rows = {tuple(r) for r in ds.windows.tolist()}
+    assert (3, 4, 5, 6) in rows and (1, 2, 3, 4) in rows and (0, 0, 1, 2) in rows
+
+
+def test_loader_resume_and_sharding_match_single_process():
+    rng = np.random.default_rng(1)
+    seqs = UserSequences.from_interactions(rng.integers(1, 41, 400), rng.integers(1, 30, 400), np.arange(400), 40)
+    ds = SequenceDataset(seqs, max_len=5)
+    full = list(SequenceLoader(ds, 8, seed=3).iter_epoch(2))
+    resumed = list(SequenceLoader(ds, 8, seed=3).iter_epoch(2, start_batch=2))
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(full[2:], resumed))
+    shards = [list(SequenceLoader(ds, 8, seed=3, rank=r, world_size=2).iter_epoch(2)) for r in range(2)]
+    for k, batch in enumerate(full):
+        together = torch.cat([shards[0][k].user_ids, shards[1][k].user_ids]).sort().values
+        assert torch.equal(together, batch.user_ids.sort().values)
+    assert not torch.equal(full[0].user_ids, next(SequenceLoader(ds, 8, seed=3).iter_epoch(3)).user_ids)
+
+
+def test_loader_validation():
+    ds = SequenceDataset(_seqs(), max_len=3)
+    with pytest.raises(ValueError, match="divisible"):
+        SequenceLoader(ds, 3, world_size=2)
+    with pytest.raises(ValueError, match="max_len"):
+        SequenceDataset(_seqs(), max_len=0)
