@@ -205,7 +205,10 @@ def build_events(
 ) -> pa.Table:
     """Assemble an ``events`` table from already-encoded columns."""
     n = len(users)
-    types = pa.array([event_type] * n, pa.string()) if isinstance(event_type, str) else pa.array(list(event_type), pa.string())
+    if isinstance(event_type, str):
+        types = pa.repeat(pa.scalar(event_type, pa.string()), n)
+    else:
+        types = pa.array(list(event_type), pa.string())
     return pa.Table.from_arrays(
         [
             pa.array(np.asarray(users, dtype=np.int64)),

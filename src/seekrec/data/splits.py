@@ -8,8 +8,11 @@ training. Events with equal timestamps keep the raw file's order (stable sort).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from seekrec.data.schema import InteractionData
 
 
 @dataclass(frozen=True)
@@ -188,3 +191,11 @@ def make_split(seqs: UserSequences, kind: str = "leave_one_out") -> Split:
     if kind == "temporal":
         return temporal_split(seqs)
     raise ValueError(f"unknown split {kind!r}; choose one of {', '.join(SPLITS)}")
+
+
+def load_split(data_dir: str | Path, split: str = "leave_one_out") -> tuple[InteractionData, Split]:
+    """Read a prepared dataset directory and split it."""
+    data = InteractionData.read(data_dir)
+    users, items, timestamps = data.interactions()
+    seqs = UserSequences.from_interactions(users, items, timestamps, data.n_users)
+    return data, make_split(seqs, split)

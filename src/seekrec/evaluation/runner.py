@@ -6,19 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seekrec.data.schema import InteractionData
-from seekrec.data.splits import Split, UserSequences, make_split
+from seekrec.data.splits import load_split
 from seekrec.evaluation.baselines import BASELINES
 from seekrec.evaluation.report import results_record
 from seekrec.evaluation.tuning import fit_and_evaluate
-
-
-def load_split(data_dir: str | Path, split: str = "leave_one_out") -> tuple[InteractionData, Split]:
-    """Read a prepared dataset and split it."""
-    data = InteractionData.read(data_dir)
-    users, items, timestamps = data.interactions()
-    seqs = UserSequences.from_interactions(users, items, timestamps, data.n_users)
-    return data, make_split(seqs, split)
 
 
 def evaluate_baseline(

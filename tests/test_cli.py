@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from seekrec.cli import build_parser, main
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "prepare"], ["data", "simulate"], ["evaluate"]])
+def test_help_shows_examples(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_simulate_then_evaluate_writes_results(tmp_path, capsys):
+    data = tmp_path / "sim"
+    assert main(["data", "simulate", "--out", str(data), "--users", "60", "--items", "40", "--seed", "3"]) == 0
+    out_json = tmp_path / "pop.json"
+    assert main(["evaluate", "--data", str(data), "--model", "pop", "--json", str(out_json)]) == 0
+    record = json.loads(out_json.read_text())
+    assert set(record) >= {"dataset", "model", "split", "metrics", "n_users", "n_items", "seconds"}
+    assert record["model"] == "pop" and record["split"] == "test" and record["n_items"] == 40
+    assert {"hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"} <= set(record["metrics"])
+    assert "ndcg@10" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path), "--model", "pop"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seekrec: error:") and "seekrec data prepare" in err
+    assert main(["evaluate", "--data", str(tmp_path), "--model", "ease", "--param", "l2"]) == 2
+
+
+def test_prepare_ml100k(ml100k_raw, tmp_path, capsys):
+    assert main(["data", "prepare", "--dataset", "ml-100k", "--raw", str(ml100k_raw), "--out", str(tmp_path)]) == 0
+    assert "100,000 events, 943 users, 1,682 items" in capsys.readouterr().out
