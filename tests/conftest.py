@@ -34,3 +34,13 @@ def tiny_data(users: list[int], items: list[int], timestamps: list[int], source:
     })
     user_table = pa.table({"user_id": pa.array(np.arange(1, len(user_map) + 1), pa.int64())})
     return InteractionData(events, item_table, user_table, user_map, item_map, source)
+
+
+@pytest.fixture(scope="session")
+def sim_data_dir(tmp_path_factory) -> Path:
+    """A small simulated dataset (120 users, 80 items), prepared once per test session."""
+    from seekrec.data.simulator import Simulator, SimulatorConfig
+
+    out = tmp_path_factory.mktemp("sim")
+    Simulator(SimulatorConfig(n_users=120, n_items=80, mean_events_per_user=25, seed=5)).generate().write(out)
+    return out

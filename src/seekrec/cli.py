@@ -21,6 +21,9 @@ examples:
   seekrec data prepare --dataset ml-1m --raw raw/ --out data/ml-1m --download
   seekrec data simulate --out data/sim --users 1000 --items 500 --seed 7
   seekrec evaluate --data data/ml-100k --model ease --json results/ease.json
+  seekrec train --config configs/ml-100k-sasrec.toml --data data/ml-100k --out runs/sasrec
+  torchrun --nproc-per-node 2 -m seekrec.cli train --config configs/ml-100k-sasrec.toml --out runs/ddp
+  seekrec plot runs/sasrec
 """
 
 
@@ -85,6 +88,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from seekrec.config import ExperimentConfig
+    from seekrec.evaluation.report import format_table
+    from seekrec.training.experiment import train_experiment
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    out = args.out if args.out is not None else Path("runs") / config.name
+    record = train_experiment(config, args.data, out)
+    if record.get("world_size", 1) == 1 or _rank() == 0:
+        print(f"best validation {config.train.select_metric} {record['valid'].get(config.train.select_metric, 0):.4f} "
+              f"at epoch {record['best_epoch']}; test metrics of that checkpoint:")
+        print(format_table([record]))
+        print(f"run directory: {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.plots import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -136,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-mask-history", action="store_true", help="do not mask items the user has already seen")
     ev.add_argument("--json", type=Path, help="also write the results record here")
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = commands.add_parser(
+        "train", help="train a sequence model (SASRec, DeepSeek-rec) with early stopping", formatter_class=fmt,
+        epilog="examples:\n  seekrec train --config configs/ml-100k-sasrec.toml --data data/ml-100k --out runs/sasrec\n"
+        "  seekrec train --config configs/ml-100k-deepseek.toml --data data/ml-100k train.precision=bf16\n"
+        "  seekrec train --config configs/ml-100k-sasrec.toml loss.name=sampled_softmax loss.n_negatives=256\n"
+        "  torchrun --nproc-per-node 2 --max-restarts 3 -m seekrec.cli train --config configs/ml-100k-sasrec.toml\n"
+        "Re-running with the same --out resumes from its last checkpoint.\n",
+    )
+    tr.add_argument("--config", type=Path, help="TOML experiment config (see configs/)")
+    tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
+    tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    tr.set_defaults(func=cmd_train)
+
+    pl = commands.add_parser("plot", help="write PNG training curves of a run", formatter_class=fmt,
+                             epilog="example:\n  seekrec plot runs/sasrec  # -> runs/sasrec/curves.png\n")
+    pl.add_argument("run_dir", type=Path)
+    pl.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
     return parser
 
 

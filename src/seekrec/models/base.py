@@ -1,0 +1,47 @@
+"""The interface every next-item sequence model implements, so losses, the task, evaluation and
+serving can work with any of them without knowing which one it is."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from seekrec.models.layers.similarity import Similarity
+
+
+@runtime_checkable
+class SequenceRecommender(Protocol):
+    """A causal model over left-padded item sequences ``[B, L]`` (0 = padding, items 1..N)."""
+
+    n_items: int
+    similarity: Similarity
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """``[B, L] -> [B, L, D]`` hidden states; position t summarises items up to t."""
+        ...
+
+    def encode_users(self, input_ids: Tensor) -> Tensor:
+        """``[B, L] -> [B, D]``: hidden state at the last (most recent) position."""
+        ...
+
+    def encode_items(self, ids: Tensor) -> Tensor:
+        """``[...] -> [..., D]`` item embeddings on the output side."""
+        ...
+
+    def score_all(self, input_ids: Tensor) -> Tensor:
+        """``[B, L] -> [B, N + 1]`` next-item scores; column 0 is padding (callers mask it)."""
+        ...
+
+
+@runtime_checkable
+class AuxiliaryOutputs(Protocol):
+    """Optional: a model that adds a regulariser to the loss and reports its own statistics."""
+
+    def auxiliary_loss(self) -> Tensor:
+        """Scalar computed from the last forward (0 when disabled); added to the task loss."""
+        ...
+
+    def auxiliary_stats(self) -> dict[str, Tensor]:
+        """Detached scalars about the last forward, for logging."""
+        ...

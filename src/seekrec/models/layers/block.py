@@ -1,0 +1,46 @@
+"""A transformer block for causal sequence models: self-attention + point-wise FFN with residuals."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from seekrec.models.layers.attention import CausalSelfAttention
+from seekrec.models.layers.feedforward import PointwiseFeedForward
+from seekrec.models.layers.norms import build_norm
+
+
+class TransformerBlock(nn.Module):
+    """``x [B, L, D], mask [B, L] -> [B, L, D]``.
+
+    ``norm_first=True`` is the pre-norm block (``x + f(norm(x))``), stable for deeper stacks;
+    ``False`` is the post-norm block of the original Transformer (``norm(x + f(x))``). Both are the
+    two variants of the pmixer SASRec reimplementation. Padded positions are zeroed on the way out,
+    as the original SASRec does with its timeline mask.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        *,
+        norm_first: bool = True,
+        norm: str = "layernorm",
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn_norm = build_norm(norm, dim, eps)
+        self.attn = CausalSelfAttention(dim, n_heads, dropout)
+        self.ffn_norm = build_norm(norm, dim, eps)
+        self.ffn = PointwiseFeedForward(dim, ffn_dim, dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self.attn(self.attn_norm(x), mask)
+            x = x + self.ffn(self.ffn_norm(x))
+        else:
+            x = self.attn_norm(x + self.attn(x, mask))
+            x = self.ffn_norm(x + self.ffn(x))
+        return x * mask.unsqueeze(-1).to(x.dtype)

@@ -1,0 +1,36 @@
+"""Item-id embedding (padding_idx 0) plus a learned positional embedding, as in SASRec."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from seekrec.models.layers.masking import padding_mask, positions_from_mask
+
+
+class SequenceEmbedding(nn.Module):
+    """``input_ids [B, L] -> [B, L, D]``: scaled item embedding + position embedding, then dropout.
+
+    The item table ``item_table [N + 1, D]`` is shared with the output side, as in the original
+    SASRec. Positions count from the first real item (``positions_from_mask(start=1)``), padding
+    uses row 0 of the positional table, which is kept at zero (``padding_idx``).
+    """
+
+    def __init__(self, n_items: int, dim: int, max_len: int, dropout: float, *, scale: bool = True) -> None:
+        super().__init__()
+        self.item_table = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.position_table = nn.Embedding(max_len + 1, dim, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        self.max_len = max_len
+        self.scale = math.sqrt(dim) if scale else 1.0
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        if input_ids.shape[-1] > self.max_len:
+            raise ValueError(
+                f"sequence length {input_ids.shape[-1]} exceeds max_len={self.max_len}; "
+                "truncate the input or raise max_len in the model config"
+            )
+        positions = positions_from_mask(padding_mask(input_ids), start=1)  # [B, L], 0 at padding
+        x = self.item_table(input_ids) * self.scale + self.position_table(positions)
+        return self.dropout(x)

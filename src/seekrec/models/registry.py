@@ -1,0 +1,113 @@
+"""The only name -> class dispatch for models and losses.
+
+Configs arrive as plain dicts (from TOML / checkpoint manifests); the registry turns them into the
+validated config dataclass and the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig
+from seekrec.models.losses import BCELoss, FullSoftmaxLoss, LossConfig, SampledSoftmaxLoss
+from seekrec.models.negatives import NegativeSampler
+from seekrec.models.sasrec import SASRec, SASRecConfig
+
+
+@dataclass(frozen=True)
+class _ModelEntry:
+    model_class: type[nn.Module]
+    config_class: type
+    takes_item_features: bool
+
+
+_MODELS: dict[str, _ModelEntry] = {
+    "sasrec": _ModelEntry(SASRec, SASRecConfig, takes_item_features=False),
+    "deepseek": _ModelEntry(DeepSeekRec, DeepSeekRecConfig, takes_item_features=True),
+}
+
+
+def model_names() -> tuple[str, ...]:
+    """Registered model names."""
+    return tuple(_MODELS)
+
+
+def _entry(name: str) -> _ModelEntry:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(_MODELS)}")
+    return _MODELS[name]
+
+
+def model_config_class(name: str) -> type:
+    """The config dataclass of model ``name``."""
+    return _entry(name).config_class
+
+
+def _check_keys(config_class: type, config_dict: Mapping[str, Any], what: str) -> None:
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(config_dict) - fields)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown}; valid keys: {sorted(fields)}")
+
+
+def build_model_config(name: str, config_dict: Mapping[str, Any], n_items: int) -> Any:
+    """Validated config for ``name``; ``n_items`` comes from the data, and a conflicting
+    ``n_items`` in ``config_dict`` is an error. Unknown keys are rejected by name."""
+    config_class = _entry(name).config_class
+    _check_keys(config_class, config_dict, name)
+    if "n_items" in config_dict and config_dict["n_items"] != n_items:
+        raise ValueError(
+            f"{name} config has n_items={config_dict['n_items']} but the data has n_items={n_items}; "
+            "drop n_items from the config or rebuild the vocabulary"
+        )
+    return config_class(**{**config_dict, "n_items": n_items})
+
+
+def build_model(
+    name: str, config_dict: Mapping[str, Any], n_items: int, *, item_features: Tensor | None = None
+) -> nn.Module:
+    """Model ``name`` ("sasrec" | "deepseek") from a plain config dict.
+
+    ``item_features [N + 1, G]`` (multi-hot side features) is accepted by models that use them.
+    """
+    entry = _entry(name)
+    config = build_model_config(name, config_dict, n_items)
+    if item_features is None:
+        return entry.model_class(config)
+    if not entry.takes_item_features:
+        raise ValueError(
+            f"model {name!r} does not use item_features; drop them or pick one of "
+            f"{[n for n, e in _MODELS.items() if e.takes_item_features]}"
+        )
+    return entry.model_class(config, item_features=item_features)
+
+
+def _sampler(config: LossConfig, n_items: int, item_counts: Tensor | None) -> NegativeSampler:
+    counts = item_counts if config.sampler == "popularity" else None
+    return NegativeSampler(config.sampler, n_items, item_counts=counts)
+
+
+_LOSSES: dict[str, Callable[[LossConfig, int, Tensor | None], nn.Module]] = {
+    "bce": lambda c, n, counts: BCELoss(_sampler(c, n, counts), remove_accidental_hits=c.remove_accidental_hits),
+    "sampled_softmax": lambda c, n, counts: SampledSoftmaxLoss(
+        _sampler(c, n, counts),
+        c.n_negatives,
+        logq_correction=c.logq_correction,
+        remove_accidental_hits=c.remove_accidental_hits,
+    ),
+    "full_softmax": lambda c, n, counts: FullSoftmaxLoss(),
+}
+
+
+def build_loss(config: LossConfig | Mapping[str, Any], n_items: int, *, item_counts: Tensor | None = None) -> nn.Module:
+    """Loss module for ``config``; ``item_counts [N + 1]`` feed the popularity sampler (ignored
+    otherwise, so a trainer may always pass them)."""
+    if not isinstance(config, LossConfig):
+        _check_keys(LossConfig, config, "loss")
+        config = LossConfig(**config)
+    return _LOSSES[config.name](config, n_items, item_counts)

@@ -1,0 +1,1 @@
+"""Training stage: one step function over an iterator, the epoch trainer around it, checkpoints."""

@@ -1,0 +1,51 @@
+"""Optimisation settings shared by offline and online training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """How to optimise: AdamW, warmup + cosine decay, clipping, precision, accumulation, stopping.
+
+    ``batch_size`` is the global batch (split across ranks under torchrun); one optimiser step
+    consumes ``batch_size * grad_accum`` sequences.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    max_epochs: int = 200
+    batch_size: int = 128
+    grad_accum: int = 1
+    clip_norm: float | None = 1.0
+    precision: str = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    eval_every: int = 1  # epochs between validation runs
+    patience: int = 10  # validation runs without improvement before stopping
+    select_metric: str = "ndcg@10"
+    checkpoint_every: int = 0  # optimiser steps between resumable checkpoints (0: each validation)
+    eval_batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # TOML gives lists
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("train.lr must be > 0 and train.weight_decay >= 0")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_epochs < 1:
+            raise ValueError("train.batch_size, train.grad_accum and train.max_epochs must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError("train.clip_norm must be > 0 (or omitted to disable clipping)")
+        if self.eval_every < 1 or self.patience < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("train.eval_every and train.patience must be >= 1; warmup/checkpoint_every >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("train.min_lr_ratio must lie in [0, 1]")

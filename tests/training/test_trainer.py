@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seekrec.config import ExperimentConfig
+from seekrec.training.experiment import train_experiment
+from seekrec.training.metrics_log import MetricsLog
+
+TINY = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12", "train.batch_size=16",
+        "train.warmup_steps=2", "train.eval_batch_size=64"]
+
+
+def _train(data, out, *overrides):
+    return train_experiment(ExperimentConfig.load(None, [*TINY, *overrides]), data, out)
+
+
+def _train_losses(run_dir):
+    return [r["loss"] for r in MetricsLog(Path(run_dir) / "metrics.jsonl").read() if r["kind"] == "train"]
+
+
+def test_run_directory_and_best_checkpoint(sim_data_dir, tmp_path):
+    record = _train(sim_data_dir, tmp_path, "train.max_epochs=3", "train.lr=0.01")
+    for name in ("config.json", "metrics.jsonl", "results.json", "best/model.safetensors", "best/meta.json"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"] == record["metrics"] and saved["model"] == "sasrec" and saved["split"] == "test"
+    assert json.loads((tmp_path / "config.json").read_text())["data_manifest_sha256"]
+    kinds = [r["kind"] for r in MetricsLog(tmp_path / "metrics.jsonl").read()]
+    assert kinds.count("valid") == 3 and kinds[-1] == "test"
+    assert record["sequences_per_second"] > 0 and 1 <= record["best_epoch"] <= 3
+
+
+def test_early_stopping_stops_when_validation_stalls(sim_data_dir, tmp_path):
+    record = _train(sim_data_dir, tmp_path, "train.max_epochs=50", "train.lr=1e-12", "train.patience=2",
+                    "model.dropout=0.0")
+    assert record["epochs"] == 3  # first eval sets the best, two more without improvement stop it
+    assert record["best_epoch"] == 1
+
+
+def test_gradient_accumulation_equals_the_full_batch(sim_data_dir, tmp_path):
+    common = ["train.max_epochs=2", "model.dropout=0.0", "loss.name=full_softmax", "train.lr=0.01"]
+    _train(sim_data_dir, tmp_path / "full", *common)
+    _train(sim_data_dir, tmp_path / "accum", *common, "train.grad_accum=4")
+    assert _train_losses(tmp_path / "full") == pytest.approx(_train_losses(tmp_path / "accum"), rel=1e-4)
+
+
+def test_bf16_autocast_on_cpu_trains(sim_data_dir, tmp_path):
+    record = _train(sim_data_dir, tmp_path, "train.max_epochs=1", "train.precision=bf16")
+    assert all(torch.isfinite(torch.tensor(_train_losses(tmp_path))))
+    assert record["precision"] == "bf16"
+
+
+def test_fp16_without_gpu_is_refused(sim_data_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: fp16 is allowed")
+    with pytest.raises(ValueError, match="fp16"):
+        _train(sim_data_dir, tmp_path, "train.max_epochs=1", "train.precision=fp16")
+
+
+def _cli(data, out, *overrides):
+    return [sys.executable, "-m", "seekrec.cli", "train", "--data", str(data), "--out", str(out), *TINY,
+            "train.max_epochs=6", "train.checkpoint_every=1", "loss.name=bce", "model.dropout=0.3", *overrides]
+
+
+def test_kill_9_then_resume_is_exact(sim_data_dir, tmp_path):
+    """SIGKILL mid-run, restart: the resumed run logs exactly the losses of an uninterrupted one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(sim_data_dir, tmp_path / "clean"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_cli(sim_data_dir, tmp_path / "killed"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text() >= "step-000000012":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "results.json").exists()
+    subprocess.run(_cli(sim_data_dir, tmp_path / "killed"), check=True, env=env, capture_output=True)
+    assert _train_losses(tmp_path / "killed") == _train_losses(tmp_path / "clean")
+    clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert clean["metrics"] == resumed["metrics"]
