@@ -90,3 +90,12 @@ def test_kill_9_then_resume_is_exact(sim_data_dir, tmp_path):
     clean = json.loads((tmp_path / "clean" / "results.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert clean["metrics"] == resumed["metrics"]
+
+
+def test_deepseek_logs_expert_load(sim_data_dir, tmp_path):
+    _train(sim_data_dir, tmp_path, "model.name=deepseek", "train.max_epochs=1", "model.n_routed_experts=4",
+           "model.top_k=2", "model.n_heads=2")
+    train = [r for r in MetricsLog(tmp_path / "metrics.jsonl").read() if r["kind"] == "train"]
+    loads = train[-1]["expert_load"]
+    assert loads and all(len(v) == 4 and sum(v) == pytest.approx(1.0, abs=1e-5) for v in loads.values())
+    assert "moe_max_load_ratio" in train[-1]

@@ -37,3 +37,7 @@ class MetricsLog:
         """Drop records logged after ``step`` (they will be produced again on resume)."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def clear(self) -> None:
+        """Start an empty log (a fresh run in a directory that holds no checkpoint)."""
+        atomic_write_bytes(self.path, b"")

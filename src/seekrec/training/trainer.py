@@ -111,6 +111,8 @@ class Trainer:
     def _resume(self) -> dict[str, Any] | None:
         path = latest_checkpoint(self.ckpt_root)
         if path is None:
+            if self.ctx.is_main:
+                self.log.clear()  # a run killed before its first checkpoint starts over cleanly
             return None
         state, extra = load_checkpoint(path, self.raw_model, self.optimizer)
         if "task_generator" in extra:
@@ -155,11 +157,13 @@ class Trainer:
                 seqs, tokens, train_seconds = seqs + stats.sequences, tokens + stats.tokens, train_seconds + stats.seconds
                 bar.set_postfix(loss=f"{stats.loss:.4f}", seq_s=f"{stats.sequences / stats.seconds:.0f}")
                 if self.ctx.is_main:
-                    self.log.append({"kind": "train", "step": step, "epoch": epoch, "loss": stats.loss,
-                                     "lr": stats.lr, "grad_norm": stats.grad_norm,
-                                     "seq_per_s": stats.sequences * self.ctx.world_size / stats.seconds,
-                                     "tokens_per_s": stats.tokens * self.ctx.world_size / stats.seconds,
-                                     **stats.extra})
+                    record = {"kind": "train", "step": step, "epoch": epoch, "loss": stats.loss, "lr": stats.lr,
+                              "grad_norm": stats.grad_norm,
+                              "seq_per_s": stats.sequences * self.ctx.world_size / stats.seconds,
+                              "tokens_per_s": stats.tokens * self.ctx.world_size / stats.seconds, **stats.extra}
+                    if hasattr(self.raw_model, "expert_load"):  # MoE: share of tokens per expert, per layer
+                        record["expert_load"] = self.raw_model.expert_load()
+                    self.log.append(record)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     elapsed = elapsed0 + time.perf_counter() - t0
                     self._save(self._state(epoch, k + 1, step, best, bad, elapsed))
