@@ -111,6 +111,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from seekrec.registry import ModelRegistry, format_manifest, format_versions, parse_version
+
+    reg = ModelRegistry(args.root)
+    if args.action == "list":
+        print(format_versions(reg.versions()))
+    elif args.action == "show":
+        print(format_manifest(reg.manifest(parse_version(args.target or reg.current() or ""))))
+    elif args.action == "promote":
+        reg.promote(parse_version(args.target))
+        print(f"current: {reg.current()}")
+    elif args.action == "rollback":
+        print(f"rolled back; current: {reg.rollback()}")
+    else:  # publish
+        print(f"published {reg.publish_run(args.target, promote=not args.no_promote)}")
+    return 0
+
+
 def _rank() -> int:
     import os
 
@@ -188,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", type=Path)
     pl.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
     pl.set_defaults(func=cmd_plot)
+
+    rg = commands.add_parser(
+        "registry", help="list, inspect, publish, promote or roll back model versions", formatter_class=fmt,
+        epilog="examples:\n  seekrec registry --root registry publish runs/sasrec\n  seekrec registry --root registry list\n"
+        "  seekrec registry --root registry show v000002\n  seekrec registry --root registry promote v000001\n"
+        "  seekrec registry --root registry rollback\n",
+    )
+    rg.add_argument("--root", type=Path, default=Path("registry"), help="registry directory (default: ./registry)")
+    rg.add_argument("action", choices=["list", "show", "promote", "rollback", "publish"])
+    rg.add_argument("target", nargs="?", help="a version (show, promote) or a run directory (publish)")
+    rg.add_argument("--no-promote", action="store_true", help="publish without making it current")
+    rg.set_defaults(func=cmd_registry)
     return parser
 
 
@@ -197,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"seekrec: error: {message}", file=sys.stderr)
         return 2

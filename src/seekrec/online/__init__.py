@@ -1,0 +1,1 @@
+"""Online stage: the durable event log that feeds the online trainer, and its backends."""
