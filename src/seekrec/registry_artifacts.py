@@ -21,6 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
+from seekrec.data.vocab import CATALOG_FILE
+
 RUN_WEIGHTS = Path("best") / "model.safetensors"
 _VERSION_RE = re.compile(r"v?(\d+)")
 
@@ -138,7 +140,8 @@ def read_run(run_dir: str | Path) -> RunArtifact:
                    "data_source": config.get("data_source")},
         extra={"run_dir": str(run.resolve()), "experiment": config.get("name"), "best_epoch": meta.get("epoch"),
                "best_step": meta.get("step")},
-        extra_files={"run_config.json": config_path.read_bytes()},
+        extra_files={"run_config.json": config_path.read_bytes(),
+                     **({CATALOG_FILE: (run / CATALOG_FILE).read_bytes()} if (run / CATALOG_FILE).is_file() else {})},
     )
 
 

@@ -28,3 +28,19 @@ def test_from_idmap_matches_offline_ids_and_unknowns_are_padding():
         Vocab.from_json({"raw": ["a", "a"]})
     with pytest.raises(ValueError, match="non-empty"):
         vocab.add("")
+
+
+def test_catalog_round_trip_growth_and_popularity():
+    from seekrec.data.vocab import Catalog
+
+    import numpy as np
+
+    catalog = Catalog.from_data(IdMap.fit([5, 7, 9]), np.array([1, 3, 3, 2, 3]))
+    assert catalog.popular(2).tolist() == [3, 1]
+    new = catalog.add("11")
+    catalog.record(new, 5)
+    assert new == 4 and catalog.popular(1).tolist() == [4]
+    back = Catalog.from_bytes(catalog.to_bytes())
+    assert back.items.decode([4]) == ["11"] and back.counts.tolist() == catalog.counts.tolist()
+    with pytest.raises(ValueError, match="length"):
+        Catalog(Vocab(["a"]), np.array([0]))

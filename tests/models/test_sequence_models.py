@@ -127,3 +127,20 @@ def test_activation_checkpointing_gives_the_same_gradients(name: str) -> None:
         task.step_loss(successor_batch(8, 10, seed=1)).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_grow_items_keeps_existing_scores_and_adds_trainable_rows(name: str) -> None:
+    model = make_model(name).eval()
+    ids = left_pad([[1, 2, 3], [4, 5]], 6)
+    before = model.score_all(ids)
+    model.grow_items(N_ITEMS + 3)
+    after = model.score_all(ids)
+    assert after.shape == (2, N_ITEMS + 4) and model.n_items == N_ITEMS + 3
+    torch.testing.assert_close(after[:, : N_ITEMS + 1], before)
+    assert torch.isfinite(after).all()
+    new_ids = left_pad([[1, N_ITEMS + 2, N_ITEMS + 3]], 6)
+    model.train()
+    model(new_ids).sum().backward()
+    assert model.encode_items(torch.tensor(N_ITEMS + 3)).requires_grad
+    with pytest.raises(ValueError, match="shrink"):
+        model.grow_items(1)

@@ -7,6 +7,7 @@ table only has to grow at the end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -74,3 +75,50 @@ class Vocab:
         if len(vocab) != len(raw):
             raise ValueError("vocabulary JSON has duplicate ids")
         return vocab
+
+
+CATALOG_FILE = "catalog.json"
+
+
+class Catalog:
+    """What serving needs to know about items besides the model: raw ids and interaction counts.
+
+    Stored as ``catalog.json`` beside every model version, so a server maps the model's item ids
+    back to raw ids and has a popularity ranking for users it knows nothing about.
+    """
+
+    def __init__(self, items: Vocab, counts: np.ndarray | None = None) -> None:
+        self.items = items
+        self.counts = np.zeros(len(items) + 1, dtype=np.int64) if counts is None else np.asarray(counts, np.int64)
+        if self.counts.shape != (len(items) + 1,):
+            raise ValueError(f"counts must have length n_items + 1 = {len(items) + 1}, got {self.counts.shape}")
+
+    @classmethod
+    def from_data(cls, item_ids: IdMap, event_items: np.ndarray) -> Catalog:
+        """Catalog of a prepared dataset: its item id map and the count of each item's events."""
+        return cls(Vocab.from_idmap(item_ids), np.bincount(event_items, minlength=len(item_ids) + 1))
+
+    def add(self, raw: object) -> int:
+        """Id of ``raw``, registering a new item (count 0) if unseen."""
+        n_before = len(self.items)
+        item = self.items.add(raw)
+        if len(self.items) > n_before:
+            self.counts = np.append(self.counts, 0)
+        return item
+
+    def record(self, item: int, n: int = 1) -> None:
+        self.counts[item] += n
+
+    def popular(self, k: int) -> np.ndarray:
+        """The ``k`` most-interacted item ids (ties: lower id first)."""
+        order = np.argsort(-self.counts[1:], kind="stable") + 1
+        return order[:k]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({**self.items.to_json(), "counts": self.counts[1:].tolist()}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Catalog:
+        obj = json.loads(data)
+        counts = np.concatenate([[0], np.asarray(obj.get("counts", []), dtype=np.int64)])
+        return cls(Vocab.from_json(obj), counts)

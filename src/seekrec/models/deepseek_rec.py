@@ -15,6 +15,7 @@ per-token, so that cannot change real outputs) but expert statistics count real 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from transformers import DeepseekV3Config, DeepseekV3Model
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
 from seekrec.models.deepseek_routing import RouterMonitor
+from seekrec.models.layers.embeddings import grow_embedding
 from seekrec.models.layers.masking import attention_allowed, padding_mask, positions_from_mask
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
 
@@ -259,6 +261,19 @@ class DeepSeekRec(nn.Module):
             use_cache=False,
         ).last_hidden_state
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+    def grow_items(self, n_items: int) -> None:
+        """Extend the item table (and side-feature rows, zero for new items) to ids ``1..n_items``.
+
+        Parameters are replaced, so an optimizer over the old ones must be rebuilt.
+        """
+        self.item_embedding = grow_embedding(self.item_embedding, n_items + 1)
+        if self.config.n_side_features:
+            extra = n_items + 1 - self.item_features.shape[0]
+            pad = self.item_features.new_zeros(extra, self.item_features.shape[1])
+            self.item_features = torch.cat([self.item_features, pad])
+        self.n_items = n_items
+        self.config = dataclasses.replace(self.config, n_items=n_items)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each decoder layer in backward (transformers' gradient checkpointing).

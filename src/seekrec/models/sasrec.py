@@ -9,6 +9,7 @@ at padded positions are masked in attention.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from seekrec.models.layers.block import TransformerBlock
-from seekrec.models.layers.embeddings import SequenceEmbedding
+from seekrec.models.layers.embeddings import SequenceEmbedding, grow_embedding
 from seekrec.models.layers.masking import padding_mask
 from seekrec.models.layers.norms import NORM_KINDS, build_norm
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
@@ -111,6 +112,15 @@ class SASRec(nn.Module):
             else:
                 x = block(x, mask)
         return self.final_norm(x) * mask.unsqueeze(-1).to(x.dtype)
+
+    def grow_items(self, n_items: int) -> None:
+        """Extend the item table to ids ``1..n_items`` for items first seen online.
+
+        Parameters are replaced, so an optimizer over the old ones must be rebuilt.
+        """
+        self.embedding.item_table = grow_embedding(self.embedding.item_table, n_items + 1)
+        self.n_items = n_items
+        self.config = dataclasses.replace(self.config, n_items=n_items)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Trade compute for memory: keep only block inputs and recompute activations in backward."""

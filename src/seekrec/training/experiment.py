@@ -15,7 +15,8 @@ from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
 from seekrec.data.splits import load_split
 from seekrec.evaluation.report import results_record
-from seekrec.io import atomic_write_json, sha256_file
+from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.io import atomic_write_bytes, atomic_write_json, sha256_file
 from seekrec.models.registry import build_loss, build_model
 from seekrec.models.task import NextItemTask
 from seekrec.training.distributed import init_distributed, shutdown
@@ -66,6 +67,7 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
+            atomic_write_bytes(out / CATALOG_FILE, Catalog.from_data(data.item_ids, data.interactions()[1]).to_bytes())
             atomic_write_json(out / "config.json", {**config.to_dict(), "data_manifest_sha256": manifest_sha,
                                                     "data_source": read_manifest(data_dir)["source"]})
         log.info("%s: %d training sequences, %d items, %d parameters", config.name, len(dataset), data.n_items,

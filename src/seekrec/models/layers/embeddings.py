@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from seekrec.models.layers.masking import padding_mask, positions_from_mask
@@ -34,3 +35,19 @@ class SequenceEmbedding(nn.Module):
         positions = positions_from_mask(padding_mask(input_ids), start=1)  # [B, L], 0 at padding
         x = self.item_table(input_ids) * self.scale + self.position_table(positions)
         return self.dropout(x)
+
+
+def grow_embedding(table: nn.Embedding, n_rows: int) -> nn.Embedding:
+    """A copy of ``table`` with ``n_rows`` rows; existing rows kept, new rows drawn with the
+    existing rows' standard deviation so new items start on the same scale as trained ones."""
+    old = table.weight.detach()
+    if n_rows < old.shape[0]:
+        raise ValueError(f"cannot shrink an item table from {old.shape[0]} to {n_rows} rows")
+    grown = nn.Embedding(n_rows, old.shape[1], padding_idx=table.padding_idx, device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        std = old[1:].std().clamp_min(1e-4) if old.shape[0] > 2 else torch.tensor(0.02)
+        grown.weight.normal_(0.0, float(std))
+        grown.weight[: old.shape[0]] = old
+        if table.padding_idx is not None:
+            grown.weight[table.padding_idx].zero_()
+    return grown
