@@ -264,3 +264,22 @@ def test_publish_run_from_a_training_run(sim_data_dir: Path, tmp_path: Path) -> 
     (run / "results.json").unlink()
     with pytest.raises(RegistryError, match="results.json: missing"):
         reg.publish_run(run)
+
+
+def test_pinned_versions_survive_retention(tmp_path):
+    from seekrec.models.registry import build_model
+
+    registry = ModelRegistry(tmp_path / "reg", keep=2)
+    config = {"dim": 8, "n_layers": 1, "max_len": 5}
+    model = build_model("sasrec", config, 10)
+    first = registry.publish(model, model_name="sasrec", model_config={**config, "n_items": 10})
+    registry.pin(first, "A/B control arm")
+    for _ in range(4):
+        registry.publish(model, model_name="sasrec", model_config={**config, "n_items": 10})
+    names = [v.version for v in registry.versions()]
+    assert first in names and registry.pins() == {first: "A/B control arm"}
+    registry.unpin(first)
+    registry.publish(model, model_name="sasrec", model_config={**config, "n_items": 10})
+    assert first not in [v.version for v in registry.versions()]
+    with pytest.raises(RegistryError):
+        registry.pin("v000999")

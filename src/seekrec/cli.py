@@ -124,8 +124,55 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"current: {reg.current()}")
     elif args.action == "rollback":
         print(f"rolled back; current: {reg.rollback()}")
+    elif args.action == "pin":
+        reg.pin(parse_version(args.target), args.reason)
+        print(f"pinned: {', '.join(reg.pins())}")
+    elif args.action == "unpin":
+        reg.unpin(parse_version(args.target))
+        print(f"pinned: {', '.join(reg.pins()) or 'none'}")
     else:  # publish
         print(f"published {reg.publish_run(args.target, promote=not args.no_promote)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seekrec.serving.app import serve
+    from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
+
+    arms = tuple(ArmSettings.parse(spec) for spec in args.arm) or (ArmSettings("live"),)
+    settings = ServeSettings(
+        registry=args.registry, event_log=args.event_log, data_dir=args.data, host=args.host, port=args.port,
+        candidates=args.candidates, poll_interval_s=args.poll_interval, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, experiment=ExperimentSettings(args.experiment, arms),
+    )
+    serve(settings)
+    return 0
+
+
+def cmd_stream_train(args: argparse.Namespace) -> int:
+    from seekrec.online.trainer import OnlineTrainerConfig, run_online_trainer
+
+    config = OnlineTrainerConfig(
+        registry=args.registry, event_log=args.event_log, dataset=args.data, state_dir=args.state,
+        lr=args.lr, publish_every_events=args.publish_every_events,
+        publish_every_seconds=args.publish_every_seconds, threads=args.threads, max_events=args.max_events,
+        max_seconds=args.max_seconds, consumer=args.consumer, events_per_step=args.events_per_step,
+        replay_ratio=args.replay_ratio, replay_window=args.replay_window, device=args.device, seed=args.seed,
+        stop_when_idle=args.stop_when_idle,
+    )
+    summary = run_online_trainer(config)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from seekrec.demo.run import DemoConfig, run_demo
+
+    workdir = args.workdir or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_demo(DemoConfig(workdir=workdir, quick=args.quick, seed=args.seed, live_seconds=args.seconds,
+                        workers=args.workers), show=lambda line: print(line, flush=True))
     return 0
 
 
@@ -211,13 +258,72 @@ def build_parser() -> argparse.ArgumentParser:
         "registry", help="list, inspect, publish, promote or roll back model versions", formatter_class=fmt,
         epilog="examples:\n  seekrec registry --root registry publish runs/sasrec\n  seekrec registry --root registry list\n"
         "  seekrec registry --root registry show v000002\n  seekrec registry --root registry promote v000001\n"
-        "  seekrec registry --root registry rollback\n",
+        "  seekrec registry --root registry rollback\n"
+        "  seekrec registry --root registry pin v000001 --reason 'A/B control arm'\n",
     )
     rg.add_argument("--root", type=Path, default=Path("registry"), help="registry directory (default: ./registry)")
-    rg.add_argument("action", choices=["list", "show", "promote", "rollback", "publish"])
+    rg.add_argument("action", choices=["list", "show", "promote", "rollback", "publish", "pin", "unpin"])
     rg.add_argument("target", nargs="?", help="a version (show, promote) or a run directory (publish)")
     rg.add_argument("--no-promote", action="store_true", help="publish without making it current")
+    rg.add_argument("--reason", default="", help="why a version is pinned (kept from retention)")
     rg.set_defaults(func=cmd_registry)
+
+    sv = commands.add_parser(
+        "serve", help="HTTP API: /recommend, /events, /healthz, /readyz, /metrics", formatter_class=fmt,
+        epilog="examples:\n  seekrec serve --registry registry --event-log sqlite:///$PWD/events.db --data data/sim\n"
+        "  seekrec serve --registry registry --event-log redis://127.0.0.1:6379/0 --data data/sim \\\n"
+        "      --experiment drift-test --arm control=v000001:0.5 --arm treatment=current:0.5\n",
+    )
+    sv.add_argument("--registry", type=Path, required=True, help="model registry directory")
+    sv.add_argument("--event-log", required=True, help="sqlite:///ABS/PATH.db, a path, or redis://host:port/db")
+    sv.add_argument("--data", type=Path, help="prepared dataset: the users' histories before live events")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--candidates", type=int, default=200, help="ANN candidates before the seen filter")
+    sv.add_argument("--poll-interval", type=float, default=2.0, help="seconds between registry checks (hot swap)")
+    sv.add_argument("--max-batch", type=int, default=64, help="micro-batch size")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait")
+    sv.add_argument("--experiment", default="default", help="A/B experiment name (hash salt)")
+    sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
+                    help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")
+    sv.set_defaults(func=cmd_serve)
+
+    st = commands.add_parser(
+        "stream-train", help="train the current model on the live event stream and publish versions",
+        formatter_class=fmt,
+        epilog="example:\n  seekrec stream-train --registry registry --event-log sqlite:///$PWD/events.db "
+        "--data data/sim --state online\n",
+    )
+    st.add_argument("--registry", type=Path, required=True)
+    st.add_argument("--event-log", required=True)
+    st.add_argument("--data", type=Path, required=True, help="the dataset the base model was trained on")
+    st.add_argument("--state", type=Path, required=True, help="checkpoint directory (resumes from it)")
+    st.add_argument("--lr", type=float, default=3e-4)
+    st.add_argument("--publish-every-events", type=int, default=1000)
+    st.add_argument("--publish-every-seconds", type=float, default=60.0)
+    st.add_argument("--threads", type=int, help="torch threads")
+    st.add_argument("--max-events", type=int, help="stop after this many events (default: run forever)")
+    st.add_argument("--max-seconds", type=float, help="stop after this long (default: run forever)")
+    st.add_argument("--consumer", default="online-trainer", help="event-log consumer name (keys the committed offset)")
+    st.add_argument("--events-per-step", type=int, default=64)
+    st.add_argument("--replay-ratio", type=float, default=3.0, help="replayed examples per new event")
+    st.add_argument("--replay-window", type=int, default=10_000, help="replay from the most recent N examples")
+    st.add_argument("--device", default="auto")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--stop-when-idle", action="store_true", help="stop once the log is drained")
+    st.set_defaults(func=cmd_stream_train)
+
+    dm = commands.add_parser(
+        "demo", help="the whole real-time loop on the simulator, with a live A/B test", formatter_class=fmt,
+        epilog="examples:\n  seekrec demo --quick      # under 3 minutes on 2 cores\n"
+        "  seekrec demo --seconds 600 --workdir runs/demo\n",
+    )
+    dm.add_argument("--quick", action="store_true", help="small world, short live phase")
+    dm.add_argument("--workdir", type=Path, help="where data, registry, logs and report go")
+    dm.add_argument("--seconds", type=float, help="length of the live phase")
+    dm.add_argument("--workers", type=int, default=4, help="concurrent simulated-user loops")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_demo)
     return parser
 
 

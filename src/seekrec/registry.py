@@ -66,6 +66,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
+PINS_FILE = "pins.json"
 HISTORY_FILE = "history.json"
 VERSIONS_DIR, STAGING_DIR, TRASH_DIR, LOCK_FILE = "versions", ".staging", ".trash", ".lock"
 MAX_STACK = 100  # promotions remembered for rollback; history.json stays small under frequent publishing
@@ -249,6 +250,33 @@ class ModelRegistry:
         self.verify(version)  # outside the lock: hashing a large model must not block other writers
         self._set_current(version, "promote")
 
+    def pin(self, version: str | int, reason: str = "") -> None:
+        """Protect ``version`` from retention, e.g. while an A/B arm or a canary serves it."""
+        version = parse_version(version)
+        self.manifest(version)  # unknown versions are an error
+        with self._locked():
+            pins = self.pins()
+            pins[version] = reason
+            atomic_write_json(self.root / PINS_FILE, pins)
+
+    def unpin(self, version: str | int) -> None:
+        """Let retention delete ``version`` again (a no-op when it was not pinned)."""
+        version = parse_version(version)
+        with self._locked():
+            pins = self.pins()
+            if pins.pop(version, None) is not None:
+                atomic_write_json(self.root / PINS_FILE, pins)
+
+    def pins(self) -> dict[str, str]:
+        """Pinned versions and why they were pinned."""
+        path = self.root / PINS_FILE
+        if not path.exists():
+            return {}
+        try:
+            return dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise RegistryError(f"{path}: not a JSON object of pinned versions ({exc}); fix or delete it") from exc
+
     def rollback(self) -> str:
         """Switch CURRENT back to the version that was current before the present one; returns it.
 
@@ -368,11 +396,12 @@ class ModelRegistry:
         atomic_write_json(self.root / HISTORY_FILE, {"stack": stack[-MAX_STACK:], "events": events[-MAX_EVENTS:]})
 
     def _retain(self) -> None:
-        """Delete all but the newest ``keep`` versions, sparing the current one and the rollback target."""
+        """Delete all but the newest ``keep`` versions, sparing the current one, the rollback target
+        and pinned versions."""
         with self._locked():
             names = self._published()
             stack = self._stack(self._read_history())
-            protected = set(names[-self.keep :]) | set(stack[-2:])
+            protected = set(names[-self.keep :]) | set(stack[-2:]) | set(self.pins())
             for name in names:
                 if name not in protected:
                     trash = self.root / TRASH_DIR / f"{name}-{uuid.uuid4().hex[:8]}"

@@ -30,7 +30,7 @@ class MetricsLog:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut short by a kill: everything before it is intact
+                continue  # a line cut short by a kill; later lines were appended after a restart
         return records
 
     def truncate_after(self, step: int) -> None:

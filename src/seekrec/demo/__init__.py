@@ -1,0 +1,1 @@
+"""`seekrec demo`: simulator -> initial model -> server + online trainer -> live A/B test -> report."""

@@ -1,0 +1,204 @@
+"""Orchestrate the demo: every stage of the real-time loop, on embedded defaults, in one command.
+
+The server and the online trainer run as their own processes (as in production, so they do not
+share a GIL with the simulated users); the simulated users run here and speak HTTP to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from seekrec.config import ExperimentConfig
+from seekrec.data.simulator import Simulator, SimulatorConfig
+from seekrec.demo.traffic import TrafficStats, freshness_seconds, percentiles, run_traffic
+from seekrec.evaluation.abtest import welch_test
+from seekrec.io import atomic_write_json
+from seekrec.registry import ModelRegistry
+from seekrec.training.experiment import train_experiment
+
+log = logging.getLogger(__name__)
+FROZEN, REALTIME = "frozen", "realtime"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and durations; ``quick`` picks a smaller world that finishes in under 3 minutes."""
+
+    workdir: Path
+    quick: bool = False
+    seed: int = 0
+    live_seconds: float | None = None
+    workers: int = 4
+
+    def sizes(self) -> dict[str, Any]:
+        if self.quick:
+            return {"n_users": 400, "n_items": 300, "events": 30, "epochs": 8, "live": 75.0}
+        return {"n_users": 2000, "n_items": 1000, "events": 40, "epochs": 12, "live": 240.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(cmd: list[str], logfile: Path, stack: ExitStack) -> subprocess.Popen:
+    fh = stack.enter_context(open(logfile, "w"))
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    stack.callback(stop)
+    return proc
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, logfile: Path, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}; see {logfile}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the server was not ready after {timeout:.0f} s; see {logfile}")
+
+
+def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:
+    """Simulate data, train the initial model, publish it as the first registry version."""
+    size = cfg.sizes()
+    sim = Simulator(SimulatorConfig(n_users=size["n_users"], n_items=size["n_items"],
+                                    mean_events_per_user=size["events"], live_time_scale=28_800.0, seed=cfg.seed))
+    data_dir = cfg.workdir / "data"
+    sim.generate().write(data_dir)
+    overrides = ["name=demo-initial", "model.name=sasrec", "model.dim=32", "model.n_layers=2", "data.max_len=30",
+                 "data.stride=15", "train.lr=0.003", f"train.max_epochs={size['epochs']}", "train.eval_every=2",
+                 "train.warmup_steps=10", f"train.seed={cfg.seed}"]
+    train_experiment(ExperimentConfig.load(None, overrides), data_dir, cfg.workdir / "runs" / "initial")
+    registry = ModelRegistry(cfg.workdir / "registry")
+    version = registry.publish_run(cfg.workdir / "runs" / "initial")
+    registry.pin(version, "A/B control arm of the demo")  # online publishing must not retire it
+    return sim, data_dir, version, registry
+
+
+def live_phase(
+    cfg: DemoConfig, sim: Simulator, data_dir: Path, frozen_version: str, registry: ModelRegistry,
+    show: Callable[[str], None],
+) -> tuple[TrafficStats, float]:
+    """Server + online trainer + simulated users for ``live`` seconds; prints a live table."""
+    duration = cfg.live_seconds or cfg.sizes()["live"]
+    events_url = f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "seekrec.cli"]
+    with ExitStack() as stack:
+        trainer = _start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
+                          "--data", str(data_dir), "--state", str(cfg.workdir / "online"),
+                          "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "1e-3",
+                          "--threads", "1"], cfg.workdir / "online-trainer.log", stack)
+        server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
+                         "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5",
+                         "--experiment", "demo", "--arm", f"{FROZEN}={frozen_version}:0.5",
+                         "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / "server.log", stack)
+        _wait_ready(base, server, cfg.workdir / "server.log")
+        stats, stop = TrafficStats(), threading.Event()
+        start = time.time()
+        driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={
+            "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop})
+        driver.start()
+        show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR frozen':>10}  {'CTR realtime':>12}  "
+             f"{'versions':>8}  {'p99 ms':>7}  errors")
+        try:
+            while driver.is_alive():
+                driver.join(timeout=5.0)
+                if trainer.poll() is not None:
+                    raise RuntimeError(f"the online trainer exited; see {cfg.workdir / 'online-trainer.log'}")
+                elapsed = time.time() - start
+                with stats.lock:
+                    ctr = {arm: float(np.mean(v)) if v else float("nan") for arm, v in stats.ctr.items()}
+                    p99 = percentiles(stats.latencies_ms[-2000:])["p99"]
+                    line = (f"{elapsed:5.0f}  {stats.requests:8d}  {stats.requests / elapsed:6.1f}  "
+                            f"{ctr.get(FROZEN, float('nan')):10.4f}  {ctr.get(REALTIME, float('nan')):12.4f}  "
+                            f"{len(registry.versions()):8d}  {p99:7.1f}  {stats.errors}")
+                show(line)
+        finally:
+            stop.set()
+            driver.join()
+        return stats, time.time() - start
+
+
+def build_report(stats: TrafficStats, seconds: float, registry: ModelRegistry) -> dict[str, Any]:
+    """CTR per arm with Welch's test, freshness from event to served model, latency and QPS."""
+    ab = welch_test(np.asarray(stats.ctr[FROZEN]), np.asarray(stats.ctr[REALTIME]))
+    offsets = {info.version: registry.manifest(info.version).get("extra", {}).get("offset", 0)
+               for info in registry.versions()}
+    served = [(t, offsets.get(v, 0)) for v, t in stats.version_first_seen.items()]
+    fresh = freshness_seconds(stats.acked, served)
+    return {
+        "ab_test": {**asdict(ab), "arm_a": FROZEN, "arm_b": REALTIME},
+        "freshness_seconds": {**percentiles(fresh), "events_measured": int(fresh.size),
+                              "events_acknowledged": len(stats.acked)},
+        "recommend_latency_ms": percentiles(stats.latencies_ms),
+        "qps": stats.requests / seconds,
+        "requests": stats.requests,
+        "errors": stats.errors,
+        "fallbacks": stats.fallbacks,
+        "versions_published": len(registry.versions()),
+        "seconds": seconds,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    ab, fresh, lat = report["ab_test"], report["freshness_seconds"], report["recommend_latency_ms"]
+    return "\n".join([
+        "A/B test: frozen initial model vs real-time model (per-request CTR of a 10-item slate)",
+        f"  CTR frozen    {ab['mean_a']:.4f}  (n={ab['n_a']})",
+        f"  CTR realtime  {ab['mean_b']:.4f}  (n={ab['n_b']})",
+        f"  difference    {ab['diff']:+.4f}  95% CI [{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}]  "
+        f"lift {ab['relative_lift']:+.1%}",
+        f"  Welch's t-test: t = {ab['t']:.2f}, p = {ab['p_value']:.3g}",
+        f"freshness (event -> served model trained on it): p50 {fresh['p50']:.2f} s, p99 {fresh['p99']:.2f} s "
+        f"({fresh['events_measured']} of {fresh['events_acknowledged']} events)",
+        f"/recommend latency: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms at {report['qps']:.0f} QPS "
+        f"({report['requests']} requests, {report['errors']} errors)",
+        f"model versions published: {report['versions_published']}",
+    ])
+
+
+def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole loop; writes ``workdir/report.json`` and returns the report."""
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    show(f"[1/3] simulating users and training the initial model in {cfg.workdir} ...")
+    sim, data_dir, version, registry = prepare(cfg)
+    show(f"[2/3] initial model {version} published; starting server, online trainer and simulated users")
+    stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show)
+    report = build_report(stats, seconds, registry)
+    report["total_seconds"] = time.time() - started
+    atomic_write_json(cfg.workdir / "report.json", report)
+    show("[3/3] report\n" + format_report(report))
+    show(f"wrote {cfg.workdir / 'report.json'} (logs: server.log, online-trainer.log)")
+    return report
+

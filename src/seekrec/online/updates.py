@@ -1,0 +1,193 @@
+"""What one online step needs besides the shared ``TrainStep``: examples from events (with a replay
+buffer of recent ones), and growing the item table without throwing away the optimiser's memory.
+
+Why examples target only the last position: each new event is one transition (history -> item) and
+is trained exactly once as a new example. Targeting every position of the window would retrain the
+user's older transitions again with every click and weight long histories ``max_len`` times more
+than short ones. Replayed examples have the same shape, so a ``replay_ratio`` r gives replay exactly
+r / (1 + r) of the loss, the share that guards against forgetting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seekrec.data.schema import InteractionData
+from seekrec.data.sequences import SeqBatch
+from seekrec.data.vocab import Catalog
+from seekrec.online.events import EventLog, LoggedEvent
+from seekrec.online.histories import UserHistories
+from seekrec.training.config import TrainConfig
+from seekrec.training.step import build_optimizer
+
+
+def window_row(history: Sequence[int], target: int, width: int) -> np.ndarray:
+    """``[L + 1]`` left-padded row: the last ``L = width - 1`` items of ``history``, then ``target``."""
+    row = np.zeros(width, dtype=np.int64)
+    items = list(history[-(width - 1) :]) + [target]
+    row[width - len(items) :] = items
+    return row
+
+
+def consume_events(
+    events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int
+) -> tuple[torch.Tensor, float | None]:
+    """Apply ``events`` (new items join ``catalog``) and return one example row per event.
+
+    Returns ``rows [E', L + 1]`` (the user's window before the event, then the event's item) and
+    the largest timestamp applied. A user's first event has no history to condition on, so it
+    updates the histories but yields no row. Offsets already applied are skipped, which makes the
+    start-up replay of the log and the live loop one code path.
+    """
+    rows: list[np.ndarray] = []
+    max_ts: float | None = None
+    for event in events:
+        before = histories.get(event.user_id)
+        applied = histories.apply([event], catalog, add_items=True)
+        if not applied:
+            continue
+        max_ts = event.timestamp if max_ts is None else max(max_ts, event.timestamp)
+        if before:
+            rows.append(window_row(before, applied[0][1], width))
+    tensor = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width, dtype=torch.long)
+    return tensor, max_ts
+
+
+def rows_to_batch(rows: torch.Tensor) -> SeqBatch:
+    """``[B, L + 1]`` rows -> a ``SeqBatch`` whose only target is the last position of each row.
+
+    The next-item task does not read user ids, and online users are raw strings without a model id,
+    so ``user_ids`` is zeros.
+    """
+    inputs = rows[:, :-1].contiguous()  # [B, L]
+    targets = torch.zeros_like(inputs)
+    targets[:, -1] = rows[:, -1]
+    return SeqBatch(inputs, targets, torch.zeros(rows.shape[0], dtype=torch.long))
+
+
+class ReplayBuffer:
+    """The most recent ``capacity`` example rows (a ring), sampled with replacement.
+
+    The buffer is derived state: the trainer refills it at start-up from the dataset and the log
+    replayed up to its checkpoint, so it never needs to be saved and restarts see the same buffer.
+    """
+
+    def __init__(self, capacity: int, width: int) -> None:
+        if capacity < 1 or width < 2:
+            raise ValueError(f"replay capacity must be >= 1 and width >= 2, got {capacity}, {width}")
+        self.rows = torch.zeros(capacity, width, dtype=torch.long)  # [M, L + 1]
+        self.size = 0
+        self.next = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, rows: torch.Tensor) -> None:
+        """Add ``rows [E, L + 1]``, overwriting the oldest rows once full."""
+        capacity = self.rows.shape[0]
+        rows = rows[-capacity:]
+        index = (self.next + torch.arange(rows.shape[0])) % capacity
+        self.rows[index] = rows
+        self.next = int((self.next + rows.shape[0]) % capacity)
+        self.size = min(capacity, self.size + rows.shape[0])
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[n, L + 1]`` rows drawn uniformly with replacement (none when the buffer is empty)."""
+        if n < 1 or self.size == 0:
+            return self.rows[:0]
+        return self.rows[torch.randint(0, self.size, (n,), generator=generator)]
+
+
+def dataset_rows(data_dir: str | Path, histories: UserHistories, capacity: int) -> torch.Tensor:
+    """Replay rows for the dataset's users, most recently active last, so the buffer starts full of
+    what the base model was trained on rather than empty (early online steps would forget it)."""
+    data = InteractionData.read(data_dir)
+    users, _, ts = data.interactions()
+    last_ts = np.full(data.n_users + 1, np.iinfo(np.int64).min)
+    np.maximum.at(last_ts, users, ts)
+    order = np.argsort(last_ts[1:], kind="stable") + 1  # user ids, least recent first
+    width = histories.max_len
+    rows = []
+    for uid in order.tolist()[-capacity:]:
+        items = histories.get(str(data.user_ids.raw[uid - 1]))
+        if len(items) >= 2:
+            rows.append(window_row(items[:-1], items[-1], width))
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width, dtype=torch.long)
+
+
+class StreamExamples:
+    """State derived from the dataset and the log: catalog, user histories and the replay buffer.
+
+    Never saved: the trainer rebuilds it at start-up (dataset, then the log replayed up to its
+    checkpoint), and since that replay is deterministic, new items get the same ids every time.
+    """
+
+    def __init__(self, data_dir: str | Path, catalog: Catalog, max_len: int, replay_window: int) -> None:
+        self.catalog, self.width = catalog, max_len + 1
+        # max_len + 1 items per user, so replay rows seeded from the dataset have full-length inputs
+        self.histories = UserHistories.from_dataset(data_dir, max_len + 1, catalog)
+        self.replay = ReplayBuffer(replay_window, self.width)
+        self.replay.push(dataset_rows(data_dir, self.histories, replay_window))
+
+    @property
+    def position(self) -> int:
+        """Offset of the last event applied (0: none)."""
+        return self.histories.offset
+
+    def catch_up(self, event_log: EventLog, position: int, chunk: int = 10_000) -> None:
+        """Apply the log up to ``position`` exactly as the live loop did (replay rows included)."""
+        while self.position < position:
+            events = event_log.read(self.position, min(chunk, position - self.position))
+            if not events:
+                raise ValueError(f"the event log has no events after offset {self.position}, but the checkpoint "
+                                 f"is at {position}: is this the log the trainer was reading?")
+            self.replay.push(self.consume(events)[0])
+
+    def consume(self, events: Sequence[LoggedEvent]) -> tuple[torch.Tensor, float | None]:
+        """``consume_events`` on this state: ``rows [E', L + 1]`` and the largest timestamp."""
+        return consume_events(events, self.histories, self.catalog, self.width)
+
+    def batch(self, rows: torch.Tensor, replay_ratio: float, generator: torch.Generator) -> tuple[SeqBatch, int]:
+        """New ``rows`` plus ``replay_ratio`` replayed rows each, as one batch; returns it and the replay count.
+
+        The new rows join the buffer after sampling, so a step's replay never repeats its own examples.
+        """
+        replayed = self.replay.sample(round(replay_ratio * rows.shape[0]), generator)
+        self.replay.push(rows)
+        return rows_to_batch(torch.cat([rows, replayed])), int(replayed.shape[0])
+
+
+def grow_items_keeping_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_items: int, config: TrainConfig
+) -> torch.optim.AdamW:
+    """Grow ``model``'s item table to ids ``1..n_items``; return a rebuilt AdamW that keeps its state.
+
+    ``grow_items`` replaces the item-table parameter, so the old optimiser points at a dead tensor.
+    Moments of unchanged parameters are carried over as they are; those of a grown table are carried
+    over row by row, with zero moments for the new rows (AdamW's shared step count keeps their first
+    updates at the usual size), so one new item does not reset what the optimiser knows.
+    """
+    grow = getattr(model, "grow_items", None)
+    if grow is None:
+        raise TypeError(f"{type(model).__name__} has no grow_items(); it cannot learn items first seen online")
+    before = dict(model.named_parameters())
+    grow(n_items)
+    fresh = build_optimizer(model, config)
+    for name, param in model.named_parameters():
+        old = before.get(name)
+        state = optimizer.state.get(old) if old is not None else None
+        if state:
+            fresh.state[param] = {key: _pad_rows(value, old.shape, param.shape) for key, value in state.items()}
+    return fresh
+
+
+def _pad_rows(value: object, old_shape: torch.Size, new_shape: torch.Size) -> object:
+    if not isinstance(value, torch.Tensor) or value.shape != old_shape or old_shape == new_shape:
+        return value  # scalars such as AdamW's step, or a parameter that did not change
+    padded = value.new_zeros(new_shape)
+    padded[: old_shape[0]] = value
+    return padded

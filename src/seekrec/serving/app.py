@@ -1,0 +1,74 @@
+"""``create_app(settings)`` builds the FastAPI app; ``serve(settings)`` runs it with uvicorn in one process.
+
+Nothing loads at import or in ``create_app``: models, indexes, histories and the event log are opened
+in the lifespan, so importing the app (tests, tooling, ``--factory`` style launchers) is cheap and a
+start-up failure surfaces as uvicorn's failed start-up with the error message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
+from seekrec.serving.routes import admin, events, health, metrics, recommend
+from seekrec.serving.settings import ServeSettings
+from seekrec.serving.state import NotReadyError, ServingState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The app for ``settings``; its lifespan loads everything and stops the background tasks."""
+    serving_metrics = ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServingState(settings, serving_metrics)
+        await state.start()
+        app.state.serving = state
+        try:
+            yield
+        finally:
+            app.state.serving = None
+            await state.stop()
+
+    app = FastAPI(title="seekrec", summary="real-time sequential recommendations", lifespan=lifespan)
+    app.state.metrics = serving_metrics
+    app.state.serving = None
+    app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
+    for module in (recommend, events, health, admin, metrics):
+        app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input, which cannot be rendered when it holds NaN; name the field instead
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(NotReadyError)
+    async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+        return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        serving_metrics.errors.labels(kind="unhandled").inc()
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    return app
+
+
+def serve(settings: ServeSettings, log_level: str = "info", access_log: bool = False) -> None:
+    """Run the app with uvicorn (one process, one event loop) until interrupted. The per-request access
+    log is off by default: ``/metrics`` counts requests, and a log line per request costs latency."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level=log_level,
+                access_log=access_log, lifespan="on", timeout_graceful_shutdown=10)

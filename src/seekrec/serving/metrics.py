@@ -1,0 +1,111 @@
+"""Prometheus metrics of one app instance, in its own ``CollectorRegistry``.
+
+A registry per instance rather than prometheus-client's global one: two apps in one process (tests,
+or an A/B shadow) must not share or collide on counters, and importing this module registers nothing.
+Gauges that describe the outside world (event-log lag, model freshness) are set when scraped, so
+they are exact at the moment Prometheus reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ServingMetrics:
+    """Request counts and latencies by route, errors by kind, model versions, lag and freshness."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("seekrec_http_requests", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("seekrec_http_request_duration_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("seekrec_errors", "Server-side errors by kind (model_load, event_tail, "
+                              "unhandled)", ["kind"], registry=r)
+        self.recommendations = Counter("seekrec_recommendations", "Recommendations served by arm, version, fallback",
+                                       ["arm", "version", "fallback"], registry=r)
+        self.batch_size = Histogram("seekrec_batch_size", "Requests per micro-batch forward pass",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.events = Counter("seekrec_events_accepted", "Events durably appended to the event log", registry=r)
+        self.swaps = Counter("seekrec_model_swaps", "Hot swaps to a new CURRENT version", registry=r)
+        self.model_version = Gauge("seekrec_model_version_info", "1 for the version each arm serves",
+                                   ["arm", "version"], registry=r)
+        self.freshness = Gauge("seekrec_model_freshness_seconds", "Seconds since the served version was published",
+                               ["arm", "version"], registry=r)
+        self.lag = Gauge("seekrec_event_log_lag", "Events the consumer has not committed yet (end - committed)",
+                         ["consumer"], registry=r)
+        self.ready = Gauge("seekrec_ready", "1 when every arm has a model and histories are loaded", registry=r)
+
+    def set_versions(self, arms: dict[str, dict[str, Any]]) -> None:
+        """Replace the version and freshness series with ``{arm: Predictor.describe()}``."""
+        self.model_version.clear()
+        self.freshness.clear()
+        now = time.time()
+        for arm, info in arms.items():
+            self.model_version.labels(arm=arm, version=info["version"]).set(1)
+            published = published_at(info)
+            if published is not None:
+                self.freshness.labels(arm=arm, version=info["version"]).set(max(0.0, now - published))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this instance's registry."""
+        return generate_latest(self.registry)
+
+
+def published_at(info: dict[str, Any]) -> float | None:
+    """Unix time of ``published_at`` (set by the online publisher) or else ``created``; None if neither parses."""
+    for key in ("published_at", "created"):
+        text = info.get(key)
+        if isinstance(text, str):
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return float(text)
+    return None
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts every HTTP request by its route *template* (``/recommend``, not the
+    raw path, so unknown paths cannot blow up label cardinality) and observes its latency."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500  # stays 500 if the app raises before responding
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)

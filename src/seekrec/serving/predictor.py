@@ -1,0 +1,164 @@
+"""``Predictor``: one model version turned into ranked raw item ids, with no web framework inside.
+
+A request batch becomes one padded ``[B, L]`` tensor, one ``encode_users`` under ``inference_mode``,
+one ANN search for candidates, and an exact rescoring of those candidates with the model's own
+``similarity``, so a returned score is the score ``score_all`` would give that item. Users the model
+cannot personalise for (unknown, or no item it knows) get the most popular items instead, flagged
+as a fallback so clients and experiment analysis can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.registry import LoadedModel, ModelRegistry, RegistryError
+from seekrec.retrieval.index import IndexConfig, ItemIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's request. ``history``: the user's recent items as this model's item ids, oldest first
+    (ids the model does not know are already dropped); the last ``max_len`` feed the model and all of
+    them are excluded from the results when ``exclude_seen``."""
+
+    user_id: str
+    history: tuple[int, ...]
+    k: int
+    exclude_seen: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Ranked raw item ids with their scores (model scores, or interaction counts when ``fallback``)."""
+
+    user_id: str
+    item_ids: tuple[str, ...]
+    scores: tuple[float, ...]
+    model_version: str
+    fallback: bool
+
+
+class Predictor:
+    """A loaded model version, its catalog and an ANN index over its item embeddings ``1..N``."""
+
+    def __init__(self, loaded: LoadedModel, catalog: Catalog, *, candidates: int = 200,
+                 index_config: IndexConfig | None = None) -> None:
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self.version, self.manifest, self.model = loaded.version, loaded.manifest, loaded.model.eval()
+        self.catalog, self.candidates = catalog, candidates
+        self.max_len = int(loaded.manifest["model_config"]["max_len"])
+        # a catalog can only be longer than the model if items were added after it was trained
+        self.n_items = min(int(self.model.n_items), len(catalog.items))
+        if self.n_items < 1:
+            raise RegistryError(f"{loaded.version}: the model and its catalog share no items")
+        self.device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            self.item_embeddings = self.model.encode_items(torch.arange(self.n_items + 1, device=self.device))  # [N+1, D]
+        self.index = ItemIndex(self.item_embeddings[1:].cpu(), ids=np.arange(1, self.n_items + 1),
+                               metric=self.model.similarity.kind, config=index_config)
+        known = catalog.counts[1 : self.n_items + 1]
+        self._popular = np.argsort(-known, kind="stable") + 1  # [N] ids by count, ties: lower id first
+
+    @classmethod
+    def from_registry(cls, registry: ModelRegistry, version: str | None = None, *, candidates: int = 200,
+                      index_config: IndexConfig | None = None, device: str = "cpu") -> Predictor:
+        """Load (and checksum) ``version`` (None: CURRENT) with its catalog and build its index."""
+        loaded = registry.load(version, device=device)
+        path = loaded.directory / CATALOG_FILE
+        if not path.is_file():
+            raise RegistryError(f"{path}: missing; serving needs the item catalog that `seekrec train` writes")
+        try:
+            catalog = Catalog.from_bytes(path.read_bytes())
+        except (ValueError, KeyError) as exc:
+            raise RegistryError(f"{path}: unreadable catalog ({exc}); publish the model again") from exc
+        predictor = cls(loaded, catalog, candidates=candidates, index_config=index_config)
+        predictor.check()
+        log.info("loaded %s: %s over %d items", loaded.version, predictor.index.kind, predictor.n_items)
+        return predictor
+
+    def check(self) -> None:
+        """Smoke-test the version before it serves: one forward pass must give finite scores and full
+        results. Checksums prove the file is the one published, not that its weights are usable."""
+        with torch.inference_mode():
+            finite = bool(torch.isfinite(self.item_embeddings[1:]).all())
+        rec = self._rank([Query("self-check", (1,), min(10, self.n_items), exclude_seen=False)])[0]
+        if not finite or len(rec.item_ids) != min(10, self.n_items) or not all(map(math.isfinite, rec.scores)):
+            raise RegistryError(f"{self.version}: the model produces non-finite scores; it will not be served: "
+                                "promote another version")
+
+    def describe(self) -> dict[str, Any]:
+        """Version facts for ``/version`` and metrics."""
+        published = self.manifest.get("extra", {}).get("published_at")
+        if isinstance(published, (int, float)) and not isinstance(published, bool):  # the online trainer's unix time
+            published = datetime.fromtimestamp(published, timezone.utc).isoformat()
+        return {"version": self.version, "model_name": self.manifest.get("model_name"),
+                "created": self.manifest.get("created"), "published_at": published,
+                "n_items": self.n_items, "index": self.index.kind}
+
+    def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Top-``k`` items for every query, in query order; one forward pass for the whole batch."""
+        results: list[Recommendation | None] = [None] * len(queries)
+        personal = [i for i, q in enumerate(queries) if q.history]
+        for i, query in enumerate(queries):
+            if not query.history:
+                results[i] = self._popular_for(query)
+        if personal:
+            for i, rec in zip(personal, self._rank([queries[i] for i in personal])):
+                results[i] = rec
+        return [r for r in results if r is not None]
+
+    def _rank(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Model path: ``[B, L]`` histories -> users ``[B, D]`` -> ANN ``[B, C]`` -> exact scores -> top K."""
+        inputs = torch.zeros(len(queries), self.max_len, dtype=torch.long)  # [B, L] left-padded
+        seen = [set(q.history) if q.exclude_seen else set() for q in queries]
+        for row, query in enumerate(queries):
+            recent = query.history[-self.max_len :]
+            inputs[row, self.max_len - len(recent) :] = torch.tensor(recent)
+        # enough candidates that every user keeps k items after their seen ones are removed
+        n_cand = min(self.n_items, max(max(self.candidates, q.k + len(s)) for q, s in zip(queries, seen)))
+        with torch.inference_mode():
+            users = self.model.encode_users(inputs.to(self.device))  # [B, D]
+            _, cand = self.index.search(users, n_cand)  # [B, C] item ids, -1 where HNSW found none
+            cand = cand.clamp(min=0).to(self.device)
+            scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand])  # [B, C]
+            width = max(len(s) for s in seen)
+            if width:
+                seen_ids = torch.zeros(len(queries), width, dtype=torch.long)  # [B, S], 0 = padding
+                for row, items in enumerate(seen):
+                    seen_ids[row, : len(items)] = torch.tensor(sorted(items), dtype=torch.long)
+                blocked = (cand.unsqueeze(-1) == seen_ids.to(self.device).unsqueeze(1)).any(-1)  # [B, C]
+            else:
+                blocked = torch.zeros_like(cand, dtype=torch.bool)
+            scores = scores.float().masked_fill(blocked | (cand == 0), float("-inf"))
+            top_scores, top_pos = scores.topk(min(max(q.k for q in queries), n_cand), dim=1)  # [B, K]
+            top_ids = cand.gather(1, top_pos)
+        out = []
+        for row, query in enumerate(queries):
+            keep = torch.isfinite(top_scores[row, : query.k])
+            ids = top_ids[row, : query.k][keep].cpu().numpy()
+            out.append(Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
+                                      tuple(top_scores[row, : query.k][keep].cpu().tolist()), self.version, False))
+        return out
+
+    def _popular_for(self, query: Query) -> Recommendation:
+        """Fallback: the most-interacted items the user has not seen; scores are interaction counts."""
+        seen = set(query.history) if query.exclude_seen else set()
+        ids = [int(i) for i in self._popular[: query.k + len(seen)] if int(i) not in seen][: query.k]
+        return Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
+                              tuple(float(self.catalog.counts[i]) for i in ids), self.version, True)

@@ -1,0 +1,27 @@
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (models and histories are loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from seekrec.serving.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: answers whenever the event loop runs, even while models load."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 once every arm has a model and histories are built, 503 (with the reason) before."""
+    state = getattr(request.app.state, "serving", None)
+    if state is None or not state.ready:
+        detail = "server is starting" if state is None else state.not_ready_reason()
+        return JSONResponse(Readiness(status="not_ready", detail=detail).model_dump(), status_code=503)
+    versions = {arm: model.predictor.version for arm, model in state.arms.items()}
+    return JSONResponse(Readiness(status="ready", versions=versions).model_dump())

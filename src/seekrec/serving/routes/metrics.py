@@ -1,0 +1,17 @@
+"""``GET /metrics``: Prometheus text exposition of this app instance's registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Counters and histograms, with lag and freshness gauges refreshed for this scrape."""
+    state = getattr(request.app.state, "serving", None)
+    if state is not None:
+        await state.update_gauges()
+    registry = request.app.state.metrics
+    return Response(registry.render(), media_type=registry.content_type)

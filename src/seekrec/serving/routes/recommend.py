@@ -1,0 +1,23 @@
+"""``POST /recommend``: ranked items for one user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from seekrec.serving.routes import get_state
+from seekrec.serving.schemas import ErrorResponse, RecommendRequest, RecommendResponse, ScoredItem
+from seekrec.serving.state import ServingState
+
+router = APIRouter(tags=["recommend"])
+
+
+@router.post("/recommend", response_model=RecommendResponse, responses={503: {"model": ErrorResponse}})
+async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depends(get_state)]) -> RecommendResponse:
+    """Personalised items (or popular ones, ``fallback: true``, for users with no usable history)."""
+    k = body.k if body.k is not None else state.settings.default_k
+    rec, arm = await state.recommend(body.user_id, k, body.exclude_seen)
+    items = [ScoredItem(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)]
+    return RecommendResponse(user_id=body.user_id, items=items, model_version=rec.model_version, arm=arm,
+                             fallback=rec.fallback)

@@ -1,0 +1,263 @@
+"""The online trainer: learning from the stream, publishing cadence, exact resume, and kill -9 safety.
+
+One tiny SASRec is trained offline once per module; each test publishes it into its own registry and
+streams events from its own SQLite log. The kill test runs the trainer in forkserver children (forked
+from a server that imported seekrec once), so each restart costs milliseconds instead of an import.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from seekrec.config import ExperimentConfig
+from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.online.events import Event
+from seekrec.online.factory import open_event_log
+from seekrec.online.trainer import (
+    BASE_CATALOG_FILE,
+    METRICS_FILE,
+    OnlineTrainer,
+    OnlineTrainerConfig,
+    run_online_trainer,
+)
+from seekrec.models.registry import build_model
+from seekrec.online.updates import grow_items_keeping_state
+from seekrec.registry import ModelRegistry
+from seekrec.training.config import TrainConfig
+from seekrec.training.experiment import train_experiment
+from seekrec.training.step import build_optimizer
+
+BASE_OVERRIDES = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12",
+                  "train.batch_size=16", "train.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory, sim_data_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("base-run")
+    train_experiment(ExperimentConfig.load(None, BASE_OVERRIDES), sim_data_dir, run_dir)
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on shared CI cores run many times faster on one thread than on spinning many."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def config_for(tmp_path: Path, base_run: Path, sim_data_dir: Path) -> Any:
+    """``config_for(**overrides)``: a config over a fresh registry holding the base model."""
+    ModelRegistry(tmp_path / "registry").publish_run(base_run)
+
+    def make(**overrides: Any) -> OnlineTrainerConfig:
+        fields = dict(registry=tmp_path / "registry", event_log=f"sqlite://{tmp_path / 'events.db'}",
+                      dataset=sim_data_dir, state_dir=tmp_path / "state", device="cpu", block_ms=0,
+                      stop_when_idle=True, events_per_step=8, publish_every_events=10_000,
+                      publish_every_seconds=3600.0, threads=1)
+        return OnlineTrainerConfig(**{**fields, **overrides})
+
+    return make
+
+
+def _append(config: OnlineTrainerConfig, events: list[Event]) -> None:
+    with open_event_log(config.event_log) as event_log:
+        event_log.append(events)
+
+
+def _records(config: OnlineTrainerConfig, kind: str) -> list[dict[str, Any]]:
+    """Records of ``kind`` in the trainer's JSONL log; a line cut short by SIGKILL is skipped."""
+    path = Path(config.state_dir) / METRICS_FILE
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["kind"] == kind:
+            out.append(record)
+    return out
+
+
+def _manifests(config: OnlineTrainerConfig) -> list[dict[str, Any]]:
+    registry = ModelRegistry(config.registry)
+    return [registry.manifest(info.version) for info in registry.versions()]
+
+
+def _rank_after(model: torch.nn.Module, history: list[int], target: int) -> int:
+    """Rank (0 = best) of ``target`` among all items for a user whose last items are ``history``."""
+    with torch.inference_mode():
+        scores = model.eval().score_all(torch.tensor([history]))[0, 1:]  # [N]
+    return int((scores > scores[target - 1]).sum())
+
+
+def test_clicks_move_scores_and_new_items_become_scorable(config_for: Any) -> None:
+    config = config_for(lr=3e-3, replay_ratio=1.0)
+    registry = ModelRegistry(config.registry)
+    base = registry.load()
+    catalog = Catalog.from_bytes((base.directory / CATALOG_FILE).read_bytes())
+    with torch.inference_mode():
+        scores = base.model.score_all(torch.tensor([[1]]))[0, 2:]  # [N - 1]: items 2..N after item 1
+    item_b = int(scores.argmin()) + 2  # the item the base model least expects after item 1
+    rank_before = _rank_after(base.model, [1], item_b)
+    raw_a, raw_b = catalog.items.decode([1, item_b])
+    pattern = [Event(f"fan-{u}", raw_a if k % 2 == 0 else raw_b, 1000.0 + 100 * u + k)
+               for k in range(12) for u in range(10)]
+    _append(config, [*pattern, Event("fan-0", "brand-new-item", 5000.0)])
+    with OnlineTrainer(config) as trainer:
+        summary = trainer.run()
+    assert summary["position"] == len(pattern) + 1 and summary["lag"] == 0
+    current = registry.load()
+    assert rank_before > 10 and _rank_after(current.model, [1], item_b) < 3
+    grown = Catalog.from_bytes((current.directory / CATALOG_FILE).read_bytes())
+    assert len(grown.items) == len(catalog.items) + 1 == current.model.n_items
+    assert grown.items.get("brand-new-item") == current.model.n_items and grown.counts[-1] == 1
+    assert current.model.score_all(torch.tensor([[1, 2]])).shape == (1, current.model.n_items + 1)
+    extra = current.manifest["extra"]
+    assert extra["offset"] == len(pattern) + 1 and extra["trained_through_timestamp"] == 5000.0
+    assert current.manifest["parent"] == base.version and current.manifest["model_name"] == "sasrec"
+
+
+def test_publishes_every_n_events(config_for: Any) -> None:
+    config = config_for(events_per_step=5, publish_every_events=10)
+    _append(config, [Event(f"u{k % 7}", str(1 + k % 11), float(k)) for k in range(30)])
+    with OnlineTrainer(config) as trainer:
+        trainer.run()
+        assert len(trainer.published) == 3 and trainer.last_publish_time is not None
+    manifests = _manifests(config)
+    assert [m["extra"]["offset"] for m in manifests[1:]] == [10, 20, 30]
+    assert [m["parent"] for m in manifests[1:]] == [m["version"] for m in manifests[:-1]]
+    with open_event_log(config.event_log) as event_log:
+        assert event_log.committed(config.consumer) == 30
+
+
+def test_publishes_every_t_seconds_and_only_when_something_is_new(config_for: Any) -> None:
+    config = config_for(events_per_step=4, publish_every_seconds=1e-6)
+    _append(config, [Event(f"u{k % 5}", str(1 + k % 9), float(k)) for k in range(12)])
+    with OnlineTrainer(config) as trainer:
+        trainer.run()
+    assert [m["extra"]["offset"] for m in _manifests(config)[1:]] == [4, 8, 12]
+    idle = config_for(publish_every_seconds=1e-6, stop_when_idle=False, max_seconds=0.3, block_ms=20)
+    with OnlineTrainer(idle) as trainer:
+        summary = trainer.run()
+    assert summary["versions_published"] == [] and len(_manifests(config)) == 4
+
+
+def test_clean_restart_resumes_exactly(config_for: Any, tmp_path: Path, base_run: Path) -> None:
+    events = [Event(f"u{k % 9}", str(1 + (k * 7) % 23), float(k)) for k in range(48)]
+    config = config_for(max_events=24)
+    _append(config, events)
+    with OnlineTrainer(config) as trainer:
+        assert trainer.run()["position"] == 24
+    with OnlineTrainer(config_for()) as trainer:
+        assert trainer.position == 24 and trainer.events_trained == 24
+        trainer.run()
+        resumed = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trained = [(r["from"], r["to"]) for r in _records(config, "train")]
+    assert [r["position"] for r in _records(config, "start")] == [0, 24]
+    assert trained == [(k, k + 7) for k in range(1, 48, 8)]  # each event once, in order
+    # the same stream without the restart ends with the same weights: the resume is exact
+    ModelRegistry(tmp_path / "straight-registry").publish_run(base_run)
+    straight = config_for(registry=tmp_path / "straight-registry", state_dir=tmp_path / "straight", consumer="straight")
+    with OnlineTrainer(straight) as trainer:
+        trainer.run()
+        for name, value in trainer.model.state_dict().items():
+            torch.testing.assert_close(value, resumed[name], rtol=0, atol=0, msg=name)
+
+
+def test_kill_9_at_random_points_loses_no_event(config_for: Any) -> None:
+    rng = random.Random(0)
+    live = config_for(events_per_step=4, publish_every_events=12, block_ms=50, stop_when_idle=False,
+                      max_seconds=60.0, replay_ratio=1.0)
+    events = [Event(f"u{k % 13}", str(1 + (k * 5) % 41) if k % 97 else f"new-{k}", float(k)) for k in range(300)]
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["seekrec.online.trainer"])
+    committed_at_kill, appended = [], 0
+    with open_event_log(live.event_log) as event_log:
+        for round_ in range(4):
+            child = ctx.Process(target=run_online_trainer, args=(live,), daemon=True)
+            child.start()
+            deadline = time.monotonic() + 30
+            while len(_records(live, "start")) <= round_ and child.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert child.is_alive(), f"trainer round {round_} exited early with code {child.exitcode}"
+            kill_at = time.monotonic() + rng.uniform(0.2, 0.8)
+            while time.monotonic() < kill_at:  # the stream keeps flowing while the trainer runs
+                chunk = rng.randint(0, 6)
+                event_log.append(events[appended : appended + chunk])
+                appended = min(len(events), appended + chunk)
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+            committed_at_kill.append((event_log.committed(live.consumer), appended))
+        event_log.append(events[appended:])
+        end = event_log.end_offset()
+        final = ctx.Process(target=run_online_trainer, args=(config_for(stop_when_idle=True, block_ms=0),),
+                            daemon=True)
+        final.start()
+        final.join(60)
+        assert final.exitcode == 0
+        assert event_log.committed(live.consumer) == end == len(events)
+    starts = [r["position"] for r in _records(live, "start")]
+    assert len(starts) == 5
+    # each restart begins at or after what was committed before its kill: nothing committed is lost
+    assert all(start >= committed for start, (committed, _) in zip(starts[1:], committed_at_kill))
+    commits = [r["position"] for r in _records(live, "commit")]
+    assert commits == sorted(commits) and [c for c, _ in committed_at_kill] == sorted(c for c, _ in committed_at_kill)
+    trained: list[int] = []
+    for record in _records(live, "train"):
+        trained.extend(range(record["from"], record["to"] + 1))
+    assert set(trained) == set(range(1, end + 1))  # at least once ...
+    assert len(trained) > end  # ... and some uncommitted tail was trained again after a kill
+    assert any(committed < appended for committed, appended in committed_at_kill), "no kill landed mid-stream"
+    manifests = _manifests(live)
+    assert manifests[-1]["extra"]["offset"] == end
+    n_new = sum(e.item_id.startswith("new-") for e in events)
+    base_items = len(Catalog.from_bytes((Path(live.state_dir) / BASE_CATALOG_FILE).read_bytes()).items)
+    assert manifests[-1]["model_config"]["n_items"] == base_items + n_new
+
+
+def test_growing_the_item_table_keeps_optimizer_state() -> None:
+    model = build_model("sasrec", {"dim": 8, "n_layers": 1, "max_len": 4}, 5)
+    config = TrainConfig(lr=1e-2, warmup_steps=0)
+    optimizer = build_optimizer(model, config)
+    model(torch.tensor([[1, 2, 3, 4]])).sum().backward()
+    optimizer.step()
+    before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
+    grown = grow_items_keeping_state(model, optimizer, 7, config)
+    assert model.n_items == 7
+    for name, param in model.named_parameters():
+        state = grown.state[param]
+        for key, value in before[name].items():
+            if key == "step" or value.shape == param.shape:
+                assert torch.equal(state[key], value), (name, key)
+            else:  # the item table: old rows carried over, two new rows with zero moments
+                assert torch.equal(state[key][:6], value) and not state[key][6:].any(), (name, key)
+
+
+def test_refuses_unsafe_starts(config_for: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="publish_every_seconds"):
+        config_for(publish_every_seconds=0)
+    config = config_for()
+    _append(config, [Event("u1", "1", 1.0), Event("u1", "2", 2.0)])
+    with OnlineTrainer(config) as trainer:
+        with pytest.raises(RuntimeError, match="another online trainer"):
+            OnlineTrainer(config)
+        trainer.run()
+    with pytest.raises(ValueError, match="published by an online trainer"):
+        OnlineTrainer(config_for(state_dir=tmp_path / "other", consumer="other"))
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        OnlineTrainer(config_for(state_dir=tmp_path / "lost"))

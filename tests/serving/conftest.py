@@ -1,0 +1,62 @@
+"""Serving fixtures: one tiny SASRec trained per session, published into a fresh registry per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import torch
+
+from seekrec.data.vocab import CATALOG_FILE
+from seekrec.registry import ModelRegistry
+from seekrec.serving.settings import ServeSettings
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+
+TINY_RUN = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12", "train.batch_size=16",
+            "train.max_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from seekrec.config import ExperimentConfig
+    from seekrec.training.experiment import train_experiment
+
+    run = tmp_path_factory.mktemp("serving-run")
+    train_experiment(ExperimentConfig.load(None, TINY_RUN), sim_data_dir, run)
+    return run
+
+
+@pytest.fixture
+def registry(tmp_path: Path, trained_run: Path) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.publish_run(trained_run)
+    return reg
+
+
+@pytest.fixture
+def settings(tmp_path: Path, registry: ModelRegistry, sim_data_dir: Path) -> ServeSettings:
+    return ServeSettings(registry=registry.root, event_log=str(tmp_path / "events.db"), data_dir=sim_data_dir,
+                         poll_interval_s=0.05, max_wait_ms=1.0)
+
+
+def publish_variant(registry: ModelRegistry, seed: int, promote: bool = True, base: str | None = None) -> str:
+    """Publish ``base`` (default: CURRENT) with perturbed weights and the same catalog, as an online trainer would."""
+    loaded = registry.load(base)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            param.add_(0.5 * torch.randn(param.shape, generator=gen))
+    return registry.publish(loaded.model, model_name=loaded.manifest["model_name"],
+                            model_config=loaded.manifest["model_config"], parent=loaded.version,
+                            extra={"published_at": datetime.now(timezone.utc).isoformat()},
+                            extra_files={CATALOG_FILE: (loaded.directory / CATALOG_FILE).read_bytes()},
+                            promote=promote)
+
+
+@pytest.fixture
+def variant() -> Callable[..., str]:
+    return publish_variant

@@ -1,0 +1,138 @@
+"""The predictor against plain references: ``score_all`` + masking for the ANN path, and one-at-a-time
+calls for micro-batching (STYLE rule 13)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from seekrec.data.vocab import CATALOG_FILE
+from seekrec.online.histories import UserHistories
+from seekrec.registry import ModelRegistry, RegistryError
+from seekrec.retrieval.index import IndexConfig
+from seekrec.serving.batching import MicroBatcher
+from seekrec.serving.predictor import Predictor, Query, Recommendation
+
+
+@pytest.fixture
+def predictor(registry: ModelRegistry) -> Predictor:
+    return Predictor.from_registry(registry, candidates=5)  # fewer than k + seen: the predictor must widen
+
+
+@pytest.fixture
+def histories(predictor: Predictor, sim_data_dir: Path) -> UserHistories:
+    return UserHistories.from_dataset(sim_data_dir, 200, predictor.catalog)
+
+
+def _queries(histories: UserHistories) -> list[Query]:
+    queries = [Query(str(u), tuple(histories.get(str(u))), k=3 + u % 7, exclude_seen=u % 3 != 0) for u in range(1, 25)]
+    return queries + [Query("stranger", (), k=4), Query("stranger-2", (), k=2, exclude_seen=False)]
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_recommend_equals_score_all_reference(predictor: Predictor, histories: UserHistories, exclude_seen: bool) -> None:
+    users = [str(u) for u in range(1, 31)]
+    recs = predictor.recommend([Query(u, tuple(histories.get(u)), 10, exclude_seen) for u in users])
+    with torch.no_grad():
+        scores = predictor.model.score_all(histories.padded(users, predictor.max_len))  # [B, N + 1]
+    scores[:, 0] = float("-inf")
+    if exclude_seen:
+        for row, user in enumerate(users):
+            scores[row, histories.get(user)] = float("-inf")
+    ref_scores, ref_ids = scores.topk(10, dim=1)
+    for row, rec in enumerate(recs):
+        assert not rec.fallback and rec.model_version == predictor.version
+        assert list(rec.item_ids) == predictor.catalog.items.decode(ref_ids[row])
+        torch.testing.assert_close(torch.tensor(rec.scores), ref_scores[row], rtol=1e-4, atol=1e-5)
+        if exclude_seen:
+            seen = set(predictor.catalog.items.decode(histories.get(users[row])))
+            assert not seen & set(rec.item_ids)
+
+
+def test_unknown_user_gets_popular_items(predictor: Predictor) -> None:
+    rec = predictor.recommend([Query("nobody", (), 5)])[0]
+    expected = predictor.catalog.popular(5)
+    assert rec.fallback and list(rec.item_ids) == predictor.catalog.items.decode(expected)
+    assert list(rec.scores) == [float(predictor.catalog.counts[i]) for i in expected]
+
+
+def test_k_larger_than_catalog_returns_every_unseen_item(predictor: Predictor, histories: UserHistories) -> None:
+    history = tuple(histories.get("1"))
+    rec = predictor.recommend([Query("1", history, 1000)])[0]
+    assert len(rec.item_ids) == predictor.n_items - len(set(history))
+
+
+def test_hnsw_predictor_serves_the_same_users(registry: ModelRegistry, histories: UserHistories) -> None:
+    hnsw = Predictor.from_registry(registry, index_config=IndexConfig(hnsw_threshold=1))
+    flat = Predictor.from_registry(registry)
+    assert hnsw.index.kind == "hnsw" and flat.index.kind == "flat"
+    queries = [Query(str(u), tuple(histories.get(str(u))), 10) for u in range(1, 21)]
+    overlap = [len(set(a.item_ids) & set(b.item_ids)) / 10 for a, b in zip(hnsw.recommend(queries), flat.recommend(queries))]
+    assert sum(overlap) / len(overlap) > 0.95
+
+
+def _same(a: Recommendation, b: Recommendation) -> None:
+    assert (a.user_id, a.item_ids, a.fallback, a.model_version) == (b.user_id, b.item_ids, b.fallback, b.model_version)
+    torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_micro_batched_equals_one_at_a_time(predictor: Predictor, histories: UserHistories) -> None:
+    queries = _queries(histories)
+    single = [predictor.recommend([q])[0] for q in queries]
+    sizes: list[int] = []
+
+    async def concurrent() -> list[Recommendation]:
+        batcher = MicroBatcher(predictor.recommend, max_batch=8, max_wait_ms=50, on_batch=sizes.append)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(q) for q in queries))
+        finally:
+            await batcher.stop()
+
+    batched = asyncio.run(concurrent())
+    assert max(sizes) == 8 and sum(sizes) == len(queries)  # requests really shared forward passes
+    for a, b in zip(batched, single):
+        _same(a, b)
+
+
+def test_micro_batcher_hands_errors_to_every_waiter_and_keeps_going() -> None:
+    def run(batch: list[int]) -> list[int]:
+        if 13 in batch:
+            raise ValueError("unlucky batch")
+        return [x * 2 for x in batch]
+
+    async def scenario() -> tuple[list[object], list[int]]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=4, max_wait_ms=20)
+        batcher.start()
+        try:
+            first = await asyncio.gather(*(batcher.submit(x) for x in (12, 13)), return_exceptions=True)
+            second = await asyncio.gather(*(batcher.submit(x) for x in (1, 2, 3)))
+        finally:
+            await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert all(isinstance(r, ValueError) for r in first)
+    assert second == [2, 4, 6]
+
+
+def test_micro_batcher_requires_start() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(lambda b: b)
+    with pytest.raises(RuntimeError, match="start"):
+        asyncio.run(batcher.submit(1))
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(lambda b: b, max_batch=0)
+
+
+def test_version_with_non_finite_weights_is_refused(registry: ModelRegistry) -> None:
+    loaded = registry.load()
+    with torch.no_grad():
+        next(loaded.model.parameters()).fill_(float("nan"))
+    bad = registry.publish(loaded.model, model_name=loaded.manifest["model_name"],
+                           model_config=loaded.manifest["model_config"],
+                           extra_files={CATALOG_FILE: (loaded.directory / CATALOG_FILE).read_bytes()})
+    with pytest.raises(RegistryError, match="non-finite"):
+        Predictor.from_registry(registry, bad)
