@@ -27,7 +27,8 @@ VARIANTS = {  # name -> TrainConfig overrides
 MODELS = {"sasrec": {"dim": 64, "n_layers": 2}, "deepseek": {"dim": 64, "n_layers": 2}}
 
 
-def measure(data: str, model_name: str, variant: str, steps: int, max_len: int, batch_size: int, device: str) -> dict:
+def measure(data: str, model_name: str, variant: str, steps: int, max_len: int, batch_size: int, device: str,
+            loss: str = "full_softmax") -> dict:
     import torch
 
     from seekrec.data.sequences import SequenceDataset, SequenceLoader
@@ -47,7 +48,7 @@ def measure(data: str, model_name: str, variant: str, steps: int, max_len: int, 
     if config.activation_checkpointing:
         model.set_activation_checkpointing(True)
     forward = torch.compile(model) if config.compile else model
-    task = NextItemTask(forward, build_loss(LossConfig(name="full_softmax"), data_obj.n_items))
+    task = NextItemTask(forward, build_loss(LossConfig(name=loss), data_obj.n_items))
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(1000, 10, 0.0))
     step = TrainStep(forward, task, optimizer, scheduler, config, DistContext(0, 1, 0, dev))
@@ -74,7 +75,8 @@ def measure(data: str, model_name: str, variant: str, steps: int, max_len: int, 
     seconds = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"model": model_name, "variant": variant, "device": device, "steps": steps, "batch_size": batch_size,
+    return {"model": model_name, "variant": variant, "device": device, "loss": loss, "steps": steps,
+            "batch_size": batch_size,
             "max_len": max_len, "sequences_per_second": seqs / seconds, "tokens_per_second": tokens / seconds,
             "ms_per_step": 1000 * seconds / steps, "warmup_seconds": warmup_seconds,
             "peak_memory_mb": peak / 2**20, "threads": torch.get_num_threads()}
@@ -88,20 +90,21 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--loss", default="full_softmax", choices=["full_softmax", "sampled_softmax", "bce"])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--single", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    common = [args.data, args.steps, args.max_len, args.batch_size, args.device]
     if args.single:
-        print(json.dumps(measure(args.data, args.single[0], args.single[1], *common[1:])))
+        print(json.dumps(measure(args.data, args.single[0], args.single[1], args.steps, args.max_len,
+                                 args.batch_size, args.device, args.loss)))
         return
     rows = []
     for model in args.models:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--data", args.data, "--steps", str(args.steps), "--max-len",
                    str(args.max_len), "--batch-size", str(args.batch_size), "--device", args.device,
-                   "--single", model, variant]
+                   "--loss", args.loss, "--single", model, variant]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 rows.append({"model": model, "variant": variant, "error": proc.stderr.strip().splitlines()[-1]})
