@@ -32,6 +32,9 @@ def test_run_directory_and_best_checkpoint(sim_data_dir, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == record["metrics"] and saved["model"] == "sasrec" and saved["split"] == "test"
     assert json.loads((tmp_path / "config.json").read_text())["data_manifest_sha256"]
+    meta = json.loads((tmp_path / "best" / "meta.json").read_text())
+    assert meta["config"]["model"]["name"] == "sasrec" and len(meta["data_manifest_sha256"]) == 64
+    assert {"epoch", "step", "valid"} <= set(meta)
     kinds = [r["kind"] for r in MetricsLog(tmp_path / "metrics.jsonl").read()]
     assert kinds.count("valid") == 3 and kinds[-1] == "test"
     assert record["sequences_per_second"] > 0 and 1 <= record["best_epoch"] <= 3

@@ -64,16 +64,17 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
         model = build_model(config.model["name"], model_params, data.n_items, item_features=side)
         loss = build_loss(config.loss, data.n_items, item_counts=item_counts(split.train.items, data.n_items))
         dataset = SequenceDataset(split.train, config.data.max_len, stride=config.data.stride)
+        manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
             atomic_write_bytes(out / CATALOG_FILE, Catalog.from_data(data.item_ids, data.interactions()[1]).to_bytes())
             atomic_write_json(out / "config.json", {**config.to_dict(), "data_manifest_sha256": manifest_sha,
                                                     "data_source": read_manifest(data_dir)["source"]})
         log.info("%s: %d training sequences, %d items, %d parameters", config.name, len(dataset), data.n_items,
                  sum(p.numel() for p in model.parameters()))
         trainer = Trainer(model, lambda m: NextItemTask(m, loss, seed=config.train.seed), split, data.n_items,
-                          dataset, config.train, out, ctx, config.data.max_len)
+                          dataset, config.train, out, ctx, config.data.max_len,
+                          manifest={"config": config.to_dict(), "data_manifest_sha256": manifest_sha})
         result = trainer.fit()
         record = results_record(
             data.source, config.model["name"], "test", result.test or {}, len(split.test), data.n_items,

@@ -71,10 +71,12 @@ class Trainer:
         run_dir: Path,
         ctx: DistContext,
         max_len: int,
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         self.raw_model = model.to(ctx.device)
         self.split, self.n_items, self.config = split, n_items, config
         self.run_dir, self.ctx, self.max_len = Path(run_dir), ctx, max_len
+        self.manifest = manifest or {}  # e.g. config and data checksum, stored with every checkpoint
         micro = config.batch_size // config.grad_accum if config.batch_size % config.grad_accum == 0 else None
         if micro is None:
             raise ValueError(f"train.batch_size {config.batch_size} must be divisible by train.grad_accum")
@@ -97,7 +99,7 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def _state(self, epoch: int, batch: int, step: int, best: dict[str, Any], bad: int, elapsed: float) -> dict:
         return {"epoch": epoch, "batch": batch, "global_step": step, "best": best, "bad_evals": bad,
-                "elapsed": elapsed, "scheduler": self.scheduler.state_dict()}
+                "elapsed": elapsed, "scheduler": self.scheduler.state_dict(), "manifest": self.manifest}
 
     def _save(self, state: dict[str, Any]) -> None:
         if self.ctx.is_main:
@@ -128,7 +130,7 @@ class Trainer:
         best_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(best_dir / "model.safetensors") as tmp:
             save_model(self.raw_model, str(tmp))
-        atomic_write_json(best_dir / "meta.json", {"epoch": epoch, "step": step, "valid": metrics})
+        atomic_write_json(best_dir / "meta.json", {"epoch": epoch, "step": step, "valid": metrics, **self.manifest})
 
     def validate(self, which: str = "valid") -> dict[str, float]:
         self.raw_model.eval()
