@@ -1,0 +1,127 @@
+"""Load test of `seekrec serve` on loopback at fixed request rates.
+
+For each catalogue size it publishes a SASRec (dim 64, 2 layers; random weights: latency does not
+depend on training) over a simulated catalogue, starts one server process on 127.0.0.1, and sends
+open-loop POST /recommend traffic at each rate for a bounded time (requests are scheduled at fixed
+times whether or not earlier ones finished, so queueing shows up as latency). Reports p50/p95/p99
+and the highest rate held with p99 <= the latency budget.
+
+    python benchmarks/serve_load.py --items 3706 27000 --rates 100 200 300 500 --seconds 8 \
+        --out benchmarks/results/serve_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from seekrec.data.simulator import Simulator, SimulatorConfig
+from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.demo.run import _free_port, _wait_ready
+from seekrec.models.registry import build_model
+from seekrec.registry import ModelRegistry
+
+
+def publish_random_model(root: Path, n_items: int, n_users: int, seed: int) -> tuple[Path, Path]:
+    sim = Simulator(SimulatorConfig(n_users=n_users, n_items=n_items, mean_events_per_user=20, seed=seed))
+    data = sim.generate()
+    data_dir = root / "data"
+    data.write(data_dir)
+    config = {"dim": 64, "n_layers": 2, "max_len": 50}
+    model = build_model("sasrec", config, data.n_items)
+    catalog = Catalog.from_data(data.item_ids, data.interactions()[1])
+    ModelRegistry(root / "registry").publish(model, model_name="sasrec", model_config={**config, "n_items": data.n_items},
+                                             extra_files={CATALOG_FILE: catalog.to_bytes()})
+    return data_dir, root / "registry"
+
+
+async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int) -> dict:
+    """Open-loop: request i starts at t0 + i / rate; returns latency percentiles and achieved rate."""
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    users = rng.integers(1, n_users + 1, n)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, timeout=5.0, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            start = time.perf_counter()
+            try:
+                resp = await client.post("/recommend", json={"user_id": str(users[i]), "k": 10})
+                resp.raise_for_status()
+                latencies.append(1000 * (time.perf_counter() - start))
+            except httpx.HTTPError:
+                errors += 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95, 99)}
+    return {"rate": rate, "requests": n, "ok": len(latencies), "errors": errors,
+            "achieved_rate": len(latencies) / elapsed, **pct}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, nargs="+", default=[3706, 27000])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 200, 300, 500])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per rate (bounded)")
+    parser.add_argument("--budget-ms", type=float, default=20.0, help="p99 latency budget")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = []
+    for n_items in args.items:
+        with tempfile.TemporaryDirectory() as tmp:
+            data_dir, registry = publish_random_model(Path(tmp), n_items, args.users, seed=0)
+            port = _free_port()
+            log = Path(tmp) / "server.log"
+            cmd = [sys.executable, "-m", "seekrec.cli", "serve", "--registry", str(registry), "--event-log",
+                   f"sqlite:///{Path(tmp) / 'events.db'}", "--data", str(data_dir), "--port", str(port)]
+            with open(log, "w") as fh:
+                server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    _wait_ready(base, server, log)
+                    asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
+                    for rate in args.rates:
+                        row = {"n_items": n_items, **asyncio.run(fire(base, rate, args.seconds, args.users, 1))}
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=15)
+    held = {}
+    for n_items in args.items:
+        ok = [r["rate"] for r in results if r["n_items"] == n_items and r["p99"] <= args.budget_ms and not r["errors"]]
+        held[str(n_items)] = max(ok) if ok else None
+    out = {"command": "python " + " ".join(sys.argv), "machine": {"platform": platform.platform(),
+           "cpus": os.cpu_count()}, "note": "client and server share the machine's cores",
+           "budget_ms": args.budget_ms, "max_rate_within_budget": held, "rows": results}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print("| items | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['n_items']} | {r['rate']:.0f} | {r['achieved_rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
+              f"| {r['p99']:.1f} | {r['errors']} |")
+    print(f"highest rate with p99 <= {args.budget_ms:.0f} ms: {held}")
+
+
+if __name__ == "__main__":
+    main()
