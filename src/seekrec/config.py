@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from seekrec.data.splits import SPLITS
+from seekrec.io import read_toml
 from seekrec.models.losses import LossConfig
 from seekrec.training.config import TrainConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 
 @dataclass
@@ -69,10 +64,7 @@ class ExperimentConfig:
         """Read TOML (or start from defaults) and apply ``section.key=value`` overrides."""
         raw: dict[str, Any] = {}
         if path is not None:
-            try:
-                raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{path}: invalid TOML ({exc})") from exc
+            raw = read_toml(path)
         return cls.from_dict(apply_overrides(raw, overrides))
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from seekrec.io import read_toml
 from seekrec.registry_artifacts import RegistryError, parse_version
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -149,10 +144,7 @@ class ServeSettings:
         ``overrides`` win where not ``None``, so CLI flags can be passed straight through."""
         raw: dict[str, Any] = {}
         if path is not None:
-            try:
-                raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{path}: invalid TOML ({exc})") from exc
+            raw = read_toml(path)
             raw = dict(raw.get("serve", raw))
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw)
