@@ -331,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a line per HTTP request would bury the demo's table and the progress bars
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError) as exc:

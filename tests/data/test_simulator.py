@@ -289,3 +289,35 @@ def test_any_valid_config_gives_well_formed_data(n_users, n_items, n_genres, mea
     assert np.all(sim.truth.follow_ups[1:] != np.arange(1, n_items + 1)[:, None])
     p = sim.click_probabilities(1, np.arange(1, n_items + 1), sim.history_end + 1)
     assert np.all((p >= 0) & (p <= 1))
+
+
+def test_live_releases_leave_the_history_unchanged_and_come_out_over_time(small):
+    sim, data = small
+    with_releases = Simulator(dataclasses.replace(SMALL, live_new_items=20, release_every_seconds=2.0,
+                                                  new_item_bias=-1.0))
+    assert _ipc_bytes(with_releases.generate().events) == _ipc_bytes(data.events)
+    truth, end = with_releases.live_truth, with_releases.history_end
+    assert truth.item_vecs.shape[0] == SMALL.n_items + 21
+    assert np.allclose(truth.popularity_bias[SMALL.n_items + 1 :], -1.0)
+    assert len(set(truth.titles)) == len(truth.titles)
+    assert (truth.follow_ups[SMALL.n_items + 1 :] <= SMALL.n_items).all()  # sequels are catalogue items
+    assert [with_releases.released(t) for t in (end - 1, end, end + 1.9, end + 2.0, end + 1e6)] == [0, 1, 1, 2, 20]
+    assert sim.released(end + 1e6) == 0
+
+
+def test_browse_finds_only_what_is_out_and_remembers_it():
+    sim = Simulator(dataclasses.replace(SMALL, live_new_items=30, release_every_seconds=10.0, new_item_bias=2.0))
+    rng = np.random.default_rng(0)
+    end = sim.history_end
+    early = [sim.browse(u, end + 5.0, rng=rng) for u in range(1, 201)]
+    assert max(early) <= SMALL.n_items + 1  # one release is out in the first 10 s
+    late = [sim.browse(u, end + 1000.0, rng=rng) for u in range(1, 201)]
+    assert max(late) <= SMALL.n_items + 30
+    assert sum(i > SMALL.n_items for i in late) > 20  # popular releases get found
+    user = 7
+    item = sim.browse(user, end + 1000.0, rng=rng)
+    assert sim._peek_memory(user).last == item and item in sim._peek_memory(user).recent
+    # a released item can be shown and clicked like any other
+    assert sim.click_probabilities(user, [SMALL.n_items + 30], end + 1000.0).shape == (1,)
+    with pytest.raises(ValueError, match="outside"):
+        sim.respond(user, [SMALL.n_items + 31], end + 1000.0)

@@ -16,3 +16,5 @@ def test_quick_demo_end_to_end(tmp_path):
     assert set(report["ab_test"]) >= {"mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value"}
     assert json.loads((tmp_path / "report.json").read_text())["requests"] == report["requests"]
     assert any("Welch" in line for line in lines)
+    # the frozen arm cannot show an item released after it was trained; the live model may
+    assert report["released_items_shown_share"].get("frozen", 0.0) == 0.0

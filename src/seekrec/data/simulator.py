@@ -13,6 +13,8 @@ resampling), so popularity and taste both shape the data without an [users x ite
 
 Live mode (``respond``) shows a slate; a user examines position k with probability
 ``(1 + k) ** -position_bias`` and clicks an examined item with ``sigmoid(click_logit(...))``.
+Users also find items on their own (``browse``: search, a friend's tip), among them the new items
+released during live time, which no model trained on the history knows.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from scipy.special import expit
 from seekrec.data.schema import IdMap, InteractionData, build_events
 from seekrec.data.simulator_world import (
     CHOICES, LIVE, AliasSampler, Drift, GroundTruth, Profiles, build_world, check_items, check_user, draw_profiles,
-    member, pick, rank_fresh, stream, timeline,
+    member, pick, rank_fresh, release_items, stream, timeline,
 )
 
 SECONDS_PER_DAY = 86_400
@@ -40,12 +42,12 @@ _RANKED = 4  # fresh picks ranked per event, so a pick that is a recent item has
 _CHUNK = 1 << 15  # events whose tastes and fresh picks are drawn in one vectorised batch
 _MAX_ACTIVITY = 15  # cap on a user's history length, in multiples of mean_events_per_user
 _INT_FIELDS = {"n_users": 1, "n_items": 1, "n_genres": 1, "dim": 1, "min_events_per_user": 1, "candidates_per_step": 1,
-               "repeat_window": 1, "n_follow_ups": 1, "start_timestamp": 0, "seed": 0}
+               "repeat_window": 1, "n_follow_ups": 1, "start_timestamp": 0, "seed": 0, "live_new_items": 0}
 _FLOAT_FIELDS = {"mean_events_per_user": 1.0, "session_length": 1.0, "activity_sigma": 0.0, "popularity_exponent": 0.0,
                  "taste_strength": 0.0, "event_gap_seconds": 0.0, "session_gap_seconds": 0.0,
                  "join_window_seconds": 0.0, "drift_per_day": 0.0, "trend_weight": 0.0, "trend_drift_per_day": 0.0,
                  "live_time_scale": 0.0, "position_bias": 0.0, "repeat_prob": 0.0, "follow_up_prob": 0.0,
-                 "base_logit": -math.inf}
+                 "base_logit": -math.inf, "release_every_seconds": 0.0, "new_item_bias": -math.inf}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class SimulatorConfig:
             100 drift days, which moves tastes by about half their length.
         position_bias: examination falls as ``(1 + position) ** -position_bias`` in live slates.
         base_logit: shifts every live click probability (sets the overall click-through rate).
+        live_new_items, release_every_seconds, new_item_bias: items released after the history
+            (ids ``n_items + 1 ..``), one every ``release_every_seconds`` of live time, with popularity
+            logit ``new_item_bias`` (0 = as popular as the top item); users find them by ``browse``.
         seed: the only source of randomness.
     """
 
@@ -103,6 +108,9 @@ class SimulatorConfig:
     live_time_scale: float = 1.0
     position_bias: float = 1.0
     base_logit: float = -2.0
+    live_new_items: int = 0
+    release_every_seconds: float = 1.0
+    new_item_bias: float = 0.0
     start_timestamp: int = 1_704_067_200  # 2024-01-01 UTC
     seed: int = 0
 
@@ -213,6 +221,11 @@ class Simulator:
     def truth(self) -> GroundTruth:
         """Item vectors, genres, popularity, sequels, titles: drawn once from the seed."""
         return build_world(self.config)
+
+    @cached_property
+    def live_truth(self) -> GroundTruth:
+        """``truth`` plus the items released in live time (``live_new_items``); the history never sees them."""
+        return release_items(self.config, self.truth)
 
     @cached_property
     def _popularity(self) -> AliasSampler:
@@ -390,8 +403,8 @@ class Simulator:
 
     def click_probabilities(self, user_id: int, items: Sequence[int] | np.ndarray, t: float) -> np.ndarray:
         """P(click | examined) of ``items`` for ``user_id`` at time ``t``: [K] in [0, 1]; changes nothing."""
-        cfg, truth = self.config, self.truth
-        items = check_items(items, cfg.n_items)
+        cfg, truth = self.config, self.live_truth
+        items = check_items(items, cfg.n_items + cfg.live_new_items)
         memory = self._peek_memory(check_user(user_id))
         query = self.taste(user_id, t) + cfg.trend_weight * self.trend(t)
         sequels = truth.follow_ups[memory.last] if memory.last else np.zeros(0, np.int64)
@@ -409,12 +422,46 @@ class Simulator:
         order, become the user's most recent items; the last one is the item whose sequels get a bonus.
         """
         user_id = check_user(user_id)
-        slate = check_items(slate, self.config.n_items)
+        slate = check_items(slate, self.config.n_items + self.config.live_new_items)
         p = self.click_probabilities(user_id, slate, t)
         examined = (1.0 + np.arange(len(slate))) ** -self.config.position_bias
         clicks = (self._live_rng if rng is None else rng).random(len(slate)) < p * examined
+        self._remember(user_id, slate[clicks].tolist())
+        return clicks
+
+    def released(self, t: float) -> int:
+        """How many live items are out at time ``t`` (ids ``n_items + 1 ..`` that many)."""
+        cfg = self.config
+        if cfg.live_new_items == 0 or t < self.history_end:
+            return 0
+        if cfg.release_every_seconds == 0:
+            return cfg.live_new_items
+        return min(cfg.live_new_items, int((t - self.history_end) // cfg.release_every_seconds) + 1)
+
+    def browse(self, user_id: int, t: float, rng: np.random.Generator | None = None) -> int:
+        """An item the user finds on their own at ``t`` (not from a slate); it enters their memory.
+
+        A multinomial-logit choice over the same utility as clicks, among ``candidates_per_step``
+        items drawn uniformly from what is out at ``t`` (catalogue and releases), skipping recent items.
+        """
+        cfg, truth = self.config, self.live_truth
+        user_id = check_user(user_id)
+        rng = self._live_rng if rng is None else rng
+        available = cfg.n_items + self.released(t)
+        cand = rng.integers(1, available + 1, size=cfg.candidates_per_step)
+        memory = self._peek_memory(user_id)
+        query = self.taste(user_id, t) + cfg.trend_weight * self.trend(t)
+        sequels = truth.follow_ups[memory.last] if memory.last else np.zeros(0, np.int64)
+        logit = click_logit(cfg, query, truth.item_vecs[cand].astype(np.float64), truth.popularity_bias[cand],
+                            follow_up=(cand[:, None] == sequels).any(axis=1), recent=np.zeros(len(cand), bool))
+        blocked = (cand[:, None] == np.array(memory.recent, dtype=np.int64)).any(axis=1)
+        item = int(pick(cand[None], logit[None], blocked[None], rng)[0])
+        self._remember(user_id, [item])
+        return item
+
+    def _remember(self, user_id: int, items: list[int]) -> None:
+        """Items the user just took, in order, become their most recent; the last one's sequels get a bonus."""
         memory = self._memory.setdefault(user_id, self._peek_memory(user_id))
-        for item in slate[clicks].tolist():
+        for item in items:
             memory.recent.append(item)
             memory.last = item
-        return clicks

@@ -25,7 +25,7 @@ AGE_BUCKETS = np.array([1, 18, 25, 35, 45, 50, 56], dtype=np.int32)  # MovieLens
 _AGE_WEIGHTS = np.array([0.04, 0.18, 0.35, 0.20, 0.09, 0.08, 0.06])
 _GENRE_MIX = np.array([1.0, 0.6, 0.4])  # weight of an item's (a user's) first, second, third genre
 # One SeedSequence child per purpose, so changing one part never shifts another part's draws.
-ITEMS, USER, TIMELINE, CHOICES, TREND, USER_WALK, LIVE = range(7)
+ITEMS, USER, TIMELINE, CHOICES, TREND, USER_WALK, LIVE, RELEASES = range(8)
 
 
 def stream(seed: int, *key: int) -> np.random.Generator:
@@ -86,6 +86,45 @@ def build_world(cfg: SimulatorConfig) -> GroundTruth:
         popularity_bias=np.concatenate([[0.0], bias]).astype(np.float32),
         item_genres=padded, follow_ups=follow_ups, genre_centroids=centroids, age_directions=age_dirs,
         genre_names=genre_names(g), titles=titles, years=years,
+    )
+
+
+def release_items(cfg: SimulatorConfig, truth: GroundTruth) -> GroundTruth:
+    """``truth`` plus ``cfg.live_new_items`` items released after the history, ids ``N+1..N+M``.
+
+    Drawn from their own stream, so the history's world is the same with or without releases. New
+    items look like the catalogue (genre-clustered vectors, titles, this year's release) but carry
+    ``new_item_bias`` as popularity, as new releases draw attention; their sequels are catalogue items
+    of their primary genre.
+    """
+    m, g, d, n = cfg.live_new_items, cfg.n_genres, cfg.dim, cfg.n_items
+    if m == 0:
+        return truth
+    rng = stream(cfg.seed, RELEASES)
+    keys = np.log(_genre_weights(g)) + rng.gumbel(size=(m, g))
+    ranked = np.argsort(-keys, axis=1, kind="stable")[:, :3]
+    k = np.minimum(rng.choice(3, size=m, p=[0.5, 0.35, 0.15]) + 1, g)
+    genres = np.where(np.arange(ranked.shape[1]) < k[:, None], ranked, -1)
+    mix = np.where(genres >= 0, _GENRE_MIX[: genres.shape[1]], 0.0)
+    vecs = unit(np.einsum("mk,mkd->md", mix, truth.genre_centroids[np.maximum(genres, 0)])
+                + 0.6 * rng.standard_normal((m, d)) / math.sqrt(d))
+    primary = truth.item_genres[1:, 0]
+    follow_ups = np.zeros((m, cfg.n_follow_ups), np.int64)
+    for row, genre in enumerate(genres[:, 0].tolist()):
+        pool = np.flatnonzero(primary == genre) + 1
+        pool = pool if len(pool) >= cfg.n_follow_ups else np.arange(1, n + 1)
+        follow_ups[row] = rng.choice(pool, size=cfg.n_follow_ups, replace=False)
+    years = np.full(m, 2026, np.int32)
+    titles = make_titles(genres[:, 0], years, rng.random((m, 5)))
+    taken = set(truth.titles)
+    titles = [t if t not in taken else f"{t} ({n + 1 + i})" for i, t in enumerate(titles)]
+    return GroundTruth(
+        item_vecs=np.concatenate([truth.item_vecs, vecs.astype(np.float32)]),
+        popularity_bias=np.concatenate([truth.popularity_bias, np.full(m, cfg.new_item_bias, np.float32)]),
+        item_genres=np.concatenate([truth.item_genres, genres.astype(np.int64)]),
+        follow_ups=np.concatenate([truth.follow_ups, follow_ups]), genre_centroids=truth.genre_centroids,
+        age_directions=truth.age_directions, genre_names=truth.genre_names, titles=[*truth.titles, *titles],
+        years=np.concatenate([truth.years, years]),
     )
 
 

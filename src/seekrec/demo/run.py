@@ -46,8 +46,8 @@ class DemoConfig:
 
     def sizes(self) -> dict[str, Any]:
         if self.quick:
-            return {"n_users": 400, "n_items": 300, "events": 30, "epochs": 8, "live": 75.0}
-        return {"n_users": 2000, "n_items": 1000, "events": 40, "epochs": 12, "live": 240.0}
+            return {"n_users": 400, "n_items": 300, "events": 30, "epochs": 8, "live": 75.0, "new_items": 60}
+        return {"n_users": 2000, "n_items": 1000, "events": 40, "epochs": 12, "live": 240.0, "new_items": 200}
 
 
 def _free_port() -> int:
@@ -90,11 +90,12 @@ def _wait_ready(url: str, proc: subprocess.Popen, logfile: Path, timeout: float 
 def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:
     """Simulate data, train the initial model, publish it as the first registry version."""
     size = cfg.sizes()
-    # tastes and the population-wide trend drift fast in live time (a day every 3 s), so a model
-    # frozen at the start goes stale within the demo
+    # tastes and the population-wide trend drift fast in live time (a day every 3 s) and new items
+    # come out every second, so a model frozen at the start goes stale within the demo
     sim = Simulator(SimulatorConfig(n_users=size["n_users"], n_items=size["n_items"],
                                     mean_events_per_user=size["events"], live_time_scale=28_800.0,
-                                    trend_weight=2.0, trend_drift_per_day=0.3, seed=cfg.seed))
+                                    trend_weight=2.0, trend_drift_per_day=0.3, live_new_items=size["new_items"],
+                                    release_every_seconds=1.0, new_item_bias=-1.5, seed=cfg.seed))
     data_dir = cfg.workdir / "data"
     sim.generate().write(data_dir)
     overrides = ["name=demo-initial", "model.name=sasrec", "model.dim=32", "model.n_layers=2", "data.max_len=30",
@@ -130,7 +131,8 @@ def live_phase(
         stats, stop = TrafficStats(), threading.Event()
         start = time.time()
         driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={
-            "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop})
+            "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop,
+            "browse_share": 0.2})
         driver.start()
         show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR frozen':>10}  {'CTR realtime':>12}  "
              f"{'serving':>8}  {'p99 ms':>7}  errors")
@@ -173,6 +175,7 @@ def build_report(stats: TrafficStats, seconds: float, offsets: dict[str, int]) -
         "requests": stats.requests,
         "errors": stats.errors,
         "fallbacks": stats.fallbacks,
+        "released_items_shown_share": {arm: released / max(total, 1) for arm, (total, released) in stats.shown.items()},
         "versions_published": len(offsets),
         "seconds": seconds,
     }
@@ -187,6 +190,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"  difference    {ab['diff']:+.4f}  95% CI [{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}]  "
         f"lift {ab['relative_lift']:+.1%}",
         f"  Welch's t-test: t = {ab['t']:.2f}, p = {ab['p_value']:.3g}",
+        "  share of shown items released during the demo: "
+        + ", ".join(f"{arm} {share:.1%}" for arm, share in sorted(report["released_items_shown_share"].items())),
         f"freshness (event -> served model trained on it): p50 {fresh['p50']:.2f} s, p99 {fresh['p99']:.2f} s "
         f"({fresh['events_measured']} of {fresh['events_acknowledged']} events)",
         f"/recommend latency: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms at {report['qps']:.0f} QPS "

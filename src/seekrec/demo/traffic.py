@@ -27,13 +27,17 @@ class TrafficStats:
     latencies_ms: list[float] = field(default_factory=list)  # /recommend, client-side
     acked: list[tuple[int, float]] = field(default_factory=list)  # (offset, wall time acknowledged)
     version_first_seen: dict[str, float] = field(default_factory=dict)  # version -> wall time first served
+    shown: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # arm -> [items, releases]
     errors: int = 0
     requests: int = 0
     fallbacks: int = 0
 
-    def record(self, arm: str, ctr: float, latency_ms: float, version: str, fallback: bool, now: float) -> None:
+    def record(self, arm: str, ctr: float, latency_ms: float, version: str, fallback: bool, now: float,
+               shown: tuple[int, int] = (0, 0)) -> None:
         with self.lock:
             self.ctr[arm].append(ctr)
+            self.shown[arm][0] += shown[0]
+            self.shown[arm][1] += shown[1]
             self.latencies_ms.append(latency_ms)
             self.version_first_seen.setdefault(version, now)
             self.requests += 1
@@ -48,6 +52,7 @@ def run_traffic(
     workers: int = 4,
     k: int = 10,
     new_user_share: float = 0.02,
+    browse_share: float = 0.0,
     seed: int = 0,
     stats: TrafficStats | None = None,
     stop: threading.Event | None = None,
@@ -55,13 +60,15 @@ def run_traffic(
     """Drive ``workers`` simulated-user loops for ``duration_s`` seconds; returns the statistics.
 
     Live simulator time is ``history_end + seconds since start``, so drift follows the simulator's
-    ``live_time_scale``.
+    ``live_time_scale``. After a share ``browse_share`` of requests the user also finds an item on
+    their own (``Simulator.browse``), which is sent as an event like a click: the organic traffic
+    (search, browsing) through which new releases reach the log.
     """
     stats = stats if stats is not None else TrafficStats()
     stop = stop if stop is not None else threading.Event()
     sim_lock = threading.Lock()
     start = time.time()
-    n_users = simulator.config.n_users
+    n_users, n_items = simulator.config.n_users, simulator.config.n_items
 
     def worker(index: int) -> None:
         rng = np.random.default_rng([seed, index])
@@ -84,9 +91,13 @@ def run_traffic(
                 with sim_lock:
                     clicks = simulator.respond(user, slate, sim_time, rng=rng) if slate else np.zeros(0, bool)
                 now = time.time()
+                released = sum(item > n_items for item in slate)  # items out after the history
                 stats.record(body["arm"], float(np.sum(clicks)) / k, latency_ms, body["model_version"],
-                             body.get("fallback", False), now)
+                             body.get("fallback", False), now, shown=(len(slate), released))
                 clicked = [item for item, c in zip(slate, clicks) if c]
+                if rng.random() < browse_share:
+                    with sim_lock:
+                        clicked.append(simulator.browse(user, sim_time, rng=rng))
                 if clicked:
                     events = [{"user_id": str(user), "item_id": str(i), "timestamp": now} for i in clicked]
                     try:
