@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 
 from seekrec.data.simulator import Simulator, SimulatorConfig
@@ -46,15 +46,29 @@ def publish_random_model(root: Path, n_items: int, n_users: int, seed: int) -> t
     return data_dir, root / "registry"
 
 
-async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int) -> dict:
-    """Open-loop: request i starts at t0 + i / rate; returns latency percentiles and achieved rate."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to report CPU per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int, server_pid: int | None = None) -> dict:
+    """Open-loop: request i starts at t0 + i / rate; returns latency percentiles, achieved rate and CPU
+    per request of the server and of this client (they share the machine's cores).
+
+    aiohttp rather than httpx: the client shares the cores with the server, and aiohttp costs a
+    fraction of httpx's CPU per request, so less of the measured latency is the load generator's.
+    """
     rng = np.random.default_rng(seed)
     n = int(rate * seconds)
-    users = rng.integers(1, n_users + 1, n)
+    bodies = [json.dumps({"user_id": str(u), "k": 10}).encode() for u in rng.integers(1, n_users + 1, n)]
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, timeout=5.0, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout, headers=headers) as client:
+        server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else 0.0, time.process_time()
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -62,18 +76,23 @@ async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int) 
             await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
             start = time.perf_counter()
             try:
-                resp = await client.post("/recommend", json={"user_id": str(users[i]), "k": 10})
-                resp.raise_for_status()
+                async with client.post("/recommend", data=bodies[i]) as resp:
+                    await resp.read()
+                    resp.raise_for_status()
                 latencies.append(1000 * (time.perf_counter() - start))
-            except httpx.HTTPError:
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
 
         await asyncio.gather(*(one(i) for i in range(n)))
         elapsed = time.perf_counter() - t0
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(server_pid) - server_cpu if server_pid else float("nan")
     lat = np.asarray(latencies)
     pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95, 99)}
     return {"rate": rate, "requests": n, "ok": len(latencies), "errors": errors,
-            "achieved_rate": len(latencies) / elapsed, **pct}
+            "achieved_rate": len(latencies) / elapsed, **pct,
+            "server_cpu_ms_per_request": 1000 * server_cpu / max(n, 1),
+            "client_cpu_ms_per_request": 1000 * client_cpu / max(n, 1)}
 
 
 def main() -> None:
@@ -83,16 +102,24 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[100, 200, 300, 500])
     parser.add_argument("--seconds", type=float, default=8.0, help="per rate (bounded)")
     parser.add_argument("--budget-ms", type=float, default=20.0, help="p99 latency budget")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on CPU 0, this client on the other CPUs, so the load generator does not "
+                             "steal the server's core (Linux taskset)")
+    parser.add_argument("--server-args", default="", help="extra `seekrec serve` flags, e.g. --server-args='--max-wait-ms 1'")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    pin = args.pin and (os.cpu_count() or 1) >= 2
+    if pin:
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
     results = []
     for n_items in args.items:
         with tempfile.TemporaryDirectory() as tmp:
             data_dir, registry = publish_random_model(Path(tmp), n_items, args.users, seed=0)
             port = _free_port()
             log = Path(tmp) / "server.log"
-            cmd = [sys.executable, "-m", "seekrec.cli", "serve", "--registry", str(registry), "--event-log",
-                   f"sqlite:///{Path(tmp) / 'events.db'}", "--data", str(data_dir), "--port", str(port)]
+            cmd = [*(["taskset", "-c", "0"] if pin else []), sys.executable, "-m", "seekrec.cli", "serve",
+                   "--registry", str(registry), "--event-log", f"sqlite:///{Path(tmp) / 'events.db'}",
+                   "--data", str(data_dir), "--port", str(port), *args.server_args.split()]
             with open(log, "w") as fh:
                 server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
                 try:
@@ -100,7 +127,8 @@ def main() -> None:
                     _wait_ready(base, server, log)
                     asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
                     for rate in args.rates:
-                        row = {"n_items": n_items, **asyncio.run(fire(base, rate, args.seconds, args.users, 1))}
+                        row = {"n_items": n_items,
+                               **asyncio.run(fire(base, rate, args.seconds, args.users, 1, server.pid))}
                         results.append(row)
                         print(json.dumps(row), flush=True)
                 finally:
@@ -111,15 +139,18 @@ def main() -> None:
         ok = [r["rate"] for r in results if r["n_items"] == n_items and r["p99"] <= args.budget_ms and not r["errors"]]
         held[str(n_items)] = max(ok) if ok else None
     out = {"command": "python " + " ".join(sys.argv), "machine": {"platform": platform.platform(),
-           "cpus": os.cpu_count()}, "note": "client and server share the machine's cores",
+           "cpus": os.cpu_count()},
+           "note": "server pinned to CPU 0, client to the others" if pin else "client and server share the machine's cores",
            "budget_ms": args.budget_ms, "max_rate_within_budget": held, "rows": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print("| items | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    print("| items | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | client CPU ms/req |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['n_items']} | {r['rate']:.0f} | {r['achieved_rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} "
-              f"| {r['p99']:.1f} | {r['errors']} |")
+              f"| {r['p99']:.1f} | {r['errors']} | {r['server_cpu_ms_per_request']:.2f} "
+              f"| {r['client_cpu_ms_per_request']:.2f} |")
     print(f"highest rate with p99 <= {args.budget_ms:.0f} ms: {held}")
 
 

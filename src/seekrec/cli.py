@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         registry=args.registry, event_log=args.event_log, data_dir=args.data, host=args.host, port=args.port,
         candidates=args.candidates, poll_interval_s=args.poll_interval, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, experiment=ExperimentSettings(args.experiment, arms),
+        max_wait_ms=args.max_wait_ms, threads=args.threads, experiment=ExperimentSettings(args.experiment, arms),
     )
     serve(settings)
     return 0
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--poll-interval", type=float, default=2.0, help="seconds between registry checks (hot swap)")
     sv.add_argument("--max-batch", type=int, default=64, help="micro-batch size")
     sv.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait")
+    sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: one per core)")
     sv.add_argument("--experiment", default="default", help="A/B experiment name (hash salt)")
     sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
                     help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")

@@ -79,13 +79,15 @@ def _same(a: Recommendation, b: Recommendation) -> None:
     torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-5, atol=1e-5)
 
 
-def test_micro_batched_equals_one_at_a_time(predictor: Predictor, histories: UserHistories) -> None:
+@pytest.mark.parametrize("run_in_thread", [False, True], ids=["inline", "thread"])
+def test_micro_batched_equals_one_at_a_time(predictor: Predictor, histories: UserHistories, run_in_thread: bool) -> None:
     queries = _queries(histories)
     single = [predictor.recommend([q])[0] for q in queries]
     sizes: list[int] = []
 
     async def concurrent() -> list[Recommendation]:
-        batcher = MicroBatcher(predictor.recommend, max_batch=8, max_wait_ms=50, on_batch=sizes.append)
+        batcher = MicroBatcher(predictor.recommend, max_batch=8, max_wait_ms=50, on_batch=sizes.append,
+                               run_in_thread=run_in_thread)
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit(q) for q in queries))
@@ -98,14 +100,15 @@ def test_micro_batched_equals_one_at_a_time(predictor: Predictor, histories: Use
         _same(a, b)
 
 
-def test_micro_batcher_hands_errors_to_every_waiter_and_keeps_going() -> None:
+@pytest.mark.parametrize("run_in_thread", [False, True], ids=["inline", "thread"])
+def test_micro_batcher_hands_errors_to_every_waiter_and_keeps_going(run_in_thread: bool) -> None:
     def run(batch: list[int]) -> list[int]:
         if 13 in batch:
             raise ValueError("unlucky batch")
         return [x * 2 for x in batch]
 
     async def scenario() -> tuple[list[object], list[int]]:
-        batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=4, max_wait_ms=20)
+        batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=4, max_wait_ms=20, run_in_thread=run_in_thread)
         batcher.start()
         try:
             first = await asyncio.gather(*(batcher.submit(x) for x in (12, 13)), return_exceptions=True)

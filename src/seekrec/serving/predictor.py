@@ -9,6 +9,7 @@ as a fallback so clients and experiment analysis can tell the two apart.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -124,36 +125,39 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def _rank(self, queries: Sequence[Query]) -> list[Recommendation]:
-        """Model path: ``[B, L]`` histories -> users ``[B, D]`` -> ANN ``[B, C]`` -> exact scores -> top K."""
-        inputs = torch.zeros(len(queries), self.max_len, dtype=torch.long)  # [B, L] left-padded
-        seen = [set(q.history) if q.exclude_seen else set() for q in queries]
+        """Model path: ``[B, L]`` histories -> users ``[B, D]`` -> ANN ``[B, C]`` -> exact scores -> top K.
+
+        Built with whole-batch numpy indexing rather than per-row tensors: at serving batch sizes the
+        Python around the forward pass costs as much as the forward pass itself."""
+        b, width = len(queries), self.max_len
+        inputs = np.zeros((b, width), dtype=np.int64)  # [B, L] left-padded
         for row, query in enumerate(queries):
-            recent = query.history[-self.max_len :]
-            inputs[row, self.max_len - len(recent) :] = torch.tensor(recent)
+            recent = query.history[-width:]
+            inputs[row, width - len(recent) :] = recent
+        seen = [q.history if q.exclude_seen else () for q in queries]
+        seen_rows = np.repeat(np.arange(b), [len(h) for h in seen])
+        seen_ids = np.fromiter(itertools.chain.from_iterable(seen), dtype=np.int64, count=len(seen_rows))
         # enough candidates that every user keeps k items after their seen ones are removed
-        n_cand = min(self.n_items, max(max(self.candidates, q.k + len(s)) for q, s in zip(queries, seen)))
+        n_cand = min(self.n_items, max(max(self.candidates, q.k + len(h)) for q, h in zip(queries, seen)))
+        k = min(max(q.k for q in queries), n_cand)
         with torch.inference_mode():
-            users = self.model.encode_users(inputs.to(self.device))  # [B, D]
+            users = self.model.encode_users(torch.from_numpy(inputs).to(self.device))  # [B, D]
             _, cand = self.index.search(users, n_cand)  # [B, C] item ids, -1 where HNSW found none
             cand = cand.clamp(min=0).to(self.device)
-            scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand])  # [B, C]
-            width = max(len(s) for s in seen)
-            if width:
-                seen_ids = torch.zeros(len(queries), width, dtype=torch.long)  # [B, S], 0 = padding
-                for row, items in enumerate(seen):
-                    seen_ids[row, : len(items)] = torch.tensor(sorted(items), dtype=torch.long)
-                blocked = (cand.unsqueeze(-1) == seen_ids.to(self.device).unsqueeze(1)).any(-1)  # [B, C]
-            else:
-                blocked = torch.zeros_like(cand, dtype=torch.bool)
-            scores = scores.float().masked_fill(blocked | (cand == 0), float("-inf"))
-            top_scores, top_pos = scores.topk(min(max(q.k for q in queries), n_cand), dim=1)  # [B, K]
-            top_ids = cand.gather(1, top_pos)
+            scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand]).float()  # [B, C]
+            blocked = torch.zeros(b, self.n_items + 1, dtype=torch.bool)  # [B, N + 1]; column 0: padding
+            blocked[:, 0] = True
+            blocked[torch.from_numpy(seen_rows), torch.from_numpy(seen_ids)] = True
+            scores = scores.masked_fill(blocked.to(self.device).gather(1, cand), float("-inf"))
+            top_scores, top_pos = scores.topk(k, dim=1)  # [B, K]
+            top_ids = cand.gather(1, top_pos).cpu().numpy()
+            top_scores = top_scores.cpu().numpy()
         out = []
         for row, query in enumerate(queries):
-            keep = torch.isfinite(top_scores[row, : query.k])
-            ids = top_ids[row, : query.k][keep].cpu().numpy()
-            out.append(Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
-                                      tuple(top_scores[row, : query.k][keep].cpu().tolist()), self.version, False))
+            row_scores = top_scores[row, : query.k]
+            keep = np.isfinite(row_scores)
+            out.append(Recommendation(query.user_id, tuple(self.catalog.items.decode(top_ids[row, : query.k][keep])),
+                                      tuple(row_scores[keep].tolist()), self.version, False))
         return out
 
     def _popular_for(self, query: Query) -> Recommendation:

@@ -81,7 +81,9 @@ class ServeSettings:
     its own ``max_len`` of them). ``candidates``: ANN candidates scored per user. ``ann_threshold``:
     catalogs with at least this many items use HNSW. ``max_batch`` / ``max_wait_ms``: micro-batching.
     ``poll_interval_s``: how often the registry's CURRENT and the event log's tail are checked.
-    ``trainer_consumer``: the online trainer's consumer name, for the lag metric.
+    ``trainer_consumer``: the online trainer's consumer name, for the lag metric. ``threads``: torch
+    intra-op threads (0: torch's default, one per core). One is the default: micro-batches are small,
+    and idle OpenMP workers spin on the cores that the event loop and other processes need.
     """
 
     registry: Path
@@ -98,6 +100,7 @@ class ServeSettings:
     poll_interval_s: float = 2.0
     trainer_consumer: str = "online-trainer"
     device: str = "cpu"
+    threads: int = 1
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
     def __post_init__(self) -> None:
@@ -110,7 +113,8 @@ class ServeSettings:
         if isinstance(self.experiment, dict):
             object.__setattr__(self, "experiment", ExperimentSettings(**self.experiment))
         limits = {"port": (0, 65535), "default_k": (1, 1000), "history_len": (1, 100_000),
-                  "candidates": (1, 100_000), "ann_threshold": (0, 10**12), "max_batch": (1, 4096)}
+                  "candidates": (1, 100_000), "ann_threshold": (0, 10**12), "max_batch": (1, 4096),
+                  "threads": (0, 1024)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

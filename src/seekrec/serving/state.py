@@ -15,12 +15,14 @@ trainer) brings such items, histories are rebuilt off the loop so those clicks c
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from seekrec.data.vocab import Catalog, Vocab
 from seekrec.online.events import Event, EventLog, LoggedEvent
@@ -74,7 +76,8 @@ class ServingState:
         self.current_version: str | None = None
         self.failed_versions: dict[str, str] = {}  # version -> error, so a broken one is not reloaded each poll
         self.batcher: MicroBatcher[tuple[ArmModel, Query], Recommendation] = MicroBatcher(
-            self._run_batch, settings.max_batch, settings.max_wait_ms, on_batch=metrics.batch_size.observe)
+            self._run_batch, settings.max_batch, settings.max_wait_ms, on_batch=metrics.batch_size.observe,
+            run_in_thread=settings.device != "cpu")  # see MicroBatcher: inline is cheaper on a CPU
         self._events_lock = asyncio.Lock()
         self._swap_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,6 +86,8 @@ class ServingState:
     async def start(self) -> None:
         """Open the log, load pinned versions (errors abort start-up) and CURRENT (errors are counted
         and retried with the next version), build histories, then start polling."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
         self.event_log = await asyncio.to_thread(open_event_log, self.settings.event_log)
         self.batcher.start()
         try:
@@ -92,6 +97,10 @@ class ServingState:
             raise
         self._tasks = [asyncio.create_task(self._every(self.refresh, "model_load"), name="registry-poller"),
                        asyncio.create_task(self._every(self.catch_up, "event_tail"), name="event-log-tail")]
+        # models, catalogs and histories live as long as the process: moved out of the collector's
+        # generations, full collections stop walking them, which would pause requests at scale
+        gc.collect()
+        gc.freeze()
 
     async def _load_initial(self) -> None:
         """Pinned versions first (must load), then CURRENT (may be absent or broken: the poller retries)."""
