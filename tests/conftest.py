@@ -1,7 +1,15 @@
-"""Shared fixtures: the real datasets beside the repository, and tiny prepared datasets."""
+"""Shared fixtures: the real datasets beside the repository, tiny prepared datasets, and Redis.
+
+Redis tests talk to a real server on loopback. Without one they are skipped, unless
+SEEKREC_REQUIRE_SERVICES=1 (set in CI), where a missing server must fail the run instead of silently
+shrinking it.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +19,8 @@ import pytest
 from seekrec.data.schema import IdMap, InteractionData, build_events
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REDIS_URL = os.environ.get("SEEKREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+START_REDIS = "redis-server --daemonize yes --port 6379 --save ''"
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +54,49 @@ def sim_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sim")
     Simulator(SimulatorConfig(n_users=120, n_items=80, mean_events_per_user=25, seed=5)).generate().write(out)
     return out
+
+
+def _redis_problem(url: str) -> str | None:
+    """Why Redis cannot be used for the tests, or ``None`` when it answers."""
+    try:
+        import redis
+    except ModuleNotFoundError:
+        return "the redis package is not installed (pip install 'redis>=5,<7')"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        return f"no answer from {url} ({exc})"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    problem = _redis_problem(REDIS_URL)
+    if problem is not None:
+        if os.environ.get("SEEKREC_REQUIRE_SERVICES") == "1":
+            pytest.fail(
+                f"SEEKREC_REQUIRE_SERVICES=1 but Redis is unavailable: {problem}. "
+                f"Start it with `{START_REDIS}` or point SEEKREC_TEST_REDIS_URL at one.",
+                pytrace=False,
+            )
+        pytest.skip(f"Redis unavailable: {problem}; start it with `{START_REDIS}`")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"seekrec-test:{uuid.uuid4().hex}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

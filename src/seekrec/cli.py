@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workdir = args.workdir or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     run_demo(DemoConfig(workdir=workdir, quick=args.quick, seed=args.seed, live_seconds=args.seconds,
-                        workers=args.workers), show=lambda line: print(line, flush=True))
+                        workers=args.workers, event_log=args.event_log), show=lambda line: print(line, flush=True))
     return 0
 
 
@@ -317,13 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm = commands.add_parser(
         "demo", help="the whole real-time loop on the simulator, with a live A/B test", formatter_class=fmt,
         epilog="examples:\n  seekrec demo --quick      # under 3 minutes on 2 cores\n"
-        "  seekrec demo --seconds 600 --workdir runs/demo\n",
+        "  seekrec demo --seconds 600 --workdir runs/demo\n"
+        "  seekrec demo --quick --event-log 'redis://127.0.0.1:6379/0?stream=demo:events'\n",
     )
     dm.add_argument("--quick", action="store_true", help="small world, short live phase")
     dm.add_argument("--workdir", type=Path, help="where data, registry, logs and report go")
     dm.add_argument("--seconds", type=float, help="length of the live phase")
     dm.add_argument("--workers", type=int, default=4, help="concurrent simulated-user loops")
     dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--event-log", help="event log url for the server and the online trainer "
+                    "(default: SQLite in the workdir; redis://... for Redis Streams)")
     dm.set_defaults(func=cmd_demo)
     return parser
 

@@ -18,3 +18,23 @@ def test_quick_demo_end_to_end(tmp_path):
     assert any("Welch" in line for line in lines)
     # the frozen arm cannot show an item released after it was trained; the live model may
     assert report["released_items_shown_share"].get("frozen", 0.0) == 0.0
+
+
+@pytest.mark.slow
+def test_quick_demo_on_redis_streams(tmp_path, redis_url, redis_prefix):
+    """The production path end to end: server and online trainer share a Redis stream."""
+    url = f"{redis_url}?stream={redis_prefix}:events"
+    report = run_demo(DemoConfig(workdir=tmp_path, quick=True, live_seconds=10, workers=2, event_log=url),
+                      show=lambda line: None)
+    assert report["requests"] > 20 and report["errors"] == 0
+    assert report["versions_published"] >= 2 and report["freshness_seconds"]["events_measured"] > 0
+    # the acknowledged events are in the stream, and a second run refuses to reuse it
+    from seekrec.online.factory import open_event_log
+
+    log = open_event_log(url)
+    try:
+        assert log.end_offset() >= report["freshness_seconds"]["events_acknowledged"] > 0
+    finally:
+        log.close()
+    with pytest.raises(ValueError, match="already holds"):
+        run_demo(DemoConfig(workdir=tmp_path / "again", quick=True, live_seconds=1, event_log=url), show=lambda _: None)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from seekrec.data.simulator import Simulator, SimulatorConfig
 from seekrec.demo.traffic import TrafficStats, freshness_seconds, percentiles, run_traffic
 from seekrec.evaluation.abtest import welch_test
 from seekrec.io import atomic_write_json
+from seekrec.online.factory import open_event_log
 from seekrec.registry import ModelRegistry
 from seekrec.training.experiment import train_experiment
 from seekrec.training.metrics_log import MetricsLog
@@ -36,13 +37,18 @@ FROZEN, REALTIME = "frozen", "realtime"
 
 @dataclass
 class DemoConfig:
-    """Sizes and durations; ``quick`` picks a smaller world that finishes in under 3 minutes."""
+    """Sizes and durations; ``quick`` picks a smaller world that finishes in under 3 minutes.
+
+    ``event_log``: the log the server and the online trainer share; ``None`` is SQLite in ``workdir``
+    (embedded default), ``redis://host:port/db`` runs the loop on Redis Streams (production path).
+    """
 
     workdir: Path
     quick: bool = False
     seed: int = 0
     live_seconds: float | None = None
     workers: int = 4
+    event_log: str | None = None
 
     def sizes(self) -> dict[str, Any]:
         if self.quick:
@@ -114,7 +120,11 @@ def live_phase(
 ) -> tuple[TrafficStats, float]:
     """Server + online trainer + simulated users for ``live`` seconds; prints a live table."""
     duration = cfg.live_seconds or cfg.sizes()["live"]
-    events_url = f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
+    events_url = cfg.event_log or f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
+    with closing(open_event_log(events_url)) as events:
+        if events.end_offset():  # an earlier run's events would be replayed as this world's live traffic
+            raise ValueError(f"the event log {events_url} already holds {events.end_offset()} events; the demo "
+                             "needs an empty one (for Redis, name a fresh stream with ?stream=<key>)")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "seekrec.cli"]
