@@ -1,7 +1,9 @@
 """The only name -> class dispatch for models and losses.
 
 Configs arrive as plain dicts (from TOML / checkpoint manifests); the registry turns them into the
-validated config dataclass and the module.
+validated config dataclass and the module. Sequence models ("sasrec", "deepseek") are sized by the
+data's ``n_items``; feature models ("two_tower", "din") by the fitted feature spec's per-side
+``FeatureSchema`` and consume ``FeatureBatch`` inputs, so they have their own table and builder.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from seekrec.features.batch import FeatureBatch, FeatureSchema
 from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig
-from seekrec.models.losses import BCELoss, FullSoftmaxLoss, LossConfig, SampledSoftmaxLoss
+from seekrec.models.din import DIN, DINConfig
+from seekrec.models.layers.features import as_feature_schema
+from seekrec.models.losses import (
+    BCELoss,
+    FullSoftmaxLoss,
+    LossConfig,
+    RetrievalLossConfig,
+    RetrievalSoftmaxLoss,
+    SampledSoftmaxLoss,
+)
 from seekrec.models.negatives import NegativeSampler
 from seekrec.models.sasrec import SASRec, SASRecConfig
+from seekrec.models.two_tower import TwoTower, TwoTowerConfig
 
 
 @dataclass(frozen=True)
@@ -111,3 +124,75 @@ def build_loss(config: LossConfig | Mapping[str, Any], n_items: int, *, item_cou
         _check_keys(LossConfig, config, "loss")
         config = LossConfig(**config)
     return _LOSSES[config.name](config, n_items, item_counts)
+
+
+@dataclass(frozen=True)
+class _FeatureModelEntry:
+    model_class: type[nn.Module]
+    config_class: type
+    takes_catalogue: bool
+
+
+_FEATURE_MODELS: dict[str, _FeatureModelEntry] = {
+    "two_tower": _FeatureModelEntry(TwoTower, TwoTowerConfig, takes_catalogue=False),
+    "din": _FeatureModelEntry(DIN, DINConfig, takes_catalogue=True),
+}
+
+
+def feature_model_names() -> tuple[str, ...]:
+    """Registered models over ``FeatureBatch`` inputs."""
+    return tuple(_FEATURE_MODELS)
+
+
+def _feature_entry(name: str) -> _FeatureModelEntry:
+    if name not in _FEATURE_MODELS:
+        raise ValueError(f"unknown feature model {name!r}; valid names: {', '.join(_FEATURE_MODELS)}")
+    return _FEATURE_MODELS[name]
+
+
+def build_feature_model_config(
+    name: str, config_dict: Mapping[str, Any], *, user: FeatureSchema, item: FeatureSchema
+) -> Any:
+    """Validated config for feature model ``name``; the schemas come from the fitted feature spec, and
+    a conflicting ``user`` / ``item`` in ``config_dict`` (e.g. from an old manifest) is an error."""
+    config_class = _feature_entry(name).config_class
+    _check_keys(config_class, config_dict, name)
+    for side, schema in (("user", user), ("item", item)):
+        if side in config_dict and as_feature_schema(config_dict[side], f"{name}.{side}") != schema:
+            raise ValueError(f"{name} config has a {side} schema that differs from the feature spec's; drop "
+                             f"{side!r} from the config or refit the features")
+    return config_class(**{**config_dict, "user": user, "item": item})
+
+
+def build_feature_model(
+    name: str,
+    config_dict: Mapping[str, Any],
+    *,
+    user: FeatureSchema,
+    item: FeatureSchema,
+    catalogue: FeatureBatch | None = None,
+) -> nn.Module:
+    """Feature model ``name`` ("two_tower" | "din") from a plain config dict and the per-side schemas.
+
+    ``catalogue`` (item features of ids ``0..N``, row i = item i) is passed to models that keep one
+    (DIN, for the features of history items).
+    """
+    entry = _feature_entry(name)
+    config = build_feature_model_config(name, config_dict, user=user, item=item)
+    if catalogue is None:
+        return entry.model_class(config)
+    if not entry.takes_catalogue:
+        raise ValueError(f"model {name!r} does not keep an item catalogue; drop catalogue= (pass it to the task) "
+                         f"or use one of {[n for n, e in _FEATURE_MODELS.items() if e.takes_catalogue]}")
+    return entry.model_class(config, catalogue=catalogue)
+
+
+def build_retrieval_loss(
+    config: RetrievalLossConfig | Mapping[str, Any], n_items: int, *, item_counts: Tensor | None = None
+) -> RetrievalSoftmaxLoss:
+    """The two-tower loss; ``item_counts [N + 1]`` (training frequency) feed the log-Q correction and the
+    popularity sampler."""
+    if not isinstance(config, RetrievalLossConfig):
+        _check_keys(RetrievalLossConfig, config, "retrieval loss")
+        config = RetrievalLossConfig(**config)
+    return RetrievalSoftmaxLoss(config, n_items, item_counts=item_counts)

@@ -47,6 +47,36 @@ class StepResult(NamedTuple):
     stats: dict[str, Tensor]
 
 
+class SeededGenerator:
+    """A task's sampling ``torch.Generator``: seeded, created on the batch's device at first use, and
+    resumable (``state_dict`` / ``load_state_dict``) so a resumed run draws the same samples."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._pending_state: Tensor | None = None
+
+    def on(self, device: torch.device) -> torch.Generator:
+        """The generator on ``device`` (re-created, seeded, when the device changes)."""
+        if self._generator is None or self._generator.device != device:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+            if self._pending_state is not None:
+                generator.set_state(self._pending_state)
+                self._pending_state = None
+            self._generator = generator
+        return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._generator.get_state() if self._generator is not None else self._pending_state
+        return {"seed": self.seed, "generator_state": state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._generator = None
+        self._pending_state = state["generator_state"]
+
+
 class NextItemTask:
     """Computes the next-item loss of a batch.
 
@@ -60,20 +90,15 @@ class NextItemTask:
         self.model = model
         self.core = cast(SequenceRecommender, getattr(model, "module", model))
         self.loss = loss
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-        self._pending_state: Tensor | None = None
+        self.sampling = SeededGenerator(seed)
+
+    @property
+    def seed(self) -> int:
+        return self.sampling.seed
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The task's sampling generator, created seeded on ``device`` at first use."""
-        if self._generator is None or self._generator.device != device:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed)
-            if self._pending_state is not None:
-                generator.set_state(self._pending_state)
-                self._pending_state = None
-            self._generator = generator
-        return self._generator
+        return self.sampling.on(device)
 
     def step_loss(self, batch: HasNextItemTensors) -> StepResult:
         """Forward the batch and return the scalar loss plus detached stats.
@@ -103,10 +128,7 @@ class NextItemTask:
 
     def state_dict(self) -> dict[str, Any]:
         """Seed and generator state, so a resumed run draws the same negatives."""
-        state = self._generator.get_state() if self._generator is not None else self._pending_state
-        return {"seed": self.seed, "generator_state": state}
+        return self.sampling.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self._generator = None
-        self._pending_state = state["generator_state"]
+        self.sampling.load_state_dict(state)

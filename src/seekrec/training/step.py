@@ -30,6 +30,15 @@ class LossTask(Protocol):
     def step_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+def count_targets(batch: Any) -> int:
+    """Targets in ``batch``: its ``n_targets`` when it has one (feature batches: one per row), else the
+    non-padding entries of ``target_ids`` (next-item batches). Must match the task's ``stats["n_targets"]``."""
+    n_targets = getattr(batch, "n_targets", None)
+    if n_targets is not None:
+        return int(n_targets)
+    return int((batch.target_ids > 0).sum())
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -93,7 +102,7 @@ class TrainStep:
     def __call__(self, micro_batches: Sequence[Any]) -> StepStats:
         start = time.perf_counter()
         self.model.train()
-        n_targets = sum(int((b.target_ids > 0).sum()) for b in micro_batches)
+        n_targets = sum(count_targets(b) for b in micro_batches)
         total = all_reduce_sum(torch.tensor(float(n_targets), device=self.ctx.device), self.ctx)
         scale = self.ctx.world_size / max(total.item(), 1.0)
         loss_total, extras = 0.0, {}

@@ -1,0 +1,1 @@
+"""Feature columns, fitted feature specs and the feature store (embedded and Redis)."""
