@@ -40,3 +40,16 @@ def test_item_table_is_shared_between_input_and_output() -> None:
 def test_config_validation(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SASRecConfig(**{"n_items": N_ITEMS, **overrides})
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_encode_users_fast_path_equals_last_position_of_forward(norm_first: bool, n_layers: int) -> None:
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=N_ITEMS, dim=16, n_layers=n_layers, n_heads=2, max_len=8,
+                                norm_first=norm_first)).eval()
+    ids = torch.randint(1, N_ITEMS + 1, (5, 8))
+    ids[1, :6] = 0  # left padding
+    ids[2, :] = 0  # nothing at all
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encode_users(ids), model.forward(ids)[:, -1], rtol=1e-5, atol=1e-6)

@@ -127,8 +127,16 @@ class SASRec(nn.Module):
         self.activation_checkpointing = enabled
 
     def encode_users(self, input_ids: Tensor) -> Tensor:
-        """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding)."""
-        return self.forward(input_ids)[:, -1]
+        """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding).
+
+        Equal to ``forward(input_ids)[:, -1]``, but the final block computes only that position: at
+        serving batch sizes this saves about a third of the forward pass."""
+        mask = padding_mask(input_ids)  # [B, L]
+        x = self.embedding(input_ids)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        x = self.blocks[-1](x, mask, last_only=True)  # [B, 1, D]
+        return (self.final_norm(x) * mask[:, -1:].unsqueeze(-1).to(x.dtype))[:, 0]
 
     def encode_items(self, ids: Tensor) -> Tensor:
         """``[...] -> [..., D]``: rows of the shared input item table (unscaled)."""

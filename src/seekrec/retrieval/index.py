@@ -22,6 +22,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
                               "(or pip install faiss-cpu)") from exc
 
 
+def set_search_threads(n: int) -> None:
+    """Threads FAISS searches with (process-wide). A server's searches are small batches, where
+    OpenMP's fork-join and spinning cost far more than they save: one thread each is the right choice."""
+    if n < 1:
+        raise ValueError(f"search threads must be >= 1, got {n}")
+    faiss.omp_set_num_threads(n)
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """When to switch from the exact scan to HNSW, and the HNSW graph parameters.

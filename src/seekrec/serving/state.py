@@ -29,7 +29,7 @@ from seekrec.online.events import Event, EventLog, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UserHistories
 from seekrec.registry import ModelRegistry
-from seekrec.retrieval.index import IndexConfig
+from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.metrics import ServingMetrics
@@ -88,6 +88,7 @@ class ServingState:
         and retried with the next version), build histories, then start polling."""
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+            set_search_threads(self.settings.threads)  # FAISS's own OpenMP pool: 2 threads cost 60x CPU per search
         self.event_log = await asyncio.to_thread(open_event_log, self.settings.event_log)
         self.batcher.start()
         try:

@@ -24,16 +24,15 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
+        """``last_only``: only the last query position, ``[B, 1, D]``; what inference needs from the
+        final block (keys and values still cover every position)."""
         batch, length, dim = x.shape
         head_dim = dim // self.n_heads
         # [B, L, 3D] -> 3 x [B, H, L, D/H]
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attention_allowed(mask),  # [B, 1, L, L] broadcast over heads
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        allowed = attention_allowed(mask)  # [B, 1, L, L] broadcast over heads
+        if last_only:
+            q, allowed, length = q[:, :, -1:], allowed[:, :, -1:], 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, length, dim))

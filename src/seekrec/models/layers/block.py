@@ -36,11 +36,14 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = build_norm(norm, dim, eps)
         self.ffn = PointwiseFeedForward(dim, ffn_dim, dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
+        """``last_only``: the output at the last position only, ``[B, 1, D]`` (equal to ``[:, -1:]`` of
+        the full output): a user encoding needs no other position from the final block."""
+        residual, out_mask = (x[:, -1:], mask[:, -1:]) if last_only else (x, mask)
         if self.norm_first:
-            x = x + self.attn(self.attn_norm(x), mask)
-            x = x + self.ffn(self.ffn_norm(x))
+            h = residual + self.attn(self.attn_norm(x), mask, last_only=last_only)
+            h = h + self.ffn(self.ffn_norm(h))
         else:
-            x = self.attn_norm(x + self.attn(x, mask))
-            x = self.ffn_norm(x + self.ffn(x))
-        return x * mask.unsqueeze(-1).to(x.dtype)
+            h = self.attn_norm(residual + self.attn(x, mask, last_only=last_only))
+            h = self.ffn_norm(h + self.ffn(h))
+        return h * out_mask.unsqueeze(-1).to(h.dtype)
