@@ -283,3 +283,45 @@ def test_pinned_versions_survive_retention(tmp_path):
     assert first not in [v.version for v in registry.versions()]
     with pytest.raises(RegistryError):
         registry.pin("v000999")
+
+
+def _bundle_dir(root: Path) -> Path:
+    (root / "features").mkdir(parents=True)
+    (root / "features" / "spec.json").write_text('{"version": "abc"}')
+    (root / "ranker.safetensors").write_bytes(b"\x00" * 64)
+    (root / "pipeline.json").write_text('{"stages": 3}')
+    return root
+
+
+def test_bundle_publish_verify_promote_and_rollback(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    model_version = _publish(reg)
+    bundle = reg.publish_bundle(_bundle_dir(tmp_path / "b"), kind="pipeline", name="two-tower+din",
+                                data_spec={"feature_spec_version": "abc"}, metrics={"test/ndcg@10": 0.1})
+    assert reg.current() == bundle
+    loaded = reg.load_bundle()
+    assert loaded.kind == "pipeline" and loaded.manifest["data_spec"]["feature_spec_version"] == "abc"
+    assert (loaded.directory / "features" / "spec.json").read_text() == '{"version": "abc"}'
+    assert set(loaded.manifest["files"]) == {"features/spec.json", "ranker.safetensors", "pipeline.json"}
+    assert "two-tower+din" in format_versions(reg.versions())
+    with pytest.raises(RegistryError, match="bundle"):
+        reg.load(bundle)  # not a single model
+    assert reg.load_bundle(model_version).kind == "model"
+    _flip_byte(loaded.directory / "features" / "spec.json")
+    with pytest.raises(RegistryError, match="sha256"):
+        reg.load_bundle(bundle)
+    assert reg.rollback() == model_version
+
+
+def test_bundle_refuses_odd_names_and_empty_directories(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError, match="no files"):
+        reg.publish_bundle(tmp_path / "empty", kind="pipeline", name="p")
+    odd = _bundle_dir(tmp_path / "odd")
+    (odd / ".hidden").write_text("x")
+    with pytest.raises(RegistryError, match="plain names"):
+        reg.publish_bundle(odd, kind="pipeline", name="p")
+    with pytest.raises(RegistryError, match="kind"):
+        reg.publish_bundle(_bundle_dir(tmp_path / "ok"), kind="model", name="p")
+    assert reg.versions() == []

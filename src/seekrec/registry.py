@@ -57,7 +57,7 @@ from seekrec.registry_artifacts import (
     read_run,
 )
 
-__all__ = ["LoadedModel", "ModelRegistry", "RegistryError", "VersionInfo", "format_manifest", "format_versions",
+__all__ = ["LoadedBundle", "LoadedModel", "ModelRegistry", "RegistryError", "VersionInfo", "format_manifest", "format_versions",
            "parse_version"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ MAX_STACK = 100  # promotions remembered for rollback; history.json stays small 
 MAX_EVENTS = 1000
 STALE_STAGING_SECONDS = 6 * 3600  # a staging dir of another host older than this belongs to a dead publish
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODEL_KIND = "model"  # one model + weights file; other kinds are bundles of files (``publish_bundle``)
 
 
 @dataclass
@@ -83,6 +84,19 @@ class LoadedModel:
     manifest: dict[str, Any]
     model: nn.Module
     directory: Path
+
+
+@dataclass
+class LoadedBundle:
+    """A verified bundle version (e.g. a multi-stage pipeline): its manifest and directory of files."""
+
+    version: str
+    manifest: dict[str, Any]
+    directory: Path
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind", MODEL_KIND))
 
 
 class ModelRegistry:
@@ -166,12 +180,24 @@ class ModelRegistry:
         if resolved is None:
             raise RegistryError(f"no current version in {self.root}: publish one or promote an existing version")
         doc = self.manifest(resolved)
+        if doc.get("kind", MODEL_KIND) != MODEL_KIND:
+            raise RegistryError(f"{resolved} is a {doc['kind']} bundle, not a single model: load it with "
+                                "ModelRegistry.load_bundle (seekrec serve does)")
         self.verify(resolved)
         config = doc["model_config"]
         model = build_model(doc["model_name"], config, config["n_items"])
         path = self._dir(resolved) / WEIGHTS_FILE
         load_weights(model, path, f"{doc['model_name']} built from its manifest")
         return LoadedModel(resolved, doc, model.to(device).eval(), self._dir(resolved))
+
+    def load_bundle(self, version: str | int | None = None) -> LoadedBundle:
+        """Verify every file of a version (any kind) and return its directory; ``None``: current."""
+        resolved = self.current() if version is None else parse_version(version)
+        if resolved is None:
+            raise RegistryError(f"no current version in {self.root}: publish one or promote an existing version")
+        doc = self.manifest(resolved)
+        self.verify(resolved)
+        return LoadedBundle(resolved, doc, self._dir(resolved))
 
     def rollback_target(self) -> str | None:
         """The version :meth:`rollback` would switch to (the one current before the present one)."""
@@ -228,6 +254,67 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         log.info("published %s (%s) in %s", version, model_name, self.root)
+        if promote:
+            self._set_current(version, "promote")
+        self._retain()
+        return version
+
+    def publish_bundle(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        kind: str,
+        name: str,
+        metrics: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        data_spec: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        promote: bool = True,
+    ) -> str:
+        """Publish every file under ``directory`` (sub-directories kept) as one version of ``kind``.
+
+        For artifacts that are more than one model: a multi-stage pipeline is a feature spec, a
+        retriever, a ranker and a calibrator that must be served together, so they are versioned,
+        checksummed, promoted and rolled back as one unit. ``name`` shows in ``registry list``.
+        """
+        source = Path(directory)
+        if kind == MODEL_KIND or not _FILE_NAME_RE.fullmatch(kind):
+            raise RegistryError(f"bundle kind {kind!r} must be a plain name other than {MODEL_KIND!r}")
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        if not files:
+            raise RegistryError(f"{source}: no files to publish")
+        for path in files:
+            parts = path.relative_to(source).parts
+            if not all(_FILE_NAME_RE.fullmatch(part) for part in parts) or parts == (MANIFEST_FILE,):
+                raise RegistryError(f"{path}: bundle file names must be plain names (letters, digits, . _ -) "
+                                    f"and not {MANIFEST_FILE} at the top")
+        doc: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "version": None, "created": _utc_now(), "kind": kind,
+            "model_name": name, "model_config": {}, "data_spec": dict(data_spec or {}),
+            "metrics": dict(metrics or {}), "parent": parse_version(parent) if parent is not None else None,
+            "extra": dict(extra or {}), "files": {},
+        }
+        try:
+            json.dumps(doc, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"metrics, data_spec and extra must be finite JSON values: {exc}") from exc
+        self.cleanup()
+        staging = self.root / STAGING_DIR / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            for path in files:
+                relative = path.relative_to(source)
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                _fsync(target)
+                doc["files"][relative.as_posix()] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+            for sub in sorted({p.parent for p in staging.rglob("*") if p.is_file()}, reverse=True):
+                _fsync(sub)
+            version = self._claim(staging, doc)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("published %s (%s bundle %s) in %s", version, kind, name, self.root)
         if promote:
             self._set_current(version, "promote")
         self._retain()
