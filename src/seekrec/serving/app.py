@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
-from seekrec.serving.routes import admin, events, health, metrics, recommend
+from seekrec.serving.routes import admin, events, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
 from seekrec.serving.state import NotReadyError, ServingState
 
@@ -42,7 +42,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.metrics = serving_metrics
     app.state.serving = None
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
-    for module in (recommend, events, health, admin, metrics):
+    for module in (recommend, events, items, health, admin, metrics):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)

@@ -71,6 +71,27 @@ class EventsResponse(BaseModel):
     offsets: tuple[int, int]
 
 
+class NewItem(_Request):
+    """An item with no interactions yet, described by content the feature spec reads."""
+
+    item_id: Id
+    title: Annotated[str, Field(min_length=1, max_length=1000)]
+    genres: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=32)
+    year: int | None = Field(None, ge=0, le=9999)
+
+
+class ItemsRequest(_Request):
+    """``POST /items``: 1..1000 new items for the pipeline arms' catalogues (cold start)."""
+
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class ItemsResponse(BaseModel):
+    """Per served pipeline version, the raw ids it added (items it already knew are skipped)."""
+
+    added: dict[str, list[str]]
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

@@ -33,6 +33,7 @@ from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.metrics import ServingMetrics
+from seekrec.serving.pipeline_predictor import PIPELINE_KIND, PipelinePredictor, bundle_kind
 from seekrec.serving.predictor import Predictor, Query, Recommendation
 from seekrec.serving.settings import CURRENT, ServeSettings
 
@@ -41,15 +42,22 @@ log = logging.getLogger(__name__)
 REPLAY_CHUNK = 10_000
 
 
+AnyPredictor = Predictor | PipelinePredictor  # one sequence model, or a retrieval -> ranking pipeline bundle
+
+
 class NotReadyError(RuntimeError):
     """No model (or no histories) yet for this request; the HTTP layer answers 503."""
+
+
+class NoPipelineError(RuntimeError):
+    """A request only a pipeline arm can serve (adding items by content); the HTTP layer answers 409."""
 
 
 @dataclass(frozen=True, eq=False)
 class ArmModel:
     """A predictor and the map ``server item id -> model item id`` (0: the model does not know it)."""
 
-    predictor: Predictor
+    predictor: AnyPredictor
     to_model: np.ndarray  # [M + 1]
 
     def translate(self, items: Sequence[int]) -> tuple[int, ...]:
@@ -194,6 +202,7 @@ class ServingState:
             histories, log_ = self.histories, self.event_log
             if own and own[0].offset == histories.offset + 1:
                 _apply(histories, own, self.catalog, self._unknown_items)
+                self._observe(own)
                 return
             end = own[-1].offset if own else await asyncio.to_thread(log_.end_offset)
             while histories.offset < end:
@@ -201,6 +210,30 @@ class ServingState:
                 if not chunk:
                     break
                 _apply(histories, chunk, self.catalog, self._unknown_items)
+                self._observe(chunk)
+
+    def _observe(self, events: Sequence[LoggedEvent]) -> None:
+        """Pipeline arms keep their own feature store (sequences with times, window counts): feed it."""
+        for predictor in self._pipelines():
+            predictor.observe(events)
+
+    def _pipelines(self) -> list[PipelinePredictor]:
+        unique = {id(m.predictor): m.predictor for m in self.arms.values() if isinstance(m.predictor, PipelinePredictor)}
+        return list(unique.values())
+
+    async def add_items(self, records: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+        """Cold start: new items (raw id -> title, genres, ...) join every pipeline arm's catalogue, embedded
+        from their content; returns ``{version: raw ids added}``. Sequence-model arms learn new items from
+        their first events instead (the online trainer grows their item table)."""
+        async with self._swap_lock:
+            pipelines = self._pipelines()
+            if not pipelines:
+                raise NoPipelineError("no arm serves a pipeline bundle; sequence models learn new items from "
+                                      "their first events (seekrec stream-train)")
+            added = {p.version: await asyncio.to_thread(p.add_items, records) for p in pipelines}
+            if any(added.values()):
+                await self._install({p.version: p for p in pipelines}, self.current_version)
+        return added
 
     def _build_histories(self) -> tuple[UserHistories, set[str]]:
         """Worker thread: histories of the dataset (if any), then the event log replayed to its end;
@@ -221,11 +254,14 @@ class ServingState:
     def _wants_current(self) -> bool:
         return any(a.version == CURRENT for a in self.settings.experiment.arms)
 
-    def _load(self, version: str) -> Predictor:
+    def _load(self, version: str) -> AnyPredictor:
+        if bundle_kind(self.registry, version) == PIPELINE_KIND:
+            return PipelinePredictor.from_registry(self.registry, version, data_dir=self.settings.data_dir,
+                                                   event_log=self.event_log)
         return Predictor.from_registry(self.registry, version, candidates=self.settings.candidates,
                                        index_config=self.index_config, device=self.settings.device)
 
-    async def _try_load(self, version: str) -> Predictor | None:
+    async def _try_load(self, version: str) -> AnyPredictor | None:
         """Load off the loop; a bad version (checksum, missing catalog, unbuildable model) is counted
         and remembered so that polling does not re-hash it every interval."""
         try:
@@ -252,7 +288,7 @@ class ServingState:
             log.info("hot-swapped CURRENT to %s", version)
             return True
 
-    async def _install(self, predictors: dict[str, Predictor], current: str | None) -> None:
+    async def _install(self, predictors: dict[str, AnyPredictor], current: str | None) -> None:
         """Grow the server catalog with the new versions' items, map ids, then swap the arm table."""
         new_raws = await asyncio.to_thread(self._unknown_raws, list(predictors.values()))
         for raw in new_raws:  # on the loop: histories read the catalog here
@@ -270,14 +306,20 @@ class ServingState:
             histories, unknown = await asyncio.to_thread(self._build_histories)
             async with self._events_lock:
                 self.histories, self._unknown_items = histories, unknown
-        self.arms = arms  # the swap: one reference assignment
+        async with self._events_lock:
+            # a pipeline loaded in a worker thread replayed the log up to then; the events since are read
+            # here, on the loop and under the lock, so none can slip between this replay and the swap
+            for predictor in predictors.values():
+                if isinstance(predictor, PipelinePredictor) and self.event_log is not None:
+                    predictor.replay(self.event_log)
+            self.arms = arms  # the swap: one reference assignment
         if current is not None:
             self.current_version = current
         self.metrics.set_versions(self.describe_arms())
         self.metrics.ready.set(1 if self.ready else 0)
         await self.catch_up()
 
-    def _unknown_raws(self, predictors: list[Predictor]) -> list[str]:
+    def _unknown_raws(self, predictors: list[AnyPredictor]) -> list[str]:
         seen: set[str] = set()
         out = []
         for predictor in predictors:
@@ -317,7 +359,7 @@ def _apply(histories: UserHistories, events: Sequence[LoggedEvent], catalog: Cat
     histories.apply(events, catalog, add_items=False)
 
 
-def _id_map(server_raws: list[str], predictor: Predictor) -> np.ndarray:
+def _id_map(server_raws: list[str], predictor: AnyPredictor) -> np.ndarray:
     """``[M + 1]`` server id -> model id via raw ids (row 0 stays padding; items past the model's table: 0)."""
     ids = np.concatenate([[0], predictor.catalog.items.encode(server_raws)]).astype(np.int64)
     ids[ids > predictor.n_items] = 0
