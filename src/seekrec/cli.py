@@ -130,7 +130,11 @@ def cmd_registry(args: argparse.Namespace) -> int:
     elif args.action == "unpin":
         reg.unpin(parse_version(args.target))
         print(f"pinned: {', '.join(reg.pins()) or 'none'}")
-    else:  # publish
+    elif (Path(args.target) / "pipeline.json").is_file() or (Path(args.target) / "bundle" / "pipeline.json").is_file():
+        from seekrec.serving.pipeline_predictor import publish_pipeline
+
+        print(f"published pipeline {publish_pipeline(reg, args.target, promote=not args.no_promote)}")
+    else:  # publish a `seekrec train` run
         print(f"published {reg.publish_run(args.target, promote=not args.no_promote)}")
     return 0
 
@@ -259,11 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  seekrec registry --root registry publish runs/sasrec\n  seekrec registry --root registry list\n"
         "  seekrec registry --root registry show v000002\n  seekrec registry --root registry promote v000001\n"
         "  seekrec registry --root registry rollback\n"
-        "  seekrec registry --root registry pin v000001 --reason 'A/B control arm'\n",
+        "  seekrec registry --root registry pin v000001 --reason 'A/B control arm'\n"
+        "  seekrec registry --root registry publish runs/pipeline   # a `seekrec pipeline train` run\n",
     )
     rg.add_argument("--root", type=Path, default=Path("registry"), help="registry directory (default: ./registry)")
     rg.add_argument("action", choices=["list", "show", "promote", "rollback", "publish", "pin", "unpin"])
-    rg.add_argument("target", nargs="?", help="a version (show, promote) or a run directory (publish)")
+    rg.add_argument("target", nargs="?", help="a version (show, promote) or a run directory (publish: "
+                    "`seekrec train` or `seekrec pipeline train`)")
     rg.add_argument("--no-promote", action="store_true", help="publish without making it current")
     rg.add_argument("--reason", default="", help="why a version is pinned (kept from retention)")
     rg.set_defaults(func=cmd_registry)

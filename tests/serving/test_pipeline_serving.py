@@ -106,3 +106,14 @@ def test_items_need_a_pipeline_arm(client_without_pipeline: TestClient) -> None:
 def client_without_pipeline(settings: ServeSettings) -> TestClient:
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+def test_cli_publishes_a_pipeline_run(tmp_path: Path, pipeline_bundle: Path) -> None:
+    from seekrec.cli import main
+
+    root = tmp_path / "reg"
+    assert main(["registry", "--root", str(root), "publish", str(pipeline_bundle.parent)]) == 0
+    manifest = ModelRegistry(root).manifest("v000001")
+    assert manifest["kind"] == "pipeline" and manifest["model_name"].startswith("pipeline(")
+    assert len(manifest["data_spec"]["feature_spec_version"]) == 64
+    assert any(key.startswith("two_tower/valid/") for key in manifest["metrics"])

@@ -11,6 +11,7 @@ genres, no interactions) are embedded from their content and retrievable at once
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -26,7 +27,7 @@ from seekrec.data.schema import InteractionData
 from seekrec.data.vocab import Catalog, Vocab
 from seekrec.features.store import FeatureStore
 from seekrec.online.events import EventLog, LoggedEvent
-from seekrec.pipeline.artifacts import load_bundle
+from seekrec.pipeline.artifacts import PIPELINE_FILE, load_bundle
 from seekrec.pipeline.features import new_item_features
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.registry import LoadedBundle, ModelRegistry, RegistryError
@@ -156,9 +157,31 @@ class PipelinePredictor:
                               tuple(float(self._counts[i]) for i in ids), self.version, True)
 
 
+def publish_pipeline(registry: ModelRegistry, path: str | Path, *, promote: bool = True) -> str:
+    """Publish a pipeline bundle, or the bundle of a ``seekrec pipeline train`` run directory (whose
+    results.json supplies the metrics); the manifest records the feature spec version."""
+    root = Path(path)
+    run_results = root / "results.json"
+    bundle = root / "bundle" if (root / "bundle" / PIPELINE_FILE).is_file() else root
+    if not (bundle / PIPELINE_FILE).is_file():
+        raise RegistryError(f"{root}: neither a pipeline bundle nor a pipeline run directory (no {PIPELINE_FILE}); "
+                            "write one with `seekrec pipeline train`")
+    meta = json.loads((bundle / PIPELINE_FILE).read_text(encoding="utf-8"))
+    metrics: dict[str, Any] = {}
+    if bundle != root and run_results.is_file():
+        results = json.loads(run_results.read_text(encoding="utf-8"))
+        for stage in ("two_tower", "din"):
+            for key, value in (results.get(stage, {}).get("valid") or {}).items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    metrics[f"{stage}/valid/{key}"] = value
+    name = f"pipeline({meta.get('stages', {}).get('retriever', 'two_tower')}->din)"
+    return registry.publish_bundle(bundle, kind=PIPELINE_KIND, name=name, metrics=metrics, promote=promote,
+                                   data_spec={"feature_spec_version": meta["spec_version"], "n_items": meta["n_items"]})
+
+
 def bundle_kind(registry: ModelRegistry, version: str) -> str:
     """``model`` or a bundle kind, from the version's manifest (no checksum work)."""
     return str(registry.manifest(version).get("kind", "model"))
 
 
-__all__ = ["PIPELINE_KIND", "PipelinePredictor", "bundle_kind"]
+__all__ = ["PIPELINE_KIND", "PipelinePredictor", "bundle_kind", "publish_pipeline"]

@@ -1,0 +1,237 @@
+"""Pipeline configuration: one validated dataclass per part, composed into ``PipelineConfig`` from TOML.
+
+``StageConfig`` is what a loaded pipeline runs with (retriever, R, K, re-ranking) and travels in the
+bundle; the rest says how ``seekrec pipeline train`` builds the features and trains the two models.
+Every section has its own defaults, so a TOML file lists only what it changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seekrec.config import apply_overrides
+from seekrec.data.splits import SPLITS
+from seekrec.features.spec import FeatureSpecConfig
+from seekrec.features.text import TextMethod
+from seekrec.io import read_toml
+from seekrec.models.calibration import CALIBRATION_METHODS
+from seekrec.models.losses import RetrievalLossConfig
+from seekrec.models.negatives import SAMPLER_KINDS
+from seekrec.training.config import TrainConfig
+
+RETRIEVERS = ("two_tower", "sasrec")
+DIVERSITY_KINDS = ("none", "max_per_genre", "mmr")
+# Validation metrics each model can be selected on; all are higher-is-better.
+RETRIEVAL_SELECT = ("recall@100", "recall@500", "ndcg@10", "hr@10", "hr@50", "mrr")
+RANKER_SELECT = ("auc", "gauc")
+
+TWO_TOWER_MODEL: dict[str, Any] = {"dim": 64, "embed_dim": 32, "hidden_dims": [128], "dropout": 0.1,
+                                   "sequence_pooling": "attention", "n_heads": 1, "id_dropout": 0.1}
+TWO_TOWER_TRAIN: dict[str, Any] = {"lr": 2e-3, "batch_size": 512, "max_epochs": 20, "warmup_steps": 50,
+                                   "patience": 3, "select_metric": "recall@100", "weight_decay": 0.0}
+DIN_MODEL: dict[str, Any] = {"embed_dim": 16, "attention_hidden": [32], "hidden_dims": [64, 32], "dropout": 0.1,
+                             "key_columns": ["genres"]}
+DIN_TRAIN: dict[str, Any] = {"lr": 2e-3, "batch_size": 512, "max_epochs": 10, "warmup_steps": 50, "patience": 2,
+                             "select_metric": "auc"}
+
+
+@dataclass
+class StageConfig:
+    """How a loaded pipeline turns a user into K items.
+
+    ``retriever``: "two_tower" (user tower against a FAISS index of item-tower vectors) or "sasrec"
+    (the bundled sequence model against its item table). ``n_candidates`` (R) go to the DIN ranker,
+    whose calibrated probabilities order them; re-ranking drops seen items (``filter_seen``) and
+    duplicates, then applies ``diversity``: "max_per_genre" admits an item only while each of its
+    genres has fewer than ``max_per_genre`` items in the list, "mmr" picks greedily by ``mmr_lambda *
+    probability - (1 - mmr_lambda) * max genre-Jaccard to the items already picked``. ``genre_column``
+    names the item categorical column diversity reads.
+    """
+
+    retriever: str = "two_tower"
+    n_candidates: int = 200
+    k: int = 10
+    filter_seen: bool = True
+    diversity: str = "none"
+    max_per_genre: int = 3
+    mmr_lambda: float = 0.7
+    genre_column: str = "genres"
+
+    def __post_init__(self) -> None:
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"stages.retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
+        if self.k < 1 or self.n_candidates < self.k:
+            raise ValueError(f"stages need 1 <= k <= n_candidates, got k={self.k}, n_candidates={self.n_candidates}; "
+                             "raise n_candidates or lower k")
+        if self.diversity not in DIVERSITY_KINDS:
+            raise ValueError(f"stages.diversity must be one of {DIVERSITY_KINDS}, got {self.diversity!r}")
+        if self.max_per_genre < 1:
+            raise ValueError(f"stages.max_per_genre must be >= 1, got {self.max_per_genre}")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ValueError(f"stages.mmr_lambda must lie in [0, 1] (1 = no diversity), got {self.mmr_lambda}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DataSource:
+    """Which prepared dataset and split the models are trained and validated on."""
+
+    path: str | None = None
+    split: str = "leave_one_out"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+
+
+@dataclass
+class FeaturesConfig:
+    """Arguments of ``FeatureSpecConfig.default``: history length, text method and width, count windows."""
+
+    sequence_len: int = 50
+    text: str = "tfidf"
+    text_dim: int = 32
+    windows_days: tuple[float, ...] = (1.0, 7.0)
+
+    def __post_init__(self) -> None:
+        self.windows_days = tuple(float(d) for d in self.windows_days)
+        choices = tuple(m.value for m in TextMethod)
+        if self.text not in choices:
+            raise ValueError(f"features.text must be one of {choices}, got {self.text!r}")
+        if self.sequence_len < 1 or self.text_dim < 1:
+            raise ValueError("features.sequence_len and features.text_dim must be >= 1 (DIN needs the history)")
+
+    def spec_config(self, data: Any) -> FeatureSpecConfig:
+        """The feature columns for ``data`` (an ``InteractionData``)."""
+        return FeatureSpecConfig.default(data, sequence_len=self.sequence_len, text=TextMethod(self.text),
+                                         text_dim=self.text_dim, windows_days=self.windows_days)
+
+
+@dataclass
+class TwoTowerTraining:
+    """The retrieval model: ``TwoTowerConfig`` fields (``model``), its loss and optimisation.
+
+    ``drop_item_columns``: spec item columns the item tower leaves out. The default drops the item
+    window counts: item vectors sit in an index built once, so a feature that changes by the hour
+    would be stale there (the ranker reads fresh ones). Add "text" for the no-text ablation.
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: RetrievalLossConfig = field(default_factory=lambda: RetrievalLossConfig(n_negatives=256))
+    drop_item_columns: tuple[str, ...] = ("counts",)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**TWO_TOWER_TRAIN))
+
+    def __post_init__(self) -> None:
+        self.model = {**TWO_TOWER_MODEL, **self.model}
+        self.drop_item_columns = tuple(self.drop_item_columns)
+        _check_model_keys(self.model, "two_tower.model")
+        if self.train.select_metric not in RETRIEVAL_SELECT:
+            raise ValueError(f"two_tower.train.select_metric must be one of {RETRIEVAL_SELECT}, "
+                             f"got {self.train.select_metric!r}")
+
+
+@dataclass
+class RankerTraining:
+    """The DIN ranker: ``DINConfig`` fields (``model``), negatives, calibration and optimisation.
+
+    Each training click is paired with ``n_negatives`` items drawn by ``sampler`` (popularity by
+    default), with item features as of the click. Validation pairs each held-out target with
+    ``eval_negatives`` drawn the same way (seeded), and the calibrator is fitted on them.
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    n_negatives: int = 4
+    eval_negatives: int = 20
+    sampler: str = "popularity"
+    calibration: str = "platt"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DIN_TRAIN))
+
+    def __post_init__(self) -> None:
+        self.model = {**DIN_MODEL, **self.model}
+        _check_model_keys(self.model, "din.model")
+        if self.n_negatives < 1 or self.eval_negatives < 1:
+            raise ValueError("din.n_negatives and din.eval_negatives must be >= 1")
+        if self.sampler not in SAMPLER_KINDS:
+            raise ValueError(f"din.sampler must be one of {SAMPLER_KINDS}, got {self.sampler!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"din.calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}")
+        if self.train.select_metric not in RANKER_SELECT:
+            raise ValueError(f"din.train.select_metric must be one of {RANKER_SELECT}, got {self.train.select_metric!r}")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything ``seekrec pipeline train`` needs. ``sasrec_run``: a ``seekrec train`` run directory
+    whose best checkpoint joins the bundle as the alternative retriever (and the single-stage baseline)."""
+
+    name: str = "pipeline"
+    data: DataSource = field(default_factory=DataSource)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    two_tower: TwoTowerTraining = field(default_factory=TwoTowerTraining)
+    din: RankerTraining = field(default_factory=RankerTraining)
+    stages: StageConfig = field(default_factory=StageConfig)
+    sasrec_run: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stages.retriever == "sasrec" and self.sasrec_run is None:
+            raise ValueError("stages.retriever = 'sasrec' needs sasrec_run = a `seekrec train` run directory")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PipelineConfig:
+        _reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, "the pipeline config")
+        kwargs: dict[str, Any] = {k: raw[k] for k in ("name", "sasrec_run") if k in raw}
+        for name, section_class in (("data", DataSource), ("features", FeaturesConfig), ("stages", StageConfig)):
+            if name in raw:
+                kwargs[name] = _section(section_class, name, raw[name])
+        if "two_tower" in raw:
+            values = dict(_table(raw["two_tower"], "two_tower"))
+            if "loss" in values:
+                values["loss"] = _section(RetrievalLossConfig, "two_tower.loss", {"n_negatives": 256, **values["loss"]})
+            values["train"] = _section(TrainConfig, "two_tower.train", {**TWO_TOWER_TRAIN, **values.get("train", {})})
+            kwargs["two_tower"] = _section(TwoTowerTraining, "two_tower", values)
+        if "din" in raw:
+            values = dict(_table(raw["din"], "din"))
+            values["train"] = _section(TrainConfig, "din.train", {**DIN_TRAIN, **values.get("train", {})})
+            kwargs["din"] = _section(RankerTraining, "din", values)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
+        """Read TOML (or start from defaults) and apply ``section.key=value`` overrides
+        (``two_tower.train.lr=1e-3``, ``stages.n_candidates=100``)."""
+        raw = read_toml(path) if path is not None else {}
+        return cls.from_dict(apply_overrides(raw, list(overrides)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_model_keys(model: Mapping[str, Any], where: str) -> None:
+    for key in ("user", "item"):
+        if key in model:
+            raise ValueError(f"{where} must not set {key!r}: the schemas come from the fitted feature spec")
+
+
+def _table(value: Any, section: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"[{section}] must be a table")
+    return value
+
+
+def _reject_unknown(values: Mapping[str, Any], valid: set[str], where: str) -> None:
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(valid)}")
+
+
+def _section(cls: type, section: str, values: Any) -> Any:
+    """``cls(**values)`` with unknown keys named; nested dataclass values pass through."""
+    values = _table(values, section)
+    _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, f"[{section}]")
+    return cls(**values)
