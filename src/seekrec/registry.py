@@ -231,18 +231,8 @@ class ModelRegistry:
             if not _FILE_NAME_RE.fullmatch(name) or name in (WEIGHTS_FILE, MANIFEST_FILE):
                 raise RegistryError(f"extra file name {name!r} must be a plain file name other than "
                                     f"{WEIGHTS_FILE} and {MANIFEST_FILE}")
-        doc: dict[str, Any] = {
-            "format_version": FORMAT_VERSION, "version": None, "created": _utc_now(), "model_name": model_name,
-            "model_config": config, "data_spec": dict(data_spec or {}), "metrics": dict(metrics or {}),
-            "parent": parse_version(parent) if parent is not None else None, "extra": dict(extra or {}), "files": {},
-        }
-        try:
-            json.dumps(doc, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise RegistryError(f"metrics, data_spec and extra must be finite JSON values: {exc}") from exc
-        self.cleanup()
-        staging = self.root / STAGING_DIR / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        doc = _new_manifest(MODEL_KIND, model_name, config, metrics, parent, data_spec, extra)
+        staging = self._new_staging()
         try:
             save_model(model, str(staging / WEIGHTS_FILE))
             for name, data in (extra_files or {}).items():
@@ -254,10 +244,7 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         log.info("published %s (%s) in %s", version, model_name, self.root)
-        if promote:
-            self._set_current(version, "promote")
-        self._retain()
-        return version
+        return self._after_publish(version, promote)
 
     def publish_bundle(
         self,
@@ -288,19 +275,8 @@ class ModelRegistry:
             if not all(_FILE_NAME_RE.fullmatch(part) for part in parts) or parts == (MANIFEST_FILE,):
                 raise RegistryError(f"{path}: bundle file names must be plain names (letters, digits, . _ -) "
                                     f"and not {MANIFEST_FILE} at the top")
-        doc: dict[str, Any] = {
-            "format_version": FORMAT_VERSION, "version": None, "created": _utc_now(), "kind": kind,
-            "model_name": name, "model_config": {}, "data_spec": dict(data_spec or {}),
-            "metrics": dict(metrics or {}), "parent": parse_version(parent) if parent is not None else None,
-            "extra": dict(extra or {}), "files": {},
-        }
-        try:
-            json.dumps(doc, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise RegistryError(f"metrics, data_spec and extra must be finite JSON values: {exc}") from exc
-        self.cleanup()
-        staging = self.root / STAGING_DIR / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        doc = _new_manifest(kind, name, {}, metrics, parent, data_spec, extra)
+        staging = self._new_staging()
         try:
             for path in files:
                 relative = path.relative_to(source)
@@ -315,6 +291,16 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log.info("published %s (%s bundle %s) in %s", version, kind, name, self.root)
+        return self._after_publish(version, promote)
+
+    def _new_staging(self) -> Path:
+        """A fresh private directory a publish builds its version in (readers never look there)."""
+        self.cleanup()
+        staging = self.root / STAGING_DIR / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        return staging
+
+    def _after_publish(self, version: str, promote: bool) -> str:
         if promote:
             self._set_current(version, "promote")
         self._retain()
@@ -496,6 +482,23 @@ class ModelRegistry:
                     os.rename(self._dir(name), trash)  # readers see the version whole or not at all
                     shutil.rmtree(trash, ignore_errors=True)  # leftovers go at the next cleanup()
                     log.info("retention: deleted %s", name)
+
+
+def _new_manifest(kind: str, name: str, config: Mapping[str, Any], metrics: Mapping[str, Any] | None,
+                  parent: str | None, data_spec: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A manifest without version and files yet; refuses values JSON cannot hold (NaN, objects)."""
+    doc: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "version": None, "created": _utc_now(), "model_name": name,
+        "model_config": dict(config), "data_spec": dict(data_spec or {}), "metrics": dict(metrics or {}),
+        "parent": parse_version(parent) if parent is not None else None, "extra": dict(extra or {}), "files": {},
+    }
+    if kind != MODEL_KIND:
+        doc["kind"] = kind
+    try:
+        json.dumps(doc, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"metrics, data_spec and extra must be finite JSON values: {exc}") from exc
+    return doc
 
 
 def _children(directory: Path) -> list[Path]:

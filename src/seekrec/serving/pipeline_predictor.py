@@ -31,7 +31,7 @@ from seekrec.pipeline.artifacts import PIPELINE_FILE, load_bundle
 from seekrec.pipeline.features import new_item_features
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.registry import LoadedBundle, ModelRegistry, RegistryError
-from seekrec.serving.predictor import Query, Recommendation
+from seekrec.serving.predictor import Query, Recommendation, route
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +94,23 @@ class PipelinePredictor:
 
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Top-k per query, in order; users with no usable history get the most popular items (fallback)."""
-        results: list[Recommendation | None] = [None] * len(queries)
-        personal = [i for i, q in enumerate(queries) if q.history]
-        for i, query in enumerate(queries):
-            if not query.history:
-                results[i] = self._popular_for(query)
-        if personal:
-            batch = [queries[i] for i in personal]
-            now = time.time()
-            with self._lock:
-                user = self.store.user_features([q.user_id for q in batch], now)
-                recs = self.pipeline.recommend(user, [q.history if q.exclude_seen else () for q in batch],
-                                               k=max(q.k for q in batch),
-                                               item_features=self.pipeline.store_item_features(self.store, now))
-                for row, (i, query) in enumerate(zip(personal, batch)):
-                    ids, scores = recs.row(row)
-                    ids, scores = ids[: query.k], scores[: query.k]
-                    results[i] = Recommendation(query.user_id, tuple(self.pipeline.raw_item_ids(ids)),
-                                                tuple(float(s) for s in scores), self.version, False)
-        return [r for r in results if r is not None]
+        return route(queries, self._rank, self._popular_for)
+
+    def _rank(self, batch: Sequence[Query]) -> list[Recommendation]:
+        """User rows from the store as of now -> retrieve -> DIN -> re-rank, one pass for the batch."""
+        now = time.time()
+        with self._lock:
+            user = self.store.user_features([q.user_id for q in batch], now)
+            recs = self.pipeline.recommend(user, [q.history if q.exclude_seen else () for q in batch],
+                                           k=max(q.k for q in batch),
+                                           item_features=self.pipeline.store_item_features(self.store, now))
+            out = []
+            for row, query in enumerate(batch):
+                ids, scores = recs.row(row)
+                ids, scores = ids[: query.k], scores[: query.k]
+                out.append(Recommendation(query.user_id, tuple(self.pipeline.raw_item_ids(ids)),
+                                          tuple(float(s) for s in scores), self.version, False))
+        return out
 
     # -- live updates ----------------------------------------------------------------------------------------
     def observe(self, events: Sequence[LoggedEvent]) -> None:

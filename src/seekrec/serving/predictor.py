@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -114,15 +114,7 @@ class Predictor:
 
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Top-``k`` items for every query, in query order; one forward pass for the whole batch."""
-        results: list[Recommendation | None] = [None] * len(queries)
-        personal = [i for i, q in enumerate(queries) if q.history]
-        for i, query in enumerate(queries):
-            if not query.history:
-                results[i] = self._popular_for(query)
-        if personal:
-            for i, rec in zip(personal, self._rank([queries[i] for i in personal])):
-                results[i] = rec
-        return [r for r in results if r is not None]
+        return route(queries, self._rank, self._popular_for)
 
     def _rank(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Model path: ``[B, L]`` histories -> users ``[B, D]`` -> ANN ``[B, C]`` -> exact scores -> top K.
@@ -166,3 +158,15 @@ class Predictor:
         ids = [int(i) for i in self._popular[: query.k + len(seen)] if int(i) not in seen][: query.k]
         return Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
                               tuple(float(self.catalog.counts[i]) for i in ids), self.version, True)
+
+
+def route(queries: Sequence[Query], rank: Callable[[Sequence[Query]], list[Recommendation]],
+          popular: Callable[[Query], Recommendation]) -> list[Recommendation]:
+    """Queries with a usable history go to ``rank`` as one batch, the others to ``popular``; results in
+    query order. Every predictor answers users it cannot personalise for the same way."""
+    results: list[Recommendation | None] = [popular(q) if not q.history else None for q in queries]
+    personal = [i for i, q in enumerate(queries) if q.history]
+    if personal:
+        for i, rec in zip(personal, rank([queries[i] for i in personal])):
+            results[i] = rec
+    return [r for r in results if r is not None]
