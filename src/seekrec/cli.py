@@ -147,7 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         registry=args.registry, event_log=args.event_log, data_dir=args.data, host=args.host, port=args.port,
         candidates=args.candidates, poll_interval_s=args.poll_interval, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, experiment=ExperimentSettings(args.experiment, arms),
+        max_wait_ms=args.max_wait_ms, threads=args.threads, compile=args.compile,
+        experiment=ExperimentSettings(args.experiment, arms),
     )
     serve(settings)
     return 0
@@ -178,6 +179,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(workdir=workdir, quick=args.quick, seed=args.seed, live_seconds=args.seconds,
                         workers=args.workers, event_log=args.event_log), show=lambda line: print(line, flush=True))
     return 0
+
+
+def cmd_pipeline_train(args: argparse.Namespace) -> int:
+    from seekrec.pipeline.config import PipelineConfig
+    from seekrec.pipeline.run import train_pipeline
+
+    overrides = list(args.overrides) + ([f"sasrec_run={json.dumps(str(args.sasrec_run))}"] if args.sasrec_run else [])
+    config = PipelineConfig.load(args.config, overrides)
+    out = args.out if args.out is not None else Path("runs") / config.name
+    record = train_pipeline(config, args.data, out).record
+    din = record["din"]["report"]["test"]
+    print(f"two-tower: valid recall@100 {record['two_tower']['valid']['recall@100']:.4f} at epoch "
+          f"{record['two_tower']['best_epoch']}; DIN: test AUC {din['raw']['auc']:.4f}, logloss "
+          f"{din['raw']['logloss']:.4f} -> {din['calibrated']['logloss']:.4f} calibrated")
+    print(f"bundle: {record['bundle']}")
+    return 0
+
+
+def cmd_pipeline_evaluate(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.report import write_results
+    from seekrec.pipeline.evaluate import STAGE_GRID, format_report
+    from seekrec.pipeline.run import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle, args.data, args.split, grid=STAGE_GRID if args.tune else None,
+                             ease=not args.no_ease, progress=sys.stderr.isatty())
+    print(format_report(report))
+    if args.json:
+        write_results(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_pipeline_commands(commands: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    pipe = commands.add_parser("pipeline", help="multi-stage pipeline: two-tower retrieval -> DIN ranking -> re-ranking",
+                               formatter_class=fmt)
+    pipe_cmds = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
+    pt = pipe_cmds.add_parser(
+        "train", help="fit features, train the two-tower and DIN, calibrate, write a bundle", formatter_class=fmt,
+        epilog="examples:\n  seekrec pipeline train --config configs/ml-100k-pipeline.toml --out runs/ml-100k-pipeline\n"
+        "  seekrec pipeline train --config configs/ml-100k-pipeline.toml --sasrec-run runs/ml-100k-sasrec\n"
+        "  seekrec pipeline train --config configs/sim-pipeline.toml two_tower.train.max_epochs=5 "
+        "stages.n_candidates=100\n"
+        "Writes OUT/bundle (load it with seekrec.pipeline.artifacts.load_bundle), OUT/results.json and\n"
+        "OUT/two_tower, OUT/din (metrics.jsonl: seekrec plot OUT/two_tower).\n",
+    )
+    pt.add_argument("--config", type=Path, help="TOML pipeline config (see configs/*-pipeline.toml)")
+    pt.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
+    pt.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    pt.add_argument("--sasrec-run", type=Path, help="a `seekrec train` run whose best model joins the bundle as the "
+                    "alternative retriever and single-stage baseline")
+    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. din.train.lr=1e-3")
+    pt.set_defaults(func=cmd_pipeline_train)
+    pe = pipe_cmds.add_parser(
+        "evaluate", help="end-to-end full-ranking evaluation of a bundle beside SASRec and EASE", formatter_class=fmt,
+        epilog="examples:\n  seekrec pipeline evaluate --bundle runs/ml-100k-pipeline/bundle --data data/ml-100k\n"
+        "  seekrec pipeline evaluate --bundle runs/ml-100k-pipeline/bundle --data data/ml-100k --tune "
+        "--json results/pipeline.json\n"
+        "  seekrec pipeline evaluate --bundle runs/sim-pipeline/bundle --data data/sim --split valid --no-ease\n"
+        "--tune chooses the number of candidates per retriever on validation, then scores --split once.\n",
+    )
+    pe.add_argument("--bundle", type=Path, required=True, help="a pipeline bundle directory")
+    pe.add_argument("--data", type=Path, required=True, help="the prepared dataset the bundle was trained on")
+    pe.add_argument("--split", default="test", choices=["test", "valid"])
+    pe.add_argument("--tune", action="store_true", help="choose n_candidates on validation first")
+    pe.add_argument("--no-ease", action="store_true", help="skip the EASE baseline")
+    pe.add_argument("--json", type=Path, help="also write the report here")
+    pe.set_defaults(func=cmd_pipeline_evaluate)
 
 
 def _rank() -> int:
@@ -290,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=64, help="micro-batch size")
     sv.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait")
     sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: one per core)")
+    sv.add_argument("--compile", action="store_true",
+                    help="torch.compile the user encoder of each loaded version (less CPU per request; "
+                         "~1 min of compilation per version, so for stable versions)")
     sv.add_argument("--experiment", default="default", help="A/B experiment name (hash salt)")
     sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
                     help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")
@@ -334,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--event-log", help="event log url for the server and the online trainer "
                     "(default: SQLite in the workdir; redis://... for Redis Streams)")
     dm.set_defaults(func=cmd_demo)
+    _add_pipeline_commands(commands, fmt)
     return parser
 
 

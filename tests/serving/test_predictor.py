@@ -139,3 +139,15 @@ def test_version_with_non_finite_weights_is_refused(registry: ModelRegistry) -> 
                            extra_files={CATALOG_FILE: (loaded.directory / CATALOG_FILE).read_bytes()})
     with pytest.raises(RegistryError, match="non-finite"):
         Predictor.from_registry(registry, bad)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_gives_the_same_recommendations(registry: ModelRegistry, predictor: Predictor,
+                                                         histories: UserHistories) -> None:
+    """``seekrec serve --compile``: torch.compile'd user encoder (dynamic batch) against eager."""
+    compiled = Predictor.from_registry(registry, candidates=5, compile_encoder=True)
+    queries = _queries(histories)
+    for batch in (queries[:1], queries[:7], queries):
+        for a, b in zip(compiled.recommend(batch), predictor.recommend(batch)):
+            assert a.item_ids == b.item_ids
+            torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4)

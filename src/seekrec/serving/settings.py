@@ -84,6 +84,8 @@ class ServeSettings:
     ``trainer_consumer``: the online trainer's consumer name, for the lag metric. ``threads``: torch
     intra-op threads (0: torch's default, one per core). One is the default: micro-batches are small,
     and idle OpenMP workers spin on the cores that the event loop and other processes need.
+    ``compile``: ``torch.compile`` each loaded sequence model's user encoder (less CPU per request,
+    about a minute of compilation per version).
     """
 
     registry: Path
@@ -101,6 +103,7 @@ class ServeSettings:
     trainer_consumer: str = "online-trainer"
     device: str = "cpu"
     threads: int = 1
+    compile: bool = False
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
     def __post_init__(self) -> None:
@@ -125,6 +128,8 @@ class ServeSettings:
                     or (name == "poll_interval_s" and value == 0):
                 raise ValueError(f"ServeSettings.{name} must be a finite number of at least 0 "
                                  f"(poll_interval_s > 0), got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"ServeSettings.compile must be true or false, got {self.compile!r}")
         if not self.trainer_consumer:
             raise ValueError("trainer_consumer must be a non-empty consumer name")
 

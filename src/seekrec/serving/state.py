@@ -259,7 +259,8 @@ class ServingState:
             return PipelinePredictor.from_registry(self.registry, version, data_dir=self.settings.data_dir,
                                                    event_log=self.event_log)
         return Predictor.from_registry(self.registry, version, candidates=self.settings.candidates,
-                                       index_config=self.index_config, device=self.settings.device)
+                                       index_config=self.index_config, device=self.settings.device,
+                                       compile_encoder=self.settings.compile)
 
     async def _try_load(self, version: str) -> AnyPredictor | None:
         """Load off the loop; a bad version (checksum, missing catalog, unbuildable model) is counted
