@@ -35,3 +35,19 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_prepare_ml100k(ml100k_raw, tmp_path, capsys):
     assert main(["data", "prepare", "--dataset", "ml-100k", "--raw", str(ml100k_raw), "--out", str(tmp_path)]) == 0
     assert "100,000 events, 943 users, 1,682 items" in capsys.readouterr().out
+
+
+def test_serve_reads_a_config_file_and_flags_override_it(tmp_path):
+    from pathlib import Path
+
+    from seekrec.cli import build_parser, serve_settings
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "serve-pipeline-ab.toml"
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
+    assert [(a.name, a.version) for a in settings.experiment.arms] == [("sequence", "v000001"), ("pipeline", "current")]
+    assert settings.port == 8000 and settings.threads == 1 and not settings.compile
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config), "--port", "9001",
+                                                         "--compile", "--arm", "only=current"]))
+    assert settings.port == 9001 and settings.compile and [a.name for a in settings.experiment.arms] == ["only"]
+    with pytest.raises(ValueError, match="registry"):
+        serve_settings(build_parser().parse_args(["serve", "--event-log", str(tmp_path / "e.db")]))

@@ -139,18 +139,24 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from seekrec.serving.app import serve
+def serve_settings(args: argparse.Namespace) -> Any:
+    """``--config`` TOML (its ``[serve]`` table), then any flag given on the command line on top."""
     from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 
-    arms = tuple(ArmSettings.parse(spec) for spec in args.arm) or (ArmSettings("live"),)
-    settings = ServeSettings(
-        registry=args.registry, event_log=args.event_log, data_dir=args.data, host=args.host, port=args.port,
-        candidates=args.candidates, poll_interval_s=args.poll_interval, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, compile=args.compile,
-        experiment=ExperimentSettings(args.experiment, arms),
-    )
-    serve(settings)
+    flags = {"registry": args.registry, "event_log": args.event_log, "data_dir": args.data, "host": args.host,
+             "port": args.port, "candidates": args.candidates, "poll_interval_s": args.poll_interval,
+             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+             "compile": True if args.compile else None}
+    if args.arm or args.experiment is not None:
+        arms = tuple(ArmSettings.parse(spec) for spec in args.arm) or (ArmSettings("live"),)
+        flags["experiment"] = ExperimentSettings(args.experiment or "default", arms)
+    return ServeSettings.load(args.config, **flags)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seekrec.serving.app import serve
+
+    serve(serve_settings(args))
     return 0
 
 
@@ -212,12 +218,13 @@ def cmd_pipeline_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline_commands(commands: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
-    pipe = commands.add_parser("pipeline", help="multi-stage pipeline: two-tower retrieval -> DIN ranking -> re-ranking",
-                               formatter_class=fmt)
+    pipe = commands.add_parser("pipeline", formatter_class=fmt,
+                               help="multi-stage pipeline: two-tower retrieval -> DIN ranking -> re-ranking")
     pipe_cmds = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
     pt = pipe_cmds.add_parser(
         "train", help="fit features, train the two-tower and DIN, calibrate, write a bundle", formatter_class=fmt,
-        epilog="examples:\n  seekrec pipeline train --config configs/ml-100k-pipeline.toml --out runs/ml-100k-pipeline\n"
+        epilog="examples:\n"
+        "  seekrec pipeline train --config configs/ml-100k-pipeline.toml --out runs/ml-100k-pipeline\n"
         "  seekrec pipeline train --config configs/ml-100k-pipeline.toml --sasrec-run runs/ml-100k-sasrec\n"
         "  seekrec pipeline train --config configs/sim-pipeline.toml two_tower.train.max_epochs=5 "
         "stages.n_candidates=100\n"
@@ -346,22 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="HTTP API: /recommend, /events, /healthz, /readyz, /metrics", formatter_class=fmt,
         epilog="examples:\n  seekrec serve --registry registry --event-log sqlite:///$PWD/events.db --data data/sim\n"
         "  seekrec serve --registry registry --event-log redis://127.0.0.1:6379/0 --data data/sim \\\n"
-        "      --experiment drift-test --arm control=v000001:0.5 --arm treatment=current:0.5\n",
+        "      --experiment drift-test --arm control=v000001:0.5 --arm treatment=current:0.5\n"
+        "  seekrec serve --config configs/serve-pipeline-ab.toml     # sequence model vs pipeline bundle\n"
+        "flags given on the command line override the config file; defaults in brackets apply to neither\n",
     )
-    sv.add_argument("--registry", type=Path, required=True, help="model registry directory")
-    sv.add_argument("--event-log", required=True, help="sqlite:///ABS/PATH.db, a path, or redis://host:port/db")
+    sv.add_argument("--config", type=Path, help="TOML file with a [serve] table (ServeSettings fields)")
+    sv.add_argument("--registry", type=Path, help="model registry directory (required, here or in --config)")
+    sv.add_argument("--event-log", help="sqlite:///ABS/PATH.db, a path, or redis://host:port/db (required)")
     sv.add_argument("--data", type=Path, help="prepared dataset: the users' histories before live events")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--candidates", type=int, default=200, help="ANN candidates before the seen filter")
-    sv.add_argument("--poll-interval", type=float, default=2.0, help="seconds between registry checks (hot swap)")
-    sv.add_argument("--max-batch", type=int, default=64, help="micro-batch size")
-    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait")
-    sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: one per core)")
+    sv.add_argument("--host", help="[127.0.0.1]")
+    sv.add_argument("--port", type=int, help="[8000]")
+    sv.add_argument("--candidates", type=int, help="ANN candidates before the seen filter [200]")
+    sv.add_argument("--poll-interval", type=float, help="seconds between registry checks (hot swap) [2]")
+    sv.add_argument("--max-batch", type=int, help="micro-batch size [64]")
+    sv.add_argument("--max-wait-ms", type=float, help="micro-batch wait [2]")
+    sv.add_argument("--threads", type=int, help="torch and FAISS threads, 0: one per core [1]")
     sv.add_argument("--compile", action="store_true",
                     help="torch.compile the user encoder of each loaded version (less CPU per request; "
                          "~1 min of compilation per version, so for stable versions)")
-    sv.add_argument("--experiment", default="default", help="A/B experiment name (hash salt)")
+    sv.add_argument("--experiment", help="A/B experiment name (hash salt) [default]")
     sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
                     help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")
     sv.set_defaults(func=cmd_serve)
