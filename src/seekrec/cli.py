@@ -244,12 +244,14 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction, fmt: type[argpa
         "  seekrec pipeline evaluate --bundle runs/ml-100k-pipeline/bundle --data data/ml-100k --tune "
         "--json results/pipeline.json\n"
         "  seekrec pipeline evaluate --bundle runs/sim-pipeline/bundle --data data/sim --split valid --no-ease\n"
-        "--tune chooses the number of candidates per retriever on validation, then scores --split once.\n",
+        "--tune chooses, per retriever, the number of candidates and the retrieval score's weight in the\n"
+        "final order on validation, then scores --split once.\n",
     )
     pe.add_argument("--bundle", type=Path, required=True, help="a pipeline bundle directory")
     pe.add_argument("--data", type=Path, required=True, help="the prepared dataset the bundle was trained on")
     pe.add_argument("--split", default="test", choices=["test", "valid"])
-    pe.add_argument("--tune", action="store_true", help="choose n_candidates on validation first")
+    pe.add_argument("--tune", action="store_true",
+                    help="choose n_candidates and retrieval_weight on validation first")
     pe.add_argument("--no-ease", action="store_true", help="skip the EASE baseline")
     pe.add_argument("--json", type=Path, help="also write the report here")
     pe.set_defaults(func=cmd_pipeline_evaluate)

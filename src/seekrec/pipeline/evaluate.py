@@ -37,6 +37,9 @@ from seekrec.training.trainer import ModelScorer
 
 log = logging.getLogger(__name__)
 LIST_K = 10
+# what --tune searches on validation: how many candidates, and how much the retrieval score weighs in the order
+STAGE_GRID: dict[str, list[Any]] = {"n_candidates": [20, 50, 100, 200, 400],
+                                    "retrieval_weight": [0.0, 0.25, 0.5, 1.0, 2.0]}
 
 
 @dataclass
@@ -69,7 +72,8 @@ def offline_item_features(rows: OfflineRows, as_of: np.ndarray, n_items: int) ->
 def list_positions(pipeline: Pipeline, users: EvalUsers, *, batch_size: int = 64,
                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(position [M], in_candidates [M])``: each target's 0-based position in its user's final list
-    (-1 when absent) and whether retrieval found it."""
+    (-1 when absent) and whether retrieval found it, through ``Pipeline.recommend`` itself (the
+    reference that ``score_candidates`` + ``final_positions`` must equal)."""
     held, n = users.held, pipeline.spec.n_items
     seen = held.seen()
     positions, found = [], []
@@ -79,10 +83,61 @@ def list_positions(pipeline: Pipeline, users: EvalUsers, *, batch_size: int = 64
         recs = pipeline.recommend(users.user.index(rows), seen[lo:lo + len(rows)],
                                   item_features=offline_item_features(users.rows, held.as_of[rows.numpy()], n))
         targets = torch.from_numpy(held.targets[rows.numpy()])[:, None]
-        hit = recs.ids == targets  # [B, K]
-        positions.append(torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1).numpy())
+        positions.append(_position(recs.ids, targets))
         found.append((recs.candidates == targets).any(dim=1).numpy())
     return np.concatenate(positions), np.concatenate(found)
+
+
+@dataclass
+class ScoredCandidates:
+    """The first two stages' outputs for a whole evaluation set at R candidates per user. The ranker scores
+    each candidate on its own and the top R' < R of a search are its first R', so every setting with
+    at most R candidates (and any re-ranking) is evaluated from these without scoring again."""
+
+    candidates: Tensor  # [M, R] ids, best retrieval score first
+    retrieval: Tensor  # [M, R] retrieval logits
+    ranker: Tensor  # [M, R] calibrated DIN log-odds
+    exclude: Tensor  # [M, N' + 1] seen items
+
+
+def score_candidates(pipeline: Pipeline, users: EvalUsers, n_candidates: int, *, batch_size: int = 64,
+                     progress: bool = False) -> ScoredCandidates:
+    """Retrieve ``n_candidates`` per user and rank them, item rows as of each user's target time."""
+    held, n = users.held, pipeline.spec.n_items
+    seen = held.seen()
+    parts: list[tuple[Tensor, ...]] = []
+    for lo in tqdm(range(0, len(held), batch_size), desc=f"score {users.which}", unit="batch", disable=not progress,
+                   leave=False):
+        rows = torch.arange(lo, min(lo + batch_size, len(held)))
+        user = users.user.index(rows)
+        exclude = pipeline.exclusions(seen[lo:lo + len(rows)])
+        candidates, retrieval = pipeline.retrieve(user, exclude, n_candidates)
+        ranker = pipeline.rank(user, candidates, offline_item_features(users.rows, held.as_of[rows.numpy()], n))
+        parts.append((candidates, retrieval, ranker, exclude))
+    return ScoredCandidates(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+
+def final_positions(pipeline: Pipeline, scored: ScoredCandidates, users: EvalUsers, *,
+                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``list_positions`` of ``pipeline``'s stage settings, from candidates scored once."""
+    r = pipeline.stages.n_candidates
+    if r > scored.candidates.shape[1]:
+        raise ValueError(f"stages.n_candidates={r} but only {scored.candidates.shape[1]} candidates were scored")
+    targets = torch.from_numpy(users.held.targets)[:, None]
+    positions, found = [], []
+    for lo in range(0, len(targets), batch_size):
+        rows = slice(lo, lo + batch_size)
+        candidates = scored.candidates[rows, :r]
+        recs = pipeline.finish(candidates, scored.retrieval[rows, :r], scored.ranker[rows, :r], scored.exclude[rows])
+        positions.append(_position(recs.ids, targets[rows]))
+        found.append((candidates == targets[rows]).any(dim=1).numpy())
+    return np.concatenate(positions), np.concatenate(found)
+
+
+def _position(ids: Tensor, targets: Tensor) -> np.ndarray:
+    """``ids [B, K]``, ``targets [B, 1]`` -> ``[B]`` position of the target in its row, -1 when absent."""
+    hit = ids == targets
+    return torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1).numpy()
 
 
 def list_metrics(positions: np.ndarray, in_candidates: np.ndarray, n_candidates: int,
@@ -91,15 +146,18 @@ def list_metrics(positions: np.ndarray, in_candidates: np.ndarray, n_candidates:
     hit = positions >= 0
     ranks = np.where(hit, positions, np.iinfo(np.int32).max).astype(np.float64)  # absent: past any cut-off
     return {f"ndcg@{k}": metrics.ndcg(ranks, k), f"hr@{k}": metrics.hit_rate(ranks, k),
-            "mrr": float(np.mean(np.where(hit, 1.0 / (positions + 1.0), 0.0))),
+            "mrr": float(np.mean(np.where(hit, 1.0 / (np.maximum(positions, 0) + 1.0), 0.0))),
             f"candidate_recall@{n_candidates}": float(np.mean(in_candidates))}
 
 
-def pipeline_metrics(pipeline: Pipeline, users: EvalUsers, *, batch_size: int = 64,
-                     progress: bool = False) -> dict[str, float]:
-    """The final list's metrics for ``pipeline`` with its current stage config."""
-    positions, found = list_positions(pipeline, users, batch_size=batch_size, progress=progress)
-    return list_metrics(positions, found, pipeline.stages.n_candidates, min(LIST_K, pipeline.stages.k))
+def pipeline_metrics(pipeline: Pipeline, users: EvalUsers, *, scored: ScoredCandidates | None = None,
+                     batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """The final list's metrics for ``pipeline`` with its current stage config (``scored``: reuse them)."""
+    if scored is None:
+        scored = score_candidates(pipeline, users, pipeline.stages.n_candidates, batch_size=batch_size,
+                                  progress=progress)
+    positions, found = final_positions(pipeline, scored, users)
+    return list_metrics(positions, found, pipeline.stages.n_candidates)
 
 
 def retriever_metrics(pipeline: Pipeline, users: EvalUsers, split: Split) -> dict[str, dict[str, float]]:
@@ -120,20 +178,24 @@ def select_stages(pipeline: Pipeline, valid: EvalUsers, grid: dict[str, list[Any
                   select_metric: str = "ndcg@10", batch_size: int = 64,
                   progress: bool = False) -> tuple[Pipeline, list[dict[str, Any]]]:
     """The pipeline with the stage settings of ``grid`` that score best on validation, and every point's
-    validation metrics. ``grid``: ``StageConfig`` field -> values, e.g. ``{"n_candidates": [100, 200]}``."""
+    validation metrics. ``grid``: ``StageConfig`` field -> values, e.g. ``{"n_candidates": [100, 200],
+    "retrieval_weight": [0, 1]}``; candidates are scored once, at the largest R."""
     if valid.which != "valid":
         raise ValueError("stage settings are chosen on the validation set only; pass EvalUsers of 'valid'")
+    if "retriever" in grid:
+        raise ValueError("select stage settings per retriever: set stages.retriever and leave it out of the grid")
+    widest = max([pipeline.stages.n_candidates, *grid.get("n_candidates", [])])
+    scored = score_candidates(pipeline, valid, widest, batch_size=batch_size, progress=progress)
     table, best, best_score = [], pipeline, -np.inf
     for point in grid_points(grid):
         candidate = pipeline.with_stages(dataclasses.replace(pipeline.stages, **point))
-        scores = pipeline_metrics(candidate, valid, batch_size=batch_size, progress=progress)
+        scores = pipeline_metrics(candidate, valid, scored=scored)
         if select_metric not in scores:
             raise ValueError(f"select_metric {select_metric!r} is not a list metric; choose one of {sorted(scores)}")
-        value = scores[select_metric]
         table.append({"stages": point, "valid": scores})
-        log.info("validation %s: %s=%.4f", point, select_metric, value)
-        if value > best_score:
-            best, best_score = candidate, value
+        log.info("validation %s: %s=%.4f", point, select_metric, scores[select_metric])
+        if scores[select_metric] > best_score:
+            best, best_score = candidate, scores[select_metric]
     return best, table
 
 
@@ -169,3 +231,18 @@ def evaluate_pipeline(pipeline: Pipeline, data: InteractionData, split: Split, w
         report["single_stage"]["ease"] = {**tuned.result.metrics, "params": tuned.params}
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of an ``evaluate_pipeline`` report: one row per retriever, pipeline and baseline."""
+    lines = [f"{report['split']}: {report['n_users']} users, {report['n_items']} items, full ranking"]
+    header = f"{'model':<36}{'recall@100':>11}{'recall@500':>11}{'ndcg@10':>9}{'hr@10':>8}"
+    lines += [header, "-" * len(header)]
+    for name, m in report["retrieval"].items():
+        lines.append(f"{'retrieval: ' + name:<36}{m['recall@100']:>11.4f}{m['recall@500']:>11.4f}{'':>9}{'':>8}")
+    for name, m in report["pipeline"].items():
+        label = f"pipeline: {name} -> din (R={m['stages']['n_candidates']})"
+        lines.append(f"{label:<36}{'':>11}{'':>11}{m['ndcg@10']:>9.4f}{m['hr@10']:>8.4f}")
+    for name, m in report["single_stage"].items():
+        lines.append(f"{'single stage: ' + name:<36}{'':>11}{'':>11}{m['ndcg@10']:>9.4f}{m['hr@10']:>8.4f}")
+    return "\n".join(lines)

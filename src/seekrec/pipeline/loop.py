@@ -60,7 +60,8 @@ class FeatureTrainer:
 
     ``run_dir`` receives ``metrics.jsonl`` (train and valid records, readable by ``seekrec plot``)
     and ``best/`` (``model.safetensors`` + ``meta.json`` with ``manifest``: config, spec version).
-    After ``fit`` the model holds the best weights.
+    Validation runs on the untrained model first (epoch 0, the baseline every epoch must beat) and
+    then every ``eval_every`` epochs. After ``fit`` the model holds the best weights.
     """
 
     def __init__(self, model: torch.nn.Module, task: LossTask, source: BatchSource,
@@ -112,6 +113,22 @@ class FeatureTrainer:
         with torch.inference_mode():
             return self.validate()
 
+    def _validation(self, metrics_log: MetricsLog, epoch: int, step: int, start: float,
+                    best: dict[str, Any]) -> dict[str, Any]:
+        """Validate, log, and save the weights when they beat ``best``; returns the (new) best."""
+        metrics = self._evaluate()
+        elapsed = time.perf_counter() - start
+        metric = self.config.select_metric
+        if metric not in metrics:
+            raise ValueError(f"train.select_metric {metric!r} is not a validation metric; "
+                             f"choose one of {sorted(metrics)}")
+        metrics_log.append({"kind": "valid", "step": step, "epoch": epoch, "elapsed": elapsed, **metrics})
+        log.info("epoch %d step %d valid %s=%.4f", epoch, step, metric, metrics[metric])
+        if metrics[metric] <= best["metric"]:
+            return best
+        self._save_best(metrics, epoch, step)
+        return {"metric": metrics[metric], "epoch": epoch, "step": step, "valid": metrics, "elapsed": elapsed}
+
     def fit(self) -> FitResult:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +138,7 @@ class FeatureTrainer:
         start = time.perf_counter()
         step = bad = epoch = examples = 0
         train_seconds = 0.0
+        best = self._validation(metrics_log, epoch, step, start, best)  # epoch 0: the untrained model
         while epoch < cfg.max_epochs and bad < cfg.patience:
             bar = tqdm(self._global_batches(epoch), desc=f"epoch {epoch}", unit="step", total=self.steps_per_epoch,
                        leave=False)
@@ -135,20 +153,9 @@ class FeatureTrainer:
             epoch += 1
             if epoch % cfg.eval_every and epoch != cfg.max_epochs:
                 continue
-            metrics = self._evaluate()
-            elapsed = time.perf_counter() - start
-            if cfg.select_metric not in metrics:
-                raise ValueError(f"train.select_metric {cfg.select_metric!r} is not a validation metric; "
-                                 f"choose one of {sorted(metrics)}")
-            metrics_log.append({"kind": "valid", "step": step, "epoch": epoch, "elapsed": elapsed, **metrics})
-            log.info("epoch %d step %d valid %s=%.4f", epoch, step, cfg.select_metric, metrics[cfg.select_metric])
-            if metrics[cfg.select_metric] > best["metric"]:
-                best = {"metric": metrics[cfg.select_metric], "epoch": epoch, "step": step, "valid": metrics,
-                        "elapsed": elapsed}
-                bad = 0
-                self._save_best(metrics, epoch, step)
-            else:
-                bad += 1
+            before = best["metric"]
+            best = self._validation(metrics_log, epoch, step, start, best)
+            bad = 0 if best["metric"] > before else bad + 1
         load_model(self.model, str(self.run_dir / BEST_DIR / MODEL_FILE))
         self.model.eval()
         return FitResult(best["valid"], best["epoch"], epoch, step, time.perf_counter() - start, best["elapsed"],

@@ -150,23 +150,52 @@ class Pipeline:
         ``stages.filter_seen``. ``k`` defaults to ``stages.k``. ``item_features`` supplies fresh item
         rows for the candidates (see ``CandidateFeatures``); by default the catalogue's rows are used.
         """
-        stages, state = self.stages, self._state
-        k = stages.k if k is None else k
         if len(seen) != len(user):
             raise ValueError(f"seen has {len(seen)} rows for {len(user)} users; pass one id list per user")
+        exclude = self.exclusions(seen)
+        candidates, retrieval_logits = self.retrieve(user, exclude)
+        ranker_logits = self.rank(user, candidates, item_features)
+        return self.finish(candidates, retrieval_logits, ranker_logits, exclude, k)
+
+    def exclusions(self, seen: Sequence[Sequence[int] | np.ndarray]) -> Tensor:
+        """``[B, N' + 1]`` bool: the items each user must not get (their seen items, with ``filter_seen``)."""
+        n_ids = self._state.n_ids
+        if not self.stages.filter_seen:
+            return torch.zeros(len(seen), n_ids + 1, dtype=torch.bool)
+        return seen_mask(seen, n_ids)
+
+    @torch.inference_mode()
+    def retrieve(self, user: FeatureBatch, exclude: Tensor, n_candidates: int | None = None) -> tuple[Tensor, Tensor]:
+        """Stage 1: ``[B, R]`` candidate ids, best first (0 = empty slot), and their retrieval logits."""
+        r = self.stages.n_candidates if n_candidates is None else n_candidates
+        if self.stages.retriever == "sasrec" and self.sequence is not None and self._sequence_index is not None:
+            queries, index, scale = self.sequence.encode_users(user), self._sequence_index, self.sequence.logit_scale
+        else:
+            queries, index, scale = self.retriever.encode_users(user), self._state.index, self.retriever.logit_scale
+        candidates, scores = retrieve(index, queries, exclude, r)
+        return candidates, scores * scale
+
+    @torch.inference_mode()
+    def rank(self, user: FeatureBatch, candidates: Tensor, item_features: CandidateFeatures | None = None) -> Tensor:
+        """Stage 2: ``[B, R]`` calibrated DIN log-odds of each candidate (-inf at empty slots)."""
+        rows = item_features(candidates) if item_features is not None else \
+            self._state.features.index(candidates.flatten())
+        return self.ranker.logits(user, rows).masked_fill(candidates == 0, -torch.inf)
+
+    def finish(self, candidates: Tensor, retrieval_logits: Tensor, ranker_logits: Tensor, exclude: Tensor,
+               k: int | None = None) -> Recommendations:
+        """Stage 3: order by the ranker (and ``retrieval_weight`` times the retrieval logit), drop seen items
+        and repeats, diversify, keep K; scores are calibrated click probabilities."""
+        k = self.stages.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        exclude = seen_mask(seen, state.n_ids) if stages.filter_seen else torch.zeros(len(user), state.n_ids + 1,
-                                                                                      dtype=torch.bool)
-        if stages.retriever == "sasrec" and self.sequence is not None and self._sequence_index is not None:
-            queries, index = self.sequence.encode_users(user), self._sequence_index
-        else:
-            queries, index = self.retriever.encode_users(user), state.index
-        candidates, _ = retrieve(index, queries, exclude, stages.n_candidates)  # [B, R]
-        rows = item_features(candidates) if item_features is not None else state.features.index(candidates.flatten())
-        probabilities = self.ranker.probabilities(user, rows).masked_fill(candidates == 0, -torch.inf)  # [B, R]
-        genres = state.genres if state.genre_column == stages.genre_column else self._genres(state.features)
-        ids, scores = rerank(candidates, probabilities, k, stages, exclude=exclude, genres=genres)
+        probabilities = torch.sigmoid(ranker_logits)  # [B, R], 0 at empty slots
+        weight = self.stages.retrieval_weight
+        order = torch.sigmoid(ranker_logits + weight * retrieval_logits) if weight else probabilities
+        order = order.masked_fill(candidates == 0, -torch.inf)
+        state = self._state
+        genres = state.genres if state.genre_column == self.stages.genre_column else self._genres(state.features)
+        ids, scores = rerank(candidates, order, k, self.stages, values=probabilities, exclude=exclude, genres=genres)
         return Recommendations(ids, scores, candidates)
 
     # -- the catalogue ---------------------------------------------------------------------------------
@@ -180,7 +209,7 @@ class Pipeline:
         """
         raw = [str(r) for r in raw_ids]
         state = self._state
-        known = set(state.new_raw_ids) | {r for r, i in zip(raw, self.spec.item_index(raw)) if i > 0}
+        known = set(state.new_raw_ids) | {r for r, i in zip(raw, self.spec.item_index(raw), strict=True) if i > 0}
         clash = sorted({r for r in raw if r in known} | {r for r in raw if raw.count(r) > 1})
         if clash:
             raise ValueError(f"items {clash[:5]} are already in the catalogue or repeated; add each new item once")
@@ -219,7 +248,7 @@ class Pipeline:
         raw = [str(r) for r in raw_ids]
         ids = self.spec.item_index(raw)
         added = {r: self.spec.n_items + 1 + i for i, r in enumerate(self._state.new_raw_ids)}
-        return np.array([added.get(r, int(i)) for r, i in zip(raw, ids)], dtype=np.int64)
+        return np.array([added.get(r, int(i)) for r, i in zip(raw, ids, strict=True)], dtype=np.int64)
 
     def store_item_features(self, store: FeatureStore, now: float | None = None) -> CandidateFeatures:
         """A ``CandidateFeatures`` reading candidates' rows from ``store`` as of ``now`` (default: the clock)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,24 @@ from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import evaluate_pipeline
 from seekrec.pipeline.features import item_catalogue
 from seekrec.pipeline.pipeline import Pipeline
-from seekrec.pipeline.train import train_din, train_two_tower
+from seekrec.pipeline.ranker import train_din
+from seekrec.pipeline.stages import TwoTowerRetriever
+from seekrec.pipeline.train import train_two_tower
 
 log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
 
 
-def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir: str | Path) -> dict[str, Any]:
-    """Fit the feature spec, train the two-tower and DIN, calibrate, bundle; returns the results record."""
+@dataclass
+class TrainedPipeline:
+    """The trained pipeline (also saved as ``OUT/bundle``) and the results record (``OUT/results.json``)."""
+
+    pipeline: Pipeline
+    record: dict[str, Any]
+
+
+def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir: str | Path) -> TrainedPipeline:
+    """Fit the feature spec, train the two-tower and DIN, calibrate, save the bundle and the results."""
     start = time.perf_counter()
     data_dir = data_dir if data_dir is not None else config.data.path
     if data_dir is None:
@@ -55,7 +66,8 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
                                               out / "two_tower")
     timings["two_tower"] = round(time.perf_counter() - begin, 2)
     begin = time.perf_counter()
-    din, calibrator, din_fit, ranker = train_din(config.din, spec, data, split, examples, catalogue, out / "din")
+    din, calibrator, din_fit, ranker = train_din(config.din, spec, data, split, examples, catalogue, out / "din",
+                                                 retriever=TwoTowerRetriever(two_tower, view))
     timings["din"] = round(time.perf_counter() - begin, 2)
 
     sequence_model, max_len, name = None, None, "sasrec"
@@ -77,7 +89,7 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
     }
     atomic_write_json(out / "results.json", record)
     log.info("pipeline bundle written to %s in %.0fs", out / BUNDLE_DIR, timings["total"])
-    return record
+    return TrainedPipeline(pipeline, record)
 
 
 def evaluate_bundle(bundle: str | Path, data_dir: str | Path, which: str = "test", *,

@@ -72,6 +72,11 @@ class TwoTowerRetriever:
         self.model, self.view = model.eval(), view
         self.metric = "dot"
 
+    @property
+    def logit_scale(self) -> float:
+        """Index scores (inner products of unit vectors) times this are the model's logits."""
+        return float(1.0 / self.model.temperature)
+
     def encode_users(self, user: FeatureBatch) -> Tensor:
         """``B`` user rows -> ``[B, D]``."""
         return self.model.encode_users(user)
@@ -90,6 +95,11 @@ class SequenceRetriever:
         self.metric = model.similarity.kind
         self.n_items = int(model.n_items)
 
+    @property
+    def logit_scale(self) -> float:
+        """Index scores (dot products, or cosines) times this are the model's logits."""
+        return 1.0 / self.model.similarity.temperature if self.metric == "cosine" else 1.0
+
     def encode_users(self, user: FeatureBatch) -> Tensor:
         if user.sequence is None:
             raise ValueError("the sequence retriever reads the user rows' behaviour sequence; the batch has none")
@@ -101,14 +111,14 @@ class SequenceRetriever:
 
 
 class Ranker:
-    """DIN logits turned into calibrated click probabilities."""
+    """DIN logits turned into calibrated log-odds of a click (``sigmoid`` gives the probability)."""
 
     def __init__(self, model: DIN, calibrator: Calibrator) -> None:
         self.model, self.calibrator = model.eval(), calibrator
 
-    def probabilities(self, user: FeatureBatch, items: FeatureBatch) -> Tensor:
+    def logits(self, user: FeatureBatch, items: FeatureBatch) -> Tensor:
         """``user`` (B rows), ``items`` (``B * C`` full item rows, user b's at ``b * C ..``) -> ``[B, C]``."""
-        return self.calibrator(self.model.score_candidates(user, items).float())
+        return self.calibrator.calibrated_logits(self.model.score_candidates(user, items).float())
 
 
 def genre_matrix(column: Tensor, cardinality: int) -> Tensor:
@@ -119,27 +129,33 @@ def genre_matrix(column: Tensor, cardinality: int) -> Tensor:
     return hot
 
 
-def rerank(ids: Tensor, scores: Tensor, k: int, config: StageConfig, *, exclude: Tensor | None = None,
-           genres: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``ids [B, C]`` scored ``[B, C]`` -> the final ``[B, K]`` ids and scores.
+def rerank(ids: Tensor, scores: Tensor, k: int, config: StageConfig, *, values: Tensor | None = None,
+           exclude: Tensor | None = None, genres: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``ids [B, C]`` scored ``[B, C]`` (in [0, 1] for MMR) -> the final ``[B, K]`` ids and their
+    ``values [B, C]`` (default: the scores), -inf at empty slots.
 
-    Best score first; empty slots, ids in ``exclude [B, N' + 1]`` and repeats of an id are dropped;
-    then ``config.diversity`` decides which items fill the K slots (``genres [N' + 1, G]`` multi-hot).
-    A row can come back shorter than K when a genre cap leaves too few candidates.
+    Best score first; empty slots, ids in ``exclude [B, N' + 1]`` and repeats of an id (the best-scored
+    copy stays) are dropped; then ``config.diversity`` decides which items fill the K slots (``genres
+    [N' + 1, G]`` multi-hot). A row can come back shorter than K when a genre cap leaves too few.
     """
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     ids, scores = ids.gather(1, order), scores.gather(1, order)
+    values = scores if values is None else values.gather(1, order)
     keep = (ids > 0) & first_occurrence(ids)
     if exclude is not None:
         keep &= ~exclude.gather(1, ids.clamp(max=exclude.shape[1] - 1))
     if config.diversity == "none":
-        return compact(ids, scores, keep, k)
-    if genres is None:
+        chosen, _ = compact(ids, scores, keep, k)
+    elif genres is None:
         raise ValueError(f"stages.diversity={config.diversity!r} needs item genres: the catalogue has no "
                          f"column {config.genre_column!r}; set stages.genre_column or diversity='none'")
-    if config.diversity == "max_per_genre":
-        return compact(ids, scores, keep & genre_cap(genres[ids], keep, k, config.max_per_genre), k)
-    return mmr(ids, scores, keep, genres[ids], k, config.mmr_lambda)
+    elif config.diversity == "max_per_genre":
+        chosen, _ = compact(ids, scores, keep & genre_cap(genres[ids], keep, k, config.max_per_genre), k)
+    else:
+        chosen, _ = mmr(ids, scores, keep, genres[ids], k, config.mmr_lambda)
+    # each chosen id's value: its first (best-scored) copy in the sorted row
+    position = (ids[:, None, :] == chosen[:, :, None]).int().argmax(dim=2)  # [B, K]
+    return chosen, values.gather(1, position).masked_fill(chosen == 0, -torch.inf)
 
 
 def genre_cap(hot: Tensor, keep: Tensor, k: int, cap: int) -> Tensor:
@@ -163,7 +179,7 @@ def mmr(ids: Tensor, scores: Tensor, keep: Tensor, hot: Tensor, k: int, weight: 
     """Maximal marginal relevance (Carbonell & Goldstein 1998) with genre-Jaccard similarity.
 
     Step by step pick ``argmax weight * score - (1 - weight) * max_{s picked} jaccard(c, s)`` among the
-    kept candidates; ``hot [B, C, G]``. Scores stay the ranker's probabilities; the order is MMR's.
+    kept candidates; ``hot [B, C, G]``. Returns ids in MMR's order with their scores.
     """
     size, width = ids.shape
     inter = hot @ hot.transpose(1, 2)  # [B, C, C]
