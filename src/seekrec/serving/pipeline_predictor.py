@@ -132,8 +132,8 @@ class PipelinePredictor:
         """Cold start: add items by raw id with their attributes (title, genres, ...); returns the ids added
         (ones already known are skipped). They are embedded from that content and retrievable at once."""
         with self._lock:
-            known = set(self.pipeline.raw_item_ids(np.arange(1, self.n_items + 1)))
-            fresh = {str(k): v for k, v in records.items() if str(k) not in known}
+            raws = [str(k) for k in records]
+            fresh = {raw: records[key] for raw, key, known in zip(raws, records, self.pipeline.item_ids(raws)) if not known}
             if fresh:
                 self.store.put_attributes("item", fresh)
                 self.pipeline.add_items(list(fresh), new_item_features(self.pipeline.spec, list(fresh.values()),
