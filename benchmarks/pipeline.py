@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seekrec.config import ExperimentConfig
+from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.splits import load_split
 from seekrec.evaluation.ranking import evaluate
 from seekrec.features.examples import build_examples
@@ -33,7 +33,7 @@ from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import STAGE_GRID, EvalUsers, evaluate_pipeline, final_positions, score_candidates
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.pipeline.run import train_pipeline
-from seekrec.pipeline.train import TwoTowerScorer, train_two_tower
+from seekrec.pipeline.train_two_tower import TwoTowerScorer, train_two_tower
 from seekrec.training.experiment import train_experiment
 from seekrec.training.trainer import ModelScorer
 
@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     no_text = dataclasses.replace(config.two_tower,
                                   drop_item_columns=(*config.two_tower.drop_item_columns, "text"))
     examples = build_examples(pipeline.spec, data, split.train)
-    catalogue = pipeline.catalogue.index(torch.arange(data.n_items + 1))
-    model, view, fit = train_two_tower(no_text, pipeline.spec, data, split, examples, catalogue,
+    catalog = pipeline.catalog.index(torch.arange(data.n_items + 1))
+    model, view, fit = train_two_tower(no_text, pipeline.spec, data, split, examples, catalog,
                                        args.work / "two_tower_no_text")
-    ablated = Pipeline(pipeline.spec, pipeline.stages, model, view, pipeline.din, pipeline.calibrator, catalogue)
+    ablated = Pipeline(pipeline.spec, pipeline.stages, model, view, pipeline.din, pipeline.calibrator, catalog)
     ablation = evaluate_pipeline(ablated, data, split, "test", grid=STAGE_GRID, baselines=())
     timings["ablation"] = round(time.perf_counter() - begin, 1)
     timings["total"] = round(time.perf_counter() - start, 1)
@@ -127,10 +127,10 @@ def paired_comparisons(pipeline: Pipeline, report: dict[str, Any], data: Any, sp
     """Each pipeline (at its validation-chosen settings) against its retriever ranking alone, user by user:
     mean NDCG@10 difference and its standard error over the same test users."""
     users = EvalUsers.build(pipeline, data, split, "test")
-    catalogue = pipeline.catalogue.index(torch.arange(data.n_items + 1))
+    catalog = pipeline.catalog.index(torch.arange(data.n_items + 1))
     with torch.inference_mode():
         alone = {
-            "two_tower": TwoTowerScorer(pipeline.two_tower_model, pipeline.retriever.view, catalogue, users.user,
+            "two_tower": TwoTowerScorer(pipeline.two_tower_model, pipeline.retriever.view, catalog, users.user,
                                         users.held.users),
             "sasrec": ModelScorer(pipeline.sequence.model, pipeline.sequence.max_len),
         }

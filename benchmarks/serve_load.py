@@ -1,7 +1,7 @@
 """Load test of `seekrec serve` on loopback at fixed request rates.
 
-For each catalogue size it publishes a SASRec (dim 64, 2 layers; random weights: latency does not
-depend on training) over a simulated catalogue, starts one server process on 127.0.0.1, and sends
+For each catalog size it publishes a SASRec (dim 64, 2 layers; random weights: latency does not
+depend on training) over a simulated catalog, starts one server process on 127.0.0.1, and sends
 open-loop POST /recommend traffic at each rate for a bounded time (requests are scheduled at fixed
 times whether or not earlier ones finished, so queueing shows up as latency). Reports p50/p95/p99
 and the highest rate held with p99 <= the latency budget.
@@ -29,8 +29,8 @@ import numpy as np
 
 from seekrec.data.simulator import Simulator, SimulatorConfig
 from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.demo.run import _free_port, _wait_ready
-from seekrec.models.registry import build_model
+from seekrec.serving.process import free_port, wait_ready
+from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     for n_items in args.items:
         with tempfile.TemporaryDirectory() as tmp:
             data_dir, registry = publish_random_model(Path(tmp), n_items, args.users, seed=0)
-            port = _free_port()
+            port = free_port()
             log = Path(tmp) / "server.log"
             cmd = [*(["taskset", "-c", "0"] if pin else []), sys.executable, "-m", "seekrec.cli", "serve",
                    "--registry", str(registry), "--event-log", f"sqlite:///{Path(tmp) / 'events.db'}",
@@ -135,7 +135,7 @@ def main() -> None:
                 server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
                 try:
                     base = f"http://127.0.0.1:{port}"
-                    _wait_ready(base, server, log)
+                    wait_ready(base, server, log)
                     asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
                     for rate in args.rates:
                         row = {"n_items": n_items,

@@ -34,7 +34,7 @@ def measure(data: str, model_name: str, variant: str, steps: int, max_len: int, 
     from seekrec.data.sequences import SequenceDataset, SequenceLoader
     from seekrec.data.splits import load_split
     from seekrec.models.losses import LossConfig
-    from seekrec.models.registry import build_loss, build_model
+    from seekrec.models.factory import build_loss, build_model
     from seekrec.models.task import NextItemTask
     from seekrec.training.config import TrainConfig
     from seekrec.training.distributed import DistContext

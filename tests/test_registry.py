@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from seekrec import registry as registry_module
-from seekrec.config import ExperimentConfig
-from seekrec.models.registry import build_model
+from seekrec.training.experiment import ExperimentConfig
+from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry, RegistryError, format_versions, parse_version
 from seekrec.training.experiment import train_experiment
 
@@ -267,7 +267,7 @@ def test_publish_run_from_a_training_run(sim_data_dir: Path, tmp_path: Path) -> 
 
 
 def test_pinned_versions_survive_retention(tmp_path):
-    from seekrec.models.registry import build_model
+    from seekrec.models.factory import build_model
 
     registry = ModelRegistry(tmp_path / "reg", keep=2)
     config = {"dim": 8, "n_layers": 1, "max_len": 5}

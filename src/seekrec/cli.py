@@ -48,11 +48,13 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any] | None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from seekrec.data.log_import import EventLogColumns
     from seekrec.data.prepare import prepare_dataset
 
+    columns = EventLogColumns(args.user_col, args.item_col, args.time_col, args.value_col, args.event_type_col)
     manifest = prepare_dataset(
         args.dataset, args.raw, args.out, download=args.download, min_rating=args.min_rating,
-        verify_counts=not args.no_verify_counts,
+        verify_counts=not args.no_verify_counts, columns=columns, items_path=args.items,
     )
     print(f"wrote {args.out}: {manifest['tables']['events']['rows']:,} events, "
           f"{manifest['n_users']:,} users, {manifest['n_items']:,} items")
@@ -89,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from seekrec.config import ExperimentConfig
+    from seekrec.training.experiment import ExperimentConfig
     from seekrec.evaluation.report import format_table
     from seekrec.training.experiment import train_experiment
 
@@ -277,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", help="convert a raw dataset to canonical Parquet tables", formatter_class=fmt,
         epilog="examples:\n  seekrec data prepare --dataset ml-100k --raw ../shared/data/ml-100k --out data/ml-100k\n"
         "  seekrec data prepare --dataset ml-20m --raw raw/ml-20m --out data/ml-20m --download\n"
-        "  seekrec data prepare --dataset csv --raw events.csv --out data/mylog\n",
+        "  seekrec data prepare --dataset csv --raw events.csv --out data/mylog\n"
+        "  seekrec data prepare --dataset parquet --raw clicks.parquet --out data/shop --user-col uid --item-col sku \\\n"
+        "      --time-col ts --items products.parquet\n",
     )
     prep.add_argument("--dataset", required=True, help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-latest, "
                       "ml-latest-small, or csv/parquet for a generic event log")
@@ -286,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--download", action="store_true", help="fetch the official archive if --raw lacks it")
     prep.add_argument("--min-rating", type=float, help="keep only ratings >= this (default: every rating)")
     prep.add_argument("--no-verify-counts", action="store_true", help="allow subsets of an official release")
+    log_cols = prep.add_argument_group("csv / parquet event logs: column names")
+    for flag, default in (("user", "user_id"), ("item", "item_id"), ("time", "timestamp")):
+        log_cols.add_argument(f"--{flag}-col", default=default, help="default: %(default)s")
+    log_cols.add_argument("--value-col", help="value per event, thresholded by --min-rating (default: every value 1)")
+    log_cols.add_argument("--event-type-col", help="event kind per row (default: every row 'interaction')")
+    log_cols.add_argument("--items", type=Path, help="items file (item id column as --item-col; title, genres, year)")
     prep.set_defaults(func=cmd_prepare)
 
     sim = data_cmds.add_parser(

@@ -174,7 +174,7 @@ class ModelRegistry:
         ``version=None`` loads the current version. Side-feature buffers (``n_side_features > 0``)
         are part of the weights, so the model is built with zeros and filled by the load.
         """
-        from seekrec.models.registry import build_model  # lazy: `registry list` should not import transformers
+        from seekrec.models.factory import build_model  # lazy: `registry list` should not import transformers
 
         resolved = self.current() if version is None else parse_version(version)
         if resolved is None:

@@ -70,7 +70,7 @@ def checked_config(model: nn.Module, model_name: str, model_config: Mapping[str,
 
     The reference model is built on the meta device: no memory and no initialisation cost.
     """
-    from seekrec.models.registry import build_model, build_model_config  # lazy: keeps transformers off `list`
+    from seekrec.models.factory import build_model, build_model_config  # lazy: keeps transformers off `list`
 
     n_items = model_config.get("n_items", getattr(model, "n_items", None))
     if n_items is None:
@@ -108,7 +108,7 @@ def read_run(run_dir: str | Path) -> RunArtifact:
     metrics, stored as ``valid/<metric>``) and ``results.json`` (test metrics as ``test/<metric>``,
     n_items); the run's config.json travels along as the extra file ``run_config.json``.
     """
-    from seekrec.models.registry import build_model
+    from seekrec.models.factory import build_model
 
     run = Path(run_dir)
     config_path, meta_path, results_path = run / "config.json", run / "best" / "meta.json", run / "results.json"

@@ -13,7 +13,7 @@ import pytest
 from seekrec.data import download as download_module
 from seekrec.data import movielens
 from seekrec.data.errors import DataFormatError
-from seekrec.data.eventlog import EventLogColumns
+from seekrec.data.log_import import EventLogColumns
 from seekrec.data.prepare import DATASET_NAMES, prepare_dataset
 from seekrec.data.schema import InteractionData
 

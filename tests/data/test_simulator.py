@@ -300,7 +300,7 @@ def test_live_releases_leave_the_history_unchanged_and_come_out_over_time(small)
     assert truth.item_vecs.shape[0] == SMALL.n_items + 21
     assert np.allclose(truth.popularity_bias[SMALL.n_items + 1 :], -1.0)
     assert len(set(truth.titles)) == len(truth.titles)
-    assert (truth.follow_ups[SMALL.n_items + 1 :] <= SMALL.n_items).all()  # sequels are catalogue items
+    assert (truth.follow_ups[SMALL.n_items + 1 :] <= SMALL.n_items).all()  # sequels are catalog items
     assert [with_releases.released(t) for t in (end - 1, end, end + 1.9, end + 2.0, end + 1e6)] == [0, 1, 1, 2, 20]
     assert sim.released(end + 1e6) == 0
 

@@ -169,9 +169,9 @@ def test_missing_attributes_and_unknown_ids_give_zero_features(ml_like_spec, ml_
     assert got.categorical["age"].item() == 0 and got.dense[0, 0].item() == 0.0
 
 
-def test_offline_rows_refuse_a_dataset_of_another_catalogue(ml_like_spec):
+def test_offline_rows_refuse_a_dataset_of_another_catalog(ml_like_spec):
     other = movielens_like(n_items=20, seed=2)
-    with pytest.raises(ValueError, match="another item catalogue"):
+    with pytest.raises(ValueError, match="another item catalog"):
         OfflineRows(ml_like_spec, other, Events.from_data(other))
 
 

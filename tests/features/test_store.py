@@ -11,7 +11,7 @@ from seekrec.features.history import Events
 from seekrec.features.rows import ITEM_ID, SEQ_ITEMS
 from seekrec.features.store import FeatureStore, StoreLimits
 from seekrec.features.store_embedded import EmbeddedBackend
-from seekrec.online.events import Event, LoggedEvent
+from seekrec.online.event_log import Event, LoggedEvent
 from tests.features.helpers import DAY, T0, assert_batches_equal
 
 

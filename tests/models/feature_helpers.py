@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from seekrec.features.batch import FeatureBatch, FeatureSchema
-from seekrec.models.registry import build_feature_model
+from seekrec.models.factory import build_feature_model
 
 N_ITEMS = 40
 SEQ_LEN = 8
@@ -33,8 +33,8 @@ TINY: dict[str, dict[str, Any]] = {
 
 def make_feature_model(name: str, seed: int = 0, **overrides: Any) -> nn.Module:
     torch.manual_seed(seed)
-    catalogue = random_catalogue(seed=123) if name == "din" else None
-    return build_feature_model(name, {**TINY[name], **overrides}, user=USER, item=ITEM, catalogue=catalogue)
+    catalog = random_catalog(seed=123) if name == "din" else None
+    return build_feature_model(name, {**TINY[name], **overrides}, user=USER, item=ITEM, catalog=catalog)
 
 
 def left_pad(rows: list[list[int]], length: int) -> Tensor:
@@ -67,10 +67,10 @@ def random_batch(schema: FeatureSchema, size: int, seed: int, *, min_history: in
     return FeatureBatch(categorical, dense, text, sequence, recency)
 
 
-def random_catalogue(seed: int) -> FeatureBatch:
+def random_catalog(seed: int) -> FeatureBatch:
     """Item features of ids ``0..N`` (row i = item i, row 0 all padding)."""
-    catalogue = random_batch(ITEM, N_ITEMS + 1, seed)
-    catalogue.categorical["item_id"] = torch.arange(N_ITEMS + 1)[:, None]
-    for tensor in (*catalogue.categorical.values(), catalogue.dense, catalogue.text):
+    catalog = random_batch(ITEM, N_ITEMS + 1, seed)
+    catalog.categorical["item_id"] = torch.arange(N_ITEMS + 1)[:, None]
+    for tensor in (*catalog.categorical.values(), catalog.dense, catalog.text):
         tensor[0] = 0
-    return catalogue
+    return catalog

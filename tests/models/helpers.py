@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from seekrec.models.layers.similarity import Similarity
-from seekrec.models.registry import build_model
+from seekrec.models.factory import build_model
 from seekrec.models.task import NextItemBatch
 
 N_ITEMS = 30

@@ -9,13 +9,12 @@ import torch
 from seekrec.evaluation.ctr import auc, ece, logloss
 from seekrec.features.batch import FeatureBatch, FeatureSchema
 from seekrec.models.calibration import Calibrator
-from seekrec.models.ctr_task import CTRBatch, CTRTask
+from seekrec.models.ctr_task import ClickGroups, ClickGroupTask
 from seekrec.models.din import DIN, ActivationUnit, DINConfig
-from seekrec.models.negatives import NegativeSampler
-from seekrec.models.registry import build_feature_model
+from seekrec.models.factory import build_feature_model
 from seekrec.training.step import count_targets
 
-from .feature_helpers import ITEM, N_ITEMS, USER, make_feature_model, random_batch, random_catalogue
+from .feature_helpers import ITEM, N_ITEMS, USER, make_feature_model, random_batch, random_catalog
 
 # --- model ---------------------------------------------------------------------------------------------
 
@@ -46,19 +45,19 @@ def test_score_candidates_matches_pairwise_forward() -> None:
         model.score_candidates(user, random_batch(ITEM, 7, seed=2))
 
 
-def test_history_keys_use_the_catalogue() -> None:
+def test_history_keys_use_the_catalog() -> None:
     model = make_feature_model("din").eval()
     user, item = random_batch(USER, 4, seed=3, min_history=3), random_batch(ITEM, 4, seed=4)
-    catalogue = random_catalogue(seed=123)
+    catalog = random_catalog(seed=123)
     with torch.no_grad():
         before = model(user, item)
-        catalogue.categorical["genres"] = catalogue.categorical["genres"].roll(1, dims=0)
-        model.set_catalogue(catalogue)
-        assert not torch.allclose(model(user, item), before), "history items are described by catalogue genres"
-    with pytest.raises(ValueError, match="catalogue"):
+        catalog.categorical["genres"] = catalog.categorical["genres"].roll(1, dims=0)
+        model.set_catalog(catalog)
+        assert not torch.allclose(model(user, item), before), "history items are described by catalog genres"
+    with pytest.raises(ValueError, match="catalog"):
         DIN(model.config)
-    with pytest.raises(ValueError, match="does not keep an item catalogue"):
-        build_feature_model("two_tower", {}, user=USER, item=ITEM, catalogue=catalogue)
+    with pytest.raises(ValueError, match="does not keep an item catalog"):
+        build_feature_model("two_tower", {}, user=USER, item=ITEM, catalog=catalog)
 
 
 @pytest.mark.parametrize(
@@ -81,39 +80,18 @@ def test_config_errors_say_what_to_change(overrides: dict, message: str) -> None
 # --- CTR task ------------------------------------------------------------------------------------------
 
 
-def test_logged_labels_give_plain_bce() -> None:
+def test_click_groups_give_weighted_bce_over_scored_pairs() -> None:
     model = make_feature_model("din")
-    user, item = random_batch(USER, 6, seed=5), random_batch(ITEM, 6, seed=6)
-    label = torch.tensor([1.0, 0, 0, 1, 0, 0])
-    batch = CTRBatch(user, item, label)
-    loss, stats = CTRTask(model).step_loss(batch)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(model(user, item), label)
+    user, item = random_batch(USER, 2, seed=5), random_batch(ITEM, 6, seed=6)
+    label = torch.tensor([[1.0, 0, 0], [1, 0, 0]])
+    weight = torch.tensor([[1.0, 1, 0], [1, 1, 1]])  # one accidental hit in the first group
+    batch = ClickGroups(user, item, label, weight)
+    loss, stats = ClickGroupTask(model).step_loss(batch)
+    logits = model.score_candidates(user, item)
+    keep = weight.bool()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], label[keep])
     torch.testing.assert_close(loss, expected)
-    assert stats["n_targets"].item() == 6 == count_targets(batch)
-    assert stats["positive_rate"].item() == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="label"):
-        CTRBatch(user, item, label[:3])
-
-
-def test_sampled_negatives_drop_accidental_hits() -> None:
-    model = make_feature_model("din")
-    n_items = 3  # a tiny id range, so draws often hit the clicked item
-    sampler = NegativeSampler("uniform", n_items)
-    catalogue = random_catalogue(seed=123)
-    task = CTRTask(model, sampler=sampler, catalogue=catalogue, n_negatives=4, seed=0)
-    item = catalogue.index(torch.tensor([1, 2, 3, 1]))
-    batch = CTRBatch(random_batch(USER, 4, seed=7), item)
-    logits, labels, weights = task._sampled_pairs(batch)
-    assert logits.shape == labels.shape == weights.shape == (4 * 5,)
-    assert labels.view(4, 5)[:, 0].eq(1).all() and labels.view(4, 5)[:, 1:].eq(0).all()
-    regenerated = CTRTask(model, sampler=sampler, catalogue=catalogue, n_negatives=4, seed=0)
-    negatives = sampler.sample((4, 4), regenerated.sampling.on(torch.device("cpu")))
-    torch.testing.assert_close(weights.view(4, 5)[:, 1:], (negatives != torch.tensor([1, 2, 3, 1])[:, None]).float())
-    assert 0 < weights.sum() < 20
-    loss, stats = task.step_loss(batch)
-    assert torch.isfinite(loss) and stats["n_targets"].item() == 4
-    with pytest.raises(ValueError, match="sampler"):
-        CTRTask(model).step_loss(batch)
+    assert stats["n_targets"].item() == 5 == count_targets(batch)
 
 
 # --- synthetic learning: click iff the candidate's genre is in the history ------------------------------
@@ -131,22 +109,24 @@ def planted_items(ids: torch.Tensor) -> FeatureBatch:
     return FeatureBatch({"item_id": ids[:, None], "genre": genre_of(ids)[:, None]})
 
 
-def planted_batch(size: int, g: torch.Generator) -> CTRBatch:
+def planted_batch(size: int, g: torch.Generator) -> ClickGroups:
+    """Groups of one candidate each (logged impressions: clicked or not)."""
     lengths = torch.randint(2, 5, (size, 1), generator=g)
     history = torch.randint(1, N_ITEMS + 1, (size, HISTORY), generator=g)
     history = history.masked_fill(torch.arange(HISTORY)[None] < HISTORY - lengths, 0)  # left padding
     recency = torch.rand(size, HISTORY, generator=g).masked_fill(history == 0, 0.0)
     candidates = torch.randint(1, N_ITEMS + 1, (size,), generator=g)
     label = (genre_of(history) == genre_of(candidates)[:, None]).any(dim=1).float()
-    return CTRBatch(FeatureBatch(sequence=history, recency=recency), planted_items(candidates), label)
+    return ClickGroups(FeatureBatch(sequence=history, recency=recency), planted_items(candidates), label[:, None],
+                       torch.ones(size, 1))
 
 
 def test_learns_click_iff_candidate_genre_in_history() -> None:
     torch.manual_seed(0)
     config = DINConfig(PLANTED_USER, PLANTED_ITEM, embed_dim=8, attention_hidden=(16,), hidden_dims=(32, 16),
                        key_columns=("genre",))
-    model = DIN(config, catalogue=planted_items(torch.arange(N_ITEMS + 1)))
-    task = CTRTask(model)
+    model = DIN(config, catalog=planted_items(torch.arange(N_ITEMS + 1)))
+    task = ClickGroupTask(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
     for _ in range(200):
@@ -157,7 +137,7 @@ def test_learns_click_iff_candidate_genre_in_history() -> None:
     model.eval()
     with torch.no_grad():
         logits = model(held_out.user, held_out.item)
-    score = auc(held_out.label.numpy(), logits.numpy())
+    score = auc(held_out.label[:, 0].numpy(), logits.numpy())
     assert score > 0.9, f"AUC {score:.3f}"
 
 

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from seekrec.features.batch import FeatureBatch, FeatureSchema
 from seekrec.models.layers.features import with_item_id, with_item_ids
-from seekrec.models.registry import build_feature_model, feature_model_names
+from seekrec.models.factory import build_feature_model, feature_model_names
 
-from .feature_helpers import ITEM, SEQ_LEN, TINY, USER, make_feature_model, random_batch, random_catalogue
+from .feature_helpers import ITEM, SEQ_LEN, TINY, USER, make_feature_model, random_batch, random_catalog
 
 VARIANTS = [
     ("two_tower", {}),
@@ -109,14 +109,14 @@ def test_config_survives_a_json_manifest(variant: tuple[str, dict[str, Any]]) ->
     name, overrides = variant
     model = build(variant)
     manifest = json.loads(json.dumps(dataclasses.asdict(model.config)))
-    catalogue = random_catalogue(seed=123) if name == "din" else None
-    rebuilt = build_feature_model(name, manifest, user=USER, item=ITEM, catalogue=catalogue)
+    catalog = random_catalog(seed=123) if name == "din" else None
+    rebuilt = build_feature_model(name, manifest, user=USER, item=ITEM, catalog=catalog)
     assert rebuilt.config == model.config
     other = dataclasses.replace(USER, sequence_len=SEQ_LEN + 1)
     with pytest.raises(ValueError, match="differs from the feature spec"):
-        build_feature_model(name, manifest, user=other, item=ITEM, catalogue=catalogue)
+        build_feature_model(name, manifest, user=other, item=ITEM, catalog=catalog)
     with pytest.raises(ValueError, match="unknown .* config keys \\['hidden'\\]"):
-        build_feature_model(name, {**TINY[name], **overrides, "hidden": 3}, user=USER, item=ITEM, catalogue=catalogue)
+        build_feature_model(name, {**TINY[name], **overrides, "hidden": 3}, user=USER, item=ITEM, catalog=catalog)
 
 
 def test_item_ids_join_a_spec_schema_and_its_batches() -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from seekrec.models.losses import BCELoss, FullSoftmaxLoss, LossConfig, SampledSoftmaxLoss, sampled_softmax_logits
 from seekrec.models.negatives import NegativeSampler
-from seekrec.models.registry import build_loss
+from seekrec.models.factory import build_loss
 
 from .helpers import TableModel
 

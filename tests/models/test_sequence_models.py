@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from seekrec.models.base import SequenceRecommender
 from seekrec.models.losses import LossConfig
-from seekrec.models.registry import build_loss
+from seekrec.models.factory import build_loss
 from seekrec.models.task import NextItemTask
 
 from .helpers import MAX_LEN, MODEL_NAMES, N_ITEMS, left_pad, make_model, successor_batch

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from seekrec.models.losses import LossConfig
-from seekrec.models.registry import build_loss
+from seekrec.models.factory import build_loss
 from seekrec.models.task import NextItemBatch, NextItemTask
 
 from .helpers import N_ITEMS, left_pad, make_model, successor_batch

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from seekrec.features.batch import FeatureBatch, FeatureSchema
 from seekrec.models.losses import RetrievalLossConfig, RetrievalSoftmaxLoss, retrieval_softmax_logits
-from seekrec.models.registry import build_retrieval_loss
+from seekrec.models.factory import build_retrieval_loss
 from seekrec.models.retrieval_task import RetrievalBatch, RetrievalTask
 from seekrec.models.two_tower import TwoTower, TwoTowerConfig
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import DistContext
 from seekrec.training.step import TrainStep, build_optimizer, count_targets
 
-from .feature_helpers import ITEM, N_ITEMS, USER, make_feature_model, random_batch, random_catalogue
+from .feature_helpers import ITEM, N_ITEMS, USER, make_feature_model, random_batch, random_catalog
 
 # --- model ---------------------------------------------------------------------------------------------
 
@@ -35,12 +35,12 @@ def test_towers_give_unit_vectors_and_scores_divide_by_the_temperature() -> None
     assert model.temperature.item() == pytest.approx(0.01), "clamped at min_temperature"
 
 
-def test_encode_catalogue_in_chunks_equals_one_pass() -> None:
+def test_encode_catalog_in_chunks_equals_one_pass() -> None:
     model = make_feature_model("two_tower").eval()
-    catalogue = random_catalogue(seed=2)
+    catalog = random_catalog(seed=2)
     with torch.no_grad():
-        whole = model.encode_items(catalogue)
-    torch.testing.assert_close(model.encode_catalogue(catalogue, chunk_size=7), whole)
+        whole = model.encode_items(catalog)
+    torch.testing.assert_close(model.encode_catalog(catalog, chunk_size=7), whole)
 
 
 def test_id_dropout_only_in_training() -> None:
@@ -140,7 +140,7 @@ def retrieval_batch(size: int, seed: int) -> RetrievalBatch:
 def test_task_stats_and_resumable_negatives() -> None:
     model = make_feature_model("two_tower")
     loss = build_retrieval_loss({"n_negatives": 6}, N_ITEMS, item_counts=torch.ones(N_ITEMS + 1))
-    task = RetrievalTask(model, loss, catalogue=random_catalogue(seed=0), seed=3)
+    task = RetrievalTask(model, loss, catalog=random_catalog(seed=0), seed=3)
     batch = retrieval_batch(8, seed=0)
     result = task.step_loss(batch)
     assert result.loss.requires_grad and result.stats["n_targets"].item() == 8 == count_targets(batch)
@@ -148,17 +148,17 @@ def test_task_stats_and_resumable_negatives() -> None:
     state = task.state_dict()
     model.eval()
     expected = task.step_loss(batch).loss
-    resumed = RetrievalTask(model, loss, catalogue=random_catalogue(seed=0), seed=0)
+    resumed = RetrievalTask(model, loss, catalog=random_catalog(seed=0), seed=0)
     resumed.load_state_dict(state)
     torch.testing.assert_close(resumed.step_loss(batch).loss, expected)
-    with pytest.raises(ValueError, match="catalogue"):
+    with pytest.raises(ValueError, match="catalog"):
         RetrievalTask(model, loss)
 
 
 def test_train_step_runs_retrieval_micro_batches() -> None:
     model = make_feature_model("two_tower")
     loss = build_retrieval_loss({"n_negatives": 4}, N_ITEMS, item_counts=torch.ones(N_ITEMS + 1))
-    task = RetrievalTask(model, loss, catalogue=random_catalogue(seed=0))
+    task = RetrievalTask(model, loss, catalog=random_catalog(seed=0))
     config = TrainConfig(lr=1e-2, warmup_steps=1, device="cpu")
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -215,7 +215,7 @@ def test_learns_the_planted_pattern(planted_model: TwoTower) -> None:
     g = torch.Generator().manual_seed(99)
     batch = planted_batch(300, g)
     with torch.no_grad():
-        items = planted_model.encode_catalogue(planted_items(torch.arange(1, N_PLANTED + 1)), chunk_size=25)
+        items = planted_model.encode_catalog(planted_items(torch.arange(1, N_PLANTED + 1)), chunk_size=25)
         scores = planted_model.score(planted_model.encode_users(batch.user), items)  # [B, N]
     ranks = (scores > scores.gather(1, batch.item_ids[:, None] - 1)).sum(dim=1)
     recall_at_10 = (ranks < 10).float().mean().item()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from seekrec.online.events import Event
+from seekrec.online.event_log import Event
 from seekrec.online.factory import open_event_log
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from seekrec.online.events import EventLog
+from seekrec.online.event_log import EventLog
 from seekrec.online.factory import open_event_log
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seekrec.online.events import Event, EventLog, LoggedEvent
+from seekrec.online.event_log import Event, EventLog, LoggedEvent
 
 WORKER = Path(__file__).with_name("append_worker.py")
 

@@ -2,7 +2,7 @@ import numpy as np
 
 from seekrec.data.schema import IdMap, InteractionData
 from seekrec.data.vocab import Catalog
-from seekrec.online.events import LoggedEvent
+from seekrec.online.event_log import LoggedEvent
 from seekrec.online.histories import UserHistories
 
 

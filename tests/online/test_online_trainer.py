@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import torch
 
-from seekrec.config import ExperimentConfig
+from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.online.events import Event
+from seekrec.online.event_log import Event
 from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import (
     BASE_CATALOG_FILE,
@@ -31,7 +31,7 @@ from seekrec.online.trainer import (
     OnlineTrainerConfig,
     run_online_trainer,
 )
-from seekrec.models.registry import build_model
+from seekrec.models.factory import build_model
 from seekrec.online.updates import grow_items_keeping_state
 from seekrec.registry import ModelRegistry
 from seekrec.training.config import TrainConfig

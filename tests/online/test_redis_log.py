@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from seekrec.online.events import Event
+from seekrec.online.event_log import Event
 
 redis = pytest.importorskip("redis", reason="the redis package is not installed (pip install 'redis>=5,<7')")
 from seekrec.online.redis_log import RedisEventLog, redact  # noqa: E402  (needs the redis package)

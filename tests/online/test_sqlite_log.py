@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from seekrec.online.events import Event
+from seekrec.online.event_log import Event
 from seekrec.online.sqlite_log import SqliteEventLog
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seekrec.config import ExperimentConfig
+from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.schema import InteractionData
 from seekrec.data.splits import Split, load_split
 from seekrec.pipeline.run import TrainedPipeline, train_pipeline

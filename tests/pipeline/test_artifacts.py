@@ -45,7 +45,7 @@ def test_bundle_keeps_its_stage_config_and_layout(trained: TrainedPipeline) -> N
     root = Path(trained.record["bundle"])
     assert {p.name for p in root.iterdir()} == {
         "pipeline.json", "spec", "two_tower.safetensors", "two_tower.json", "din.safetensors", "din.json",
-        "calibrator.json", "catalogue.safetensors", "sequence.safetensors", "sequence.json"}
+        "calibrator.json", "catalog.safetensors", "sequence.safetensors", "sequence.json"}
     meta = json.loads((root / "pipeline.json").read_text())
     assert meta["spec_version"] == trained.pipeline.spec.version
     assert load_bundle(root).stages == trained.pipeline.stages
@@ -76,4 +76,17 @@ def test_missing_and_tampered_files_are_named(trained: TrainedPipeline, tmp_path
     meta["config"]["dim"] = 8
     (bundle / "two_tower.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="does not fit"):
+        load_bundle(bundle)
+
+
+def test_a_format_1_bundle_still_loads(trained: TrainedPipeline, users: EvalUsers, tmp_path: Path) -> None:
+    """Format 1 differs only in the item rows' file name; registry versions published with it keep serving."""
+    bundle = copy_bundle(trained, tmp_path)
+    (bundle / "catalog.safetensors").rename(bundle / "catalogue.safetensors")
+    meta = json.loads((bundle / "pipeline.json").read_text())
+    (bundle / "pipeline.json").write_text(json.dumps({**meta, "format_version": 1}))
+    expected = trained.pipeline.recommend(users.user, users.held.seen())
+    assert torch.equal(load_bundle(bundle).recommend(users.user, users.held.seen()).ids, expected.ids)
+    (bundle / "pipeline.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(BundleError, match="format_version 3"):
         load_bundle(bundle)

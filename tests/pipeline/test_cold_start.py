@@ -71,9 +71,9 @@ def test_store_rows_and_offline_rows_of_a_new_item_agree(trained: TrainedPipelin
 def test_adding_a_known_or_repeated_item_is_refused(trained: TrainedPipeline, users: EvalUsers) -> None:
     pipeline = trained.pipeline.with_stages(trained.pipeline.stages)
     features = new_item_features(pipeline.spec, [SPACE_TITLE, SPACE_TITLE], 0.0)
-    with pytest.raises(ValueError, match="already in the catalogue or repeated"):
+    with pytest.raises(ValueError, match="already in the catalog or repeated"):
         pipeline.add_items(["1", "fresh"], features)
-    with pytest.raises(ValueError, match="already in the catalogue or repeated"):
+    with pytest.raises(ValueError, match="already in the catalog or repeated"):
         pipeline.add_items(["twin", "twin"], features)
     with pytest.raises(ValueError, match="rows"):
         pipeline.add_items(["fresh"], features)

@@ -34,7 +34,7 @@ def test_both_retrievers_give_full_unseen_lists(trained: TrainedPipeline, users:
     recs = pipeline.recommend(users.user, seen)
     b, n = len(users.held), pipeline.n_items
     assert recs.ids.shape == (b, 5) and recs.candidates.shape == (b, 12)
-    assert ((recs.ids >= 1) & (recs.ids <= n)).all(), "every slot filled: the catalogue has enough unseen items"
+    assert ((recs.ids >= 1) & (recs.ids <= n)).all(), "every slot filled: the catalog has enough unseen items"
     probabilities = recs.scores
     assert ((probabilities > 0) & (probabilities < 1)).all() and (probabilities[:, :-1] >= probabilities[:, 1:]).all()
     for row in range(b):
@@ -73,7 +73,7 @@ def test_recommend_checks_its_inputs(trained: TrainedPipeline, users: EvalUsers)
     with pytest.raises(ValueError, match="no sequence model"):
         Pipeline(trained.pipeline.spec, StageConfig(retriever="sasrec", n_candidates=12, k=5),
                  trained.pipeline.two_tower_model, trained.pipeline.retriever.view, trained.pipeline.din,
-                 trained.pipeline.calibrator, trained.pipeline.catalogue)
+                 trained.pipeline.calibrator, trained.pipeline.catalog)
 
 
 def test_duplicates_are_dropped_keeping_the_best_copy() -> None:
@@ -119,7 +119,7 @@ def test_genre_cap_and_mmr_diversify() -> None:
 def test_diversity_cap_is_honoured_end_to_end(trained: TrainedPipeline, users: EvalUsers) -> None:
     pipeline = with_stages(trained.pipeline, diversity="max_per_genre", max_per_genre=2)
     recs = pipeline.recommend(users.user, users.held.seen())
-    genres = pipeline.catalogue.categorical["genres"]  # [N + 1, M]
+    genres = pipeline.catalog.categorical["genres"]  # [N + 1, M]
     for row in range(len(recs)):
         ids, _ = recs.row(row)
         assert len(ids) >= 2
@@ -135,15 +135,15 @@ def test_unknown_genre_column_is_refused(trained: TrainedPipeline) -> None:
         with_stages(trained.pipeline, diversity="mmr", genre_column="mood")
 
 
-def test_update_item_features_replaces_the_catalogue(trained: TrainedPipeline, users: EvalUsers) -> None:
+def test_update_item_features_replaces_the_catalog(trained: TrainedPipeline, users: EvalUsers) -> None:
     pipeline = with_stages(trained.pipeline)
     before = pipeline.recommend(users.user, users.held.seen())
-    catalogue = pipeline.catalogue
-    pipeline.update_item_features(FeatureBatch(dict(catalogue.categorical), catalogue.dense, catalogue.text))
+    catalog = pipeline.catalog
+    pipeline.update_item_features(FeatureBatch(dict(catalog.categorical), catalog.dense, catalog.text))
     after = pipeline.recommend(users.user, users.held.seen())
     assert torch.equal(before.ids, after.ids)
     with pytest.raises(ValueError, match="rows"):
-        pipeline.update_item_features(catalogue.index(torch.arange(3)))
+        pipeline.update_item_features(catalog.index(torch.arange(3)))
 
 
 def test_retrieval_weight_blends_the_two_models(trained: TrainedPipeline) -> None:

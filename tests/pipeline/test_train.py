@@ -15,7 +15,7 @@ from seekrec.evaluation.plots import plot_run
 from seekrec.features.examples import build_examples
 from seekrec.pipeline.config import PipelineConfig, RankerTraining, StageConfig, TwoTowerTraining
 from seekrec.pipeline.features import held_out
-from seekrec.pipeline.ranker import RetrievedNegatives, train_din
+from seekrec.pipeline.train_din import RetrievedNegatives, train_din
 from seekrec.pipeline.run import TrainedPipeline
 from seekrec.training.config import TrainConfig
 from seekrec.training.metrics_log import MetricsLog
@@ -114,10 +114,10 @@ def test_ranker_trains_on_the_retrievers_candidates(trained: TrainedPipeline, wo
     pipeline = trained.pipeline
     config = dataclasses.replace(tiny_config("unused").din, sampler="retrieval", retrieval_candidates=10)
     examples = build_examples(pipeline.spec, data, split.train)
-    model, calibrator, fit, report = train_din(config, pipeline.spec, data, split, examples, pipeline.catalogue,
+    model, calibrator, fit, report = train_din(config, pipeline.spec, data, split, examples, pipeline.catalog,
                                                tmp_path, retriever=pipeline.retriever)
     assert report["negatives"] == "retrieval" and fit.epochs_run >= 1
     test = report["test"]
     assert 0.0 <= test["raw"]["auc"] <= 1.0 and test["calibrated"]["ece"] < test["raw"]["ece"]
     with pytest.raises(ValueError, match="retriever"):
-        train_din(config, pipeline.spec, data, split, examples, pipeline.catalogue, tmp_path / "again")
+        train_din(config, pipeline.spec, data, split, examples, pipeline.catalog, tmp_path / "again")

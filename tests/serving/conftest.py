@@ -22,7 +22,7 @@ TINY_RUN = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_l
 
 @pytest.fixture(scope="session")
 def trained_run(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from seekrec.config import ExperimentConfig
+    from seekrec.training.experiment import ExperimentConfig
     from seekrec.training.experiment import train_experiment
 
     run = tmp_path_factory.mktemp("serving-run")

@@ -1,6 +1,7 @@
 import pytest
 
-from seekrec.config import ExperimentConfig, apply_overrides
+from seekrec.config import apply_overrides
+from seekrec.training.experiment import ExperimentConfig
 
 
 def test_toml_and_overrides(tmp_path):
@@ -8,7 +9,7 @@ def test_toml_and_overrides(tmp_path):
     path.write_text('name = "x"\n[model]\nname = "sasrec"\ndim = 32\n[train]\nlr = 0.01\nbetas = [0.9, 0.99]\n')
     cfg = ExperimentConfig.load(path, ["train.lr=3e-4", "model.dim=16", "loss.name=bce", "data.max_len=20"])
     assert cfg.train.lr == 3e-4 and cfg.train.betas == (0.9, 0.99)
-    assert cfg.model == {"name": "sasrec", "dim": 16}
+    assert cfg.model.name == "sasrec" and cfg.model.params == {"dim": 16} and not cfg.model.use_item_features
     assert cfg.loss.name == "bce" and cfg.data.max_len == 20
 
 
@@ -21,6 +22,12 @@ def test_toml_and_overrides(tmp_path):
         (["loss.name=hinge"], "name"),
         (["data.split=random"], "data.split"),
         (["train.lr"], "section.key=value"),
+        (["model.name=sasrec", "model.dimm=64"], "dimm"),
+        (["model.name=sasrec", "model.dim=0"], "dim"),
+        (["model.name=gru4rec"], "unknown model 'gru4rec'"),
+        (["model.name=sasrec", "model.n_items=10"], "model.n_items comes from the data"),
+        (["model.name=sasrec", "model.use_item_features=true"], "does not take item features"),
+        (["model.name=deepseek", "model.use_item_features=yes"], "true or false"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(overrides, message):
@@ -38,3 +45,10 @@ def test_invalid_toml(tmp_path):
 def test_overrides_parse_json_values():
     out = apply_overrides({}, ["a.b=[1, 2]", "a.c=true", "a.d=text"])
     assert out == {"a": {"b": [1, 2], "c": True, "d": "text"}}
+
+
+def test_model_section_round_trips_through_its_flat_table():
+    cfg = ExperimentConfig.load(None, ["model.name=deepseek", "model.use_item_features=true", "model.dim=32"])
+    assert cfg.model.use_item_features and cfg.model.params == {"dim": 32}
+    again = ExperimentConfig.from_dict(cfg.to_dict())
+    assert again == cfg and cfg.to_dict()["model"] == {"name": "deepseek", "use_item_features": True, "dim": 32}

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekrec.config import ExperimentConfig
-from seekrec.training.experiment import train_experiment
+from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.metrics_log import MetricsLog
 
 TINY = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12", "train.batch_size=16",

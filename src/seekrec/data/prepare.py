@@ -6,13 +6,12 @@ written atomically with the manifest last, so a failure never leaves a half-prep
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from seekrec.data.download import download_release
-from seekrec.data.eventlog import EVENT_LOG_FORMATS, EventLogColumns, load_event_log
+from seekrec.data.log_import import EVENT_LOG_FORMATS, EventLogColumns, load_event_log
 from seekrec.data.movielens import RELEASES, find_release_dir, load_movielens
 from seekrec.data.schema import InteractionData
 
@@ -47,7 +46,7 @@ def prepare_dataset(
             raise ValueError(f"{name}: pass the event-log file as raw_dir")
         if download:
             raise ValueError(f"{name}: download applies to MovieLens releases only")
-        data = load_event_log(raw_dir, **dataclasses.asdict(columns or EventLogColumns()), items_path=items_path,
+        data = load_event_log(raw_dir, columns or EventLogColumns(), items_path=items_path,
                               file_format=name, min_value=min_rating)
     else:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")

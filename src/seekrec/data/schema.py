@@ -163,7 +163,7 @@ class InteractionData:
         for name, meta in manifest["tables"].items():
             path = root / meta["file"]
             if not path.exists():
-                raise DataFormatError(path, f"missing; the manifest lists it. Re-run `seekrec data prepare`.")
+                raise DataFormatError(path, "missing; the manifest lists it. Re-run `seekrec data prepare`.")
             if verify and sha256_file(path) != meta["sha256"]:
                 raise DataFormatError(path, "checksum does not match the manifest: the file was changed or "
                                       "truncated. Re-run `seekrec data prepare`.")

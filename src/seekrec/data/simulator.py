@@ -442,7 +442,7 @@ class Simulator:
         """An item the user finds on their own at ``t`` (not from a slate); it enters their memory.
 
         A multinomial-logit choice over the same utility as clicks, among ``candidates_per_step``
-        items drawn uniformly from what is out at ``t`` (catalogue and releases), skipping recent items.
+        items drawn uniformly from what is out at ``t`` (catalog and releases), skipping recent items.
         """
         cfg, truth = self.config, self.live_truth
         user_id = check_user(user_id)

@@ -93,8 +93,8 @@ def release_items(cfg: SimulatorConfig, truth: GroundTruth) -> GroundTruth:
     """``truth`` plus ``cfg.live_new_items`` items released after the history, ids ``N+1..N+M``.
 
     Drawn from their own stream, so the history's world is the same with or without releases. New
-    items look like the catalogue (genre-clustered vectors, titles, this year's release) but carry
-    ``new_item_bias`` as popularity, as new releases draw attention; their sequels are catalogue items
+    items look like the catalog (genre-clustered vectors, titles, this year's release) but carry
+    ``new_item_bias`` as popularity, as new releases draw attention; their sequels are catalog items
     of their primary genre.
     """
     m, g, d, n = cfg.live_new_items, cfg.n_genres, cfg.dim, cfg.n_items
@@ -316,7 +316,7 @@ def check_items(items: Sequence[int] | np.ndarray, n_items: int) -> np.ndarray:
 
 
 def _genre_weights(n_genres: int) -> np.ndarray:
-    """A few big genres (drama, comedy) and many niche ones, like real catalogues."""
+    """A few big genres (drama, comedy) and many niche ones, like real catalogs."""
     return np.arange(1, n_genres + 1, dtype=np.float64) ** -0.7
 
 

@@ -7,7 +7,6 @@ share a GIL with the simulated users); the simulated users run here and speak HT
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -18,17 +17,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
-from seekrec.config import ExperimentConfig
 from seekrec.data.simulator import Simulator, SimulatorConfig
-from seekrec.demo.traffic import TrafficStats, freshness_seconds, percentiles, run_traffic
+from seekrec.demo.traffic import (
+    TrafficStats,
+    freshness_seconds,
+    percentiles,
+    run_traffic,
+)
 from seekrec.evaluation.abtest import welch_test
 from seekrec.io import atomic_write_json
 from seekrec.online.factory import open_event_log
 from seekrec.registry import ModelRegistry
-from seekrec.training.experiment import train_experiment
+from seekrec.serving.process import free_port, wait_ready
+from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,6 @@ class DemoConfig:
         return {"n_users": 2000, "n_items": 1000, "events": 40, "epochs": 12, "live": 240.0, "new_items": 200}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(cmd: list[str], logfile: Path, stack: ExitStack) -> subprocess.Popen:
     fh = stack.enter_context(open(logfile, "w"))
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -77,20 +74,6 @@ def _start(cmd: list[str], logfile: Path, stack: ExitStack) -> subprocess.Popen:
 
     stack.callback(stop)
     return proc
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, logfile: Path, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}; see {logfile}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the server was not ready after {timeout:.0f} s; see {logfile}")
 
 
 def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:
@@ -125,7 +108,7 @@ def live_phase(
         if events.end_offset():  # an earlier run's events would be replayed as this world's live traffic
             raise ValueError(f"the event log {events_url} already holds {events.end_offset()} events; the demo "
                              "needs an empty one (for Redis, name a fresh stream with ?stream=<key>)")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "seekrec.cli"]
     with ExitStack() as stack:
@@ -137,7 +120,7 @@ def live_phase(
                          "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5",
                          "--experiment", "demo", "--arm", f"{FROZEN}={frozen_version}:0.5",
                          "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / "server.log", stack)
-        _wait_ready(base, server, cfg.workdir / "server.log")
+        wait_ready(base, server, cfg.workdir / "server.log")
         stats, stop = TrafficStats(), threading.Event()
         start = time.time()
         driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={

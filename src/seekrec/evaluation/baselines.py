@@ -55,7 +55,7 @@ class ItemKNN:
     """Item-based kNN with cosine similarity, keeping the ``k_neighbors`` most similar items.
 
     Similarities are computed in column blocks so memory stays ``O(N * block)`` rather than
-    ``O(N^2)`` for large catalogues.
+    ``O(N^2)`` for large catalogs.
     """
 
     k_neighbors: int = 100

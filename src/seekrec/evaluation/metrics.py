@@ -30,7 +30,7 @@ def mrr(ranks: np.ndarray) -> float:
 
 
 def coverage(top_items: np.ndarray, n_items: int) -> float:
-    """Fraction of the ``n_items`` catalogue that appears in at least one recommended list.
+    """Fraction of the ``n_items`` catalog that appears in at least one recommended list.
 
     ``top_items`` is ``[M, K]`` of item ids in ``1..n_items``.
     """

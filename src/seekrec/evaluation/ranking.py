@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: rank each user's held-out target against every item in the catalogue.
+"""Full-ranking evaluation: rank each user's held-out target against every item in the catalog.
 
 No sampled negatives. Items the user has already interacted with are masked out (the protocol of
 the published SASRec/HSTU MovieLens results) except the target itself, so a repeat is still

@@ -35,7 +35,7 @@ class OfflineRows:
 
     def __init__(self, spec: FeatureSpec, data: InteractionData, history: Events | UserSequences) -> None:
         if len(data.item_ids) != spec.n_items or not np.array_equal(data.item_ids.raw, spec.item_ids.raw):
-            raise ValueError(f"the spec was fitted on another item catalogue ({spec.n_items} items) than "
+            raise ValueError(f"the spec was fitted on another item catalog ({spec.n_items} items) than "
                              f"{data.source!r} ({data.n_items} items); fit the spec on this dataset")
         self.spec = spec
         self.data = data

@@ -34,7 +34,7 @@ from seekrec.features.spec import FeatureSpec
 
 
 class EventRecord(Protocol):
-    """What ``apply`` reads of an event; ``seekrec.online.events.Event`` is one (features sit below
+    """What ``apply`` reads of an event; ``seekrec.online.event_log.Event`` is one (features sit below
     online in the layering, so they name the shape rather than import the class)."""
 
     user_id: str
@@ -44,7 +44,7 @@ class EventRecord(Protocol):
 
 @runtime_checkable
 class LoggedRecord(Protocol):
-    """An event read back from an event log, with its offset (``seekrec.online.events.LoggedEvent``)."""
+    """An event read back from an event log, with its offset (``seekrec.online.event_log.LoggedEvent``)."""
 
     offset: int
 

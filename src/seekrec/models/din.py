@@ -6,7 +6,7 @@ user's and the candidate's features go through an MLP with PReLU to one logit.
 
 History items carry only ids, so their keys are the item-id embedding (shared with the candidate's
 id column), plus the embeddings of ``key_columns`` (e.g. genres, as the paper's ``cate_id``), looked
-up in an item catalogue the model holds as non-persistent buffers (data from the feature spec, not
+up in an item catalog the model holds as non-persistent buffers (data from the feature spec, not
 weights: pass it again when loading).
 """
 
@@ -31,7 +31,7 @@ class DINConfig:
     hidden widths; ``hidden_dims``: the output MLP's (the paper's 80-40 and 200-80, scaled down).
     ``item_id_column``: the item schema's id column, in the same id space as the user's sequence
     (cardinality ``n_items + 1``). ``key_columns``: further item categorical columns that describe
-    history items in attention (needs a catalogue). ``use_recency``: feed each event's
+    history items in attention (needs a catalog). ``use_recency``: feed each event's
     ``log1p(days)`` to the activation unit, so attention can favour recent events.
     """
 
@@ -117,7 +117,7 @@ class ActivationUnit(nn.Module):
 class DIN(nn.Module):
     """Target attention over the behaviour sequence plus user and item features -> one CTR logit."""
 
-    def __init__(self, config: DINConfig, *, catalogue: FeatureBatch | None = None) -> None:
+    def __init__(self, config: DINConfig, *, catalog: FeatureBatch | None = None) -> None:
         super().__init__()
         self.config = config
         width = config.embed_dim
@@ -127,23 +127,23 @@ class DIN(nn.Module):
         self.attention = ActivationUnit(key_dim, config.attention_hidden, config.activation, config.use_recency)
         in_dim = self.user_features.out_dim + self.item_features.out_dim + key_dim
         self.mlp = MLP(in_dim, config.hidden_dims, 1, activation=config.activation, dropout=config.dropout)
-        self.set_catalogue(catalogue)
+        self.set_catalog(catalog)
 
-    def set_catalogue(self, catalogue: FeatureBatch | None) -> None:
-        """Hold the ``key_columns`` of ``catalogue`` (row i = item id i, ``n_items + 1`` rows) as
+    def set_catalog(self, catalog: FeatureBatch | None) -> None:
+        """Hold the ``key_columns`` of ``catalog`` (row i = item id i, ``n_items + 1`` rows) as
         buffers, to describe history items; needed when ``key_columns`` is not empty."""
         if not self.config.key_columns:
             return
         rows = self.config.user.n_items + 1
-        if catalogue is None or len(catalogue) != rows:
-            got = None if catalogue is None else len(catalogue)
-            raise ValueError(f"DIN with key_columns={self.config.key_columns} needs the item catalogue: a "
+        if catalog is None or len(catalog) != rows:
+            got = None if catalog is None else len(catalog)
+            raise ValueError(f"DIN with key_columns={self.config.key_columns} needs the item catalog: a "
                              f"FeatureBatch of n_items + 1 = {rows} rows indexed by item id; got {got}")
         device = self.mlp.layers[0].weight.device
         for name in self.config.key_columns:
-            if name not in catalogue.categorical:
-                raise ValueError(f"the catalogue lacks key column {name!r}")
-            self.register_buffer(f"catalogue_{name}", catalogue.categorical[name].to(device), persistent=False)
+            if name not in catalog.categorical:
+                raise ValueError(f"the catalog lacks key column {name!r}")
+            self.register_buffer(f"catalog_{name}", catalog.categorical[name].to(device), persistent=False)
 
     def forward(self, user: FeatureBatch, item: FeatureBatch) -> Tensor:
         """``user`` and ``item`` with B rows each (pair b = user b, item b) -> logits ``[B]``."""
@@ -183,7 +183,7 @@ class DIN(nn.Module):
         """History item ids ``[B, L]`` -> keys ``[B, L, K]``: id embedding then each key column's."""
         parts = [self.item_features.embed_column(self.config.item_id_column, ids[..., None])]
         for name in self.config.key_columns:
-            values = getattr(self, f"catalogue_{name}")[ids]  # [B, L, M]
+            values = getattr(self, f"catalog_{name}")[ids]  # [B, L, M]
             parts.append(self.item_features.embed_column(name, values))
         return torch.cat(parts, dim=-1)
 

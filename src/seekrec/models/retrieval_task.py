@@ -49,19 +49,19 @@ class RetrievalBatch:
 class RetrievalTask:
     """Computes the retrieval loss of a batch.
 
-    ``catalogue``: item features of ids ``0..N`` (row i = item i), where sampled negatives' features
+    ``catalog``: item features of ids ``0..N`` (row i = item i), where sampled negatives' features
     come from; needed when the loss samples negatives. ``model`` is a ``TwoTower``, possibly DDP-wrapped: its forward
     returns ``(users, items, temperature)``.
     """
 
     def __init__(
-        self, model: nn.Module, loss: RetrievalSoftmaxLoss, *, catalogue: FeatureBatch | None = None, seed: int = 0
+        self, model: nn.Module, loss: RetrievalSoftmaxLoss, *, catalog: FeatureBatch | None = None, seed: int = 0
     ) -> None:
-        if loss.sampler is not None and catalogue is None:
-            raise ValueError("the loss samples negatives: pass catalogue=, the item features indexed by item id")
+        if loss.sampler is not None and catalog is None:
+            raise ValueError("the loss samples negatives: pass catalog=, the item features indexed by item id")
         self.model = model
         self.loss = loss
-        self.catalogue = catalogue
+        self.catalog = catalog
         self.sampling = SeededGenerator(seed)
 
     def step_loss(self, batch: RetrievalBatch) -> StepResult:
@@ -69,8 +69,8 @@ class RetrievalTask:
         device = batch.item_ids.device
         negatives = self.loss.sample(self.sampling.on(device))  # [S] or None
         items = batch.item
-        if negatives is not None and self.catalogue is not None:
-            items = cat_feature_batches([batch.item, self.catalogue.index(negatives.cpu()).to(device)])
+        if negatives is not None and self.catalog is not None:
+            items = cat_feature_batches([batch.item, self.catalog.index(negatives.cpu()).to(device)])
         users, item_vectors, temperature = self.model(batch.user, items)  # [B, D], [B + S, D], []
         size = len(batch)
         batch_scores = users @ item_vectors[:size].T / temperature  # [B, B]

@@ -1,6 +1,6 @@
 """Two-tower retrieval (Yi et al. 2019; Covington et al. 2016): a user tower and an item tower map
 features to L2-normalised D-dim vectors whose inner product, divided by a learned temperature, is
-the retrieval score. Item vectors do not depend on the user, so the catalogue is encoded once and
+the retrieval score. Item vectors do not depend on the user, so the catalog is encoded once and
 served from an inner-product (FAISS) index; only the user tower runs per request.
 
 Cold start. An item with no interactions has an id row that training never touched. The item id's
@@ -163,15 +163,15 @@ class TwoTower(nn.Module):
         return F.normalize(self.item_mlp(self.item_features(item)), dim=-1)
 
     @torch.no_grad()
-    def encode_catalogue(self, catalogue: FeatureBatch, *, chunk_size: int = 4096) -> Tensor:
-        """Every row of ``catalogue`` (N items) -> ``[N, D]``, ``chunk_size`` rows at a time, for the
+    def encode_catalog(self, catalog: FeatureBatch, *, chunk_size: int = 4096) -> Tensor:
+        """Every row of ``catalog`` (N items) -> ``[N, D]``, ``chunk_size`` rows at a time, for the
         ANN index. Call in eval mode, so no id is dropped."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        n_rows = len(catalogue)
+        n_rows = len(catalog)
         device = self.log_temperature.device
         chunks = [
-            self.encode_items(catalogue.index(torch.arange(start, min(start + chunk_size, n_rows))).to(device))
+            self.encode_items(catalog.index(torch.arange(start, min(start + chunk_size, n_rows))).to(device))
             for start in range(0, n_rows, chunk_size)
         ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.config.dim, device=device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from seekrec.online.events import EventLog
+from seekrec.online.event_log import EventLog
 from seekrec.online.sqlite_log import SqliteEventLog
 
 SQLITE_SCHEMES = ("sqlite",)

@@ -17,7 +17,7 @@ import torch
 from seekrec.data.schema import InteractionData
 from seekrec.data.splits import UserSequences
 from seekrec.data.vocab import Catalog
-from seekrec.online.events import LoggedEvent
+from seekrec.online.event_log import LoggedEvent
 
 
 class UserHistories:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from seekrec.online.events import (
+from seekrec.online.event_log import (
     Event,
     EventLog,
     LoggedEvent,

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from seekrec.online.events import (
+from seekrec.online.event_log import (
     Event,
     EventLog,
     LoggedEvent,

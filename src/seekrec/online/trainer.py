@@ -36,9 +36,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.io import atomic_write_bytes
 from seekrec.models.losses import LossConfig
-from seekrec.models.registry import build_loss, build_model
+from seekrec.models.factory import build_loss, build_model
 from seekrec.models.task import NextItemTask
-from seekrec.online.events import LoggedEvent
+from seekrec.online.event_log import LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
 from seekrec.registry import ModelRegistry, RegistryError

@@ -19,7 +19,7 @@ import torch
 from seekrec.data.schema import InteractionData
 from seekrec.data.sequences import SeqBatch
 from seekrec.data.vocab import Catalog
-from seekrec.online.events import EventLog, LoggedEvent
+from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.online.histories import UserHistories
 from seekrec.training.config import TrainConfig
 from seekrec.training.step import build_optimizer

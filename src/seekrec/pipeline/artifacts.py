@@ -7,7 +7,7 @@
       two_tower.safetensors      weights; two_tower.json: config, dropped item columns, spec version
       din.safetensors            weights; din.json: config, spec version
       calibrator.json            Platt / temperature scale and bias
-      catalogue.safetensors      item rows 0..N' (added items included)
+      catalog.safetensors      item rows 0..N' (added items included)
       sequence.safetensors       optional next-item retriever; sequence.json: registry name, config, max_len
       pipeline.json              format, stage config, spec version, added items (written last)
 
@@ -34,12 +34,14 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.features.spec import FeatureSpec
 from seekrec.io import atomic_write_json
 from seekrec.models.calibration import Calibrator
-from seekrec.models.registry import build_feature_model, build_model
+from seekrec.models.factory import build_feature_model, build_model
 from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
 from seekrec.pipeline.pipeline import Pipeline
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+# the item rows file of each readable format (format 1 spelled it "catalogue")
+CATALOG_FILES = {1: "catalogue.safetensors", 2: "catalog.safetensors"}
 PIPELINE_FILE = "pipeline.json"
 SPEC_DIR = "spec"
 
@@ -53,7 +55,7 @@ class BundleError(ValueError):
 
 
 def save_bundle(pipeline: Pipeline, directory: str | Path) -> Path:
-    """Write ``pipeline`` (models, spec, calibrator, catalogue, stage config) to ``directory``."""
+    """Write ``pipeline`` (models, spec, calibrator, catalog, stage config) to ``directory``."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -71,7 +73,7 @@ def save_bundle(pipeline: Pipeline, directory: str | Path) -> Path:
         _save_model(tmp, "sequence", model, {"name": pipeline.sequence_name, "max_len": pipeline.sequence.max_len,
                                              "config": dataclasses.asdict(model.config)})
     atomic_write_json(tmp / "calibrator.json", pipeline.calibrator.to_dict())
-    save_file(_batch_tensors(pipeline.catalogue), str(tmp / "catalogue.safetensors"))
+    save_file(_batch_tensors(pipeline.catalog), str(tmp / CATALOG_FILES[BUNDLE_FORMAT]))
     atomic_write_json(tmp / PIPELINE_FILE, {
         "format_version": BUNDLE_FORMAT,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -93,9 +95,9 @@ def load_bundle(directory: str | Path, *, stages: StageConfig | None = None) -> 
     """Load a bundle; ``stages`` overrides the stage config it was saved with."""
     root = Path(directory)
     meta = _read_json(root / PIPELINE_FILE, "not a pipeline bundle: write one with `seekrec pipeline train`")
-    if meta.get("format_version") != BUNDLE_FORMAT:
-        raise BundleError(root / PIPELINE_FILE, f"format_version {meta.get('format_version')!r} is not "
-                          f"{BUNDLE_FORMAT}; re-train the bundle with this version of seekrec")
+    if meta.get("format_version") not in CATALOG_FILES:
+        raise BundleError(root / PIPELINE_FILE, f"format_version {meta.get('format_version')!r} is not one of "
+                          f"{sorted(CATALOG_FILES)}; re-train the bundle with this version of seekrec")
     spec = FeatureSpec.load(root / SPEC_DIR)
     two_tower_meta = _read_json(root / "two_tower.json", "missing: the bundle is incomplete")
     din_meta = _read_json(root / "din.json", "missing: the bundle is incomplete")
@@ -105,14 +107,14 @@ def load_bundle(directory: str | Path, *, stages: StageConfig | None = None) -> 
             raise BundleError(root, f"{name} was written for feature spec {str(recorded)[:12]}... but {SPEC_DIR}/ "
                               f"holds spec {spec.version[:12]}...: the models were trained with another spec. Put "
                               "back the spec they were trained with, or re-train the bundle on this spec")
-    catalogue = _load_batch(root / "catalogue.safetensors")
+    catalog = _load_batch(root / CATALOG_FILES[meta["format_version"]])
     view = ItemView.of(spec, two_tower_meta["drop_item_columns"])
     user = spec.schema("user")
     two_tower = build_feature_model("two_tower", two_tower_meta["config"], user=user, item=view.schema)
     _load_weights(two_tower, root / "two_tower.safetensors")
-    din_catalogue = catalogue.index(torch.arange(spec.n_items + 1))
+    din_catalog = catalog.index(torch.arange(spec.n_items + 1))
     din = build_feature_model("din", din_meta["config"], user=user, item=ItemView.of(spec).schema,
-                              catalogue=din_catalogue)
+                              catalog=din_catalog)
     _load_weights(din, root / "din.safetensors")
     calibrator = Calibrator.from_dict(_read_json(root / "calibrator.json", "missing: the bundle is incomplete"))
     sequence_model, max_len, sequence_name = None, None, "sasrec"
@@ -122,7 +124,7 @@ def load_bundle(directory: str | Path, *, stages: StageConfig | None = None) -> 
         sequence_model = build_model(sequence_name, sequence_meta["config"], spec.n_items)
         _load_weights(sequence_model, root / "sequence.safetensors")
     stage_config = stages if stages is not None else StageConfig(**meta["stages"])
-    return Pipeline(spec, stage_config, two_tower.eval(), view, din.eval(), calibrator, catalogue,
+    return Pipeline(spec, stage_config, two_tower.eval(), view, din.eval(), calibrator, catalog,
                     sequence_model=sequence_model, sequence_max_len=max_len, sequence_name=sequence_name,
                     new_raw_ids=meta.get("new_raw_ids", ()))
 

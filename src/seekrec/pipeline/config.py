@@ -150,7 +150,7 @@ class RankerTraining:
     Each training click is paired with ``n_negatives`` items drawn by ``sampler``, with item features
     as of the click: "retrieval" (default): among the trained two-tower's top ``retrieval_candidates``
     for the user (their own items excluded), the items the ranker must order at serving time; or
-    "popularity" / "uniform" over the catalogue (on ml-100k these made the final list worse at every
+    "popularity" / "uniform" over the catalog (on ml-100k these made the final list worse at every
     R). ``id_dropout``: share of training candidates whose id is replaced by 0 (unknown), so the ranker
     also learns to score an item from its content, as it must for items added after training.
     Validation pairs each held-out target with ``eval_negatives`` drawn the same way (seeded), and the

@@ -1,7 +1,7 @@
 """End-to-end evaluation: each retriever's recall, then the final pipeline list, beside single-stage models.
 
 The users and targets are those of ``evaluation.ranking`` (the leave-one-out ``valid`` or ``test``
-set). Retrieval recall@K is the full-ranking HR@K of each retriever over the whole catalogue (seen
+set). Retrieval recall@K is the full-ranking HR@K of each retriever over the whole catalog (seen
 items masked, as in ``evaluate``). The pipeline's list is what ``Pipeline.recommend`` returns for the
 user's features and every item's features as of the target's time, with the visible history as
 ``seen``; its NDCG@10 / HR@10 count the target's position in that list, 0 when it is absent.
@@ -32,7 +32,7 @@ from seekrec.features.examples import OfflineRows
 from seekrec.models.layers.features import with_item_ids
 from seekrec.pipeline.features import HeldOut, held_out
 from seekrec.pipeline.pipeline import CandidateFeatures, Pipeline
-from seekrec.pipeline.train import TwoTowerScorer, retrieval_metrics
+from seekrec.pipeline.train_two_tower import TwoTowerScorer, retrieval_metrics
 from seekrec.training.trainer import ModelScorer
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,9 @@ def pipeline_metrics(pipeline: Pipeline, users: EvalUsers, *, scored: ScoredCand
 def retriever_metrics(pipeline: Pipeline, users: EvalUsers, split: Split) -> dict[str, dict[str, float]]:
     """Full-ranking metrics (recall@100/500 included) of each retriever in the pipeline."""
     eval_set, n = split.eval_set(users.which), pipeline.spec.n_items
-    catalogue = pipeline.catalogue.index(torch.arange(n + 1))
+    catalog = pipeline.catalog.index(torch.arange(n + 1))
     with torch.inference_mode():
-        scorer = TwoTowerScorer(pipeline.two_tower_model, pipeline.retriever.view, catalogue, users.user,
+        scorer = TwoTowerScorer(pipeline.two_tower_model, pipeline.retriever.view, catalog, users.user,
                                 users.held.users)
         out = {"two_tower": retrieval_metrics(scorer, eval_set, n)}
         if pipeline.sequence is not None:

@@ -1,4 +1,4 @@
-"""Feature plumbing the stages share: held-out targets with their times, item column views, catalogues.
+"""Feature plumbing the stages share: held-out targets with their times, item column views, catalogs.
 
 Evaluation sets (``EvalSet``) hold each user's visible history and target item but not the target's
 time, which the feature models need ("user features as of the moment of the target"). The target is
@@ -80,7 +80,7 @@ class ItemView:
     """The item side one model reads: the spec's item schema plus the id column, minus some columns.
 
     ``select`` cuts a full item ``FeatureBatch`` (spec columns + ``item_id``) down to this view, so
-    every stage can share one catalogue whatever columns each model dropped.
+    every stage can share one catalog whatever columns each model dropped.
     """
 
     schema: FeatureSchema
@@ -119,7 +119,7 @@ class ItemView:
                             batch.text if self.schema.text_dim else None)
 
 
-def item_catalogue(spec: FeatureSpec, rows: OfflineRows, as_of: float) -> FeatureBatch:
+def item_catalog(spec: FeatureSpec, rows: OfflineRows, as_of: float) -> FeatureBatch:
     """Item features of ids ``0..N`` (row i = item i, with ``item_id``) as of ``as_of``."""
     ids = np.arange(spec.n_items + 1)
     features = rows.features("item", ids, np.full(len(ids), as_of, dtype=np.int64))

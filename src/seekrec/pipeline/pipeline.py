@@ -5,9 +5,9 @@ or offline rows) and what each has seen in, the top-K dataset item ids with cali
 probabilities out. Items added after training (``add_items``) get ids ``N + 1, N + 2, ...``, are
 embedded from their content by the item tower and join the retrieval index at once.
 
-The catalogue (item feature rows, item vectors, index, genres) is one immutable ``CatalogueState``
+The catalog (item feature rows, item vectors, index, genres) is one immutable ``CatalogState``
 replaced whole by ``add_items`` / ``update_item_features``, so a ``recommend`` running in another
-thread always sees one consistent catalogue.
+thread always sees one consistent catalog.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CandidateFeatures = Callable[[Tensor], FeatureBatch]
 """``ids [B, C]`` -> full item rows (``B * C``, spec columns + ``item_id``) of those items, e.g. with
-window counts as of the request time; the default reads the pipeline's catalogue."""
+window counts as of the request time; the default reads the pipeline's catalog."""
 
 
 @dataclass
@@ -61,8 +61,8 @@ class Recommendations:
 
 
 @dataclass(frozen=True)
-class CatalogueState:
-    """Everything that grows with the catalogue: rows ``0..N'`` (row i = item i)."""
+class CatalogState:
+    """Everything that grows with the catalog: rows ``0..N'`` (row i = item i)."""
 
     features: FeatureBatch  # full item rows, with item_id (0 for items added after training)
     vectors: Tensor  # [N' + 1, D] item-tower vectors
@@ -79,17 +79,17 @@ class CatalogueState:
 class Pipeline:
     """A trained two-tower, DIN ranker and calibrator (plus an optional SASRec) over one feature spec.
 
-    ``catalogue``: full item rows of ids ``0..N`` (plus any added items), with ``item_id``.
+    ``catalog``: full item rows of ids ``0..N`` (plus any added items), with ``item_id``.
     ``sequence_model`` / ``sequence_max_len``: a next-item model for ``stages.retriever = "sasrec"``
     (``sequence_name``: its model-registry name, for saving).
     """
 
     def __init__(self, spec: FeatureSpec, stages: StageConfig, two_tower: TwoTower, view: ItemView, din: DIN,
-                 calibrator: Calibrator, catalogue: FeatureBatch, *, sequence_model: torch.nn.Module | None = None,
+                 calibrator: Calibrator, catalog: FeatureBatch, *, sequence_model: torch.nn.Module | None = None,
                  sequence_max_len: int | None = None, sequence_name: str = "sasrec",
                  new_raw_ids: Sequence[str] = ()) -> None:
-        if len(catalogue) != spec.n_items + 1 + len(new_raw_ids):
-            raise ValueError(f"the catalogue has {len(catalogue)} rows; expected ids 0..{spec.n_items} plus "
+        if len(catalog) != spec.n_items + 1 + len(new_raw_ids):
+            raise ValueError(f"the catalog has {len(catalog)} rows; expected ids 0..{spec.n_items} plus "
                              f"{len(new_raw_ids)} added items")
         self.spec, self.two_tower_model, self.din, self.calibrator = spec, two_tower, din.eval(), calibrator
         self.retriever = TwoTowerRetriever(two_tower, view)
@@ -107,7 +107,7 @@ class Pipeline:
                 self._sequence_index = self.sequence.index()
         self.stages = self._check_stages(stages)
         with torch.inference_mode():
-            self._state = self._build_state(catalogue, tuple(str(r) for r in new_raw_ids))
+            self._state = self._build_state(catalog, tuple(str(r) for r in new_raw_ids))
 
     # -- configuration ---------------------------------------------------------------------------------
     def _check_stages(self, stages: StageConfig) -> StageConfig:
@@ -121,7 +121,7 @@ class Pipeline:
         return stages
 
     def with_stages(self, stages: StageConfig) -> Pipeline:
-        """The same models and catalogue run with other stage settings (retriever, R, K, diversity)."""
+        """The same models and catalog run with other stage settings (retriever, R, K, diversity)."""
         other = copy.copy(self)
         other.stages = self._check_stages(stages)
         return other
@@ -132,7 +132,7 @@ class Pipeline:
         return self._state.n_ids
 
     @property
-    def catalogue(self) -> FeatureBatch:
+    def catalog(self) -> FeatureBatch:
         return self._state.features
 
     @property
@@ -148,7 +148,7 @@ class Pipeline:
         ``user``: B user rows of the spec (``FeatureStore.user_features`` or ``OfflineRows.features``).
         ``seen``: per user, the dataset item ids already consumed; they are never returned when
         ``stages.filter_seen``. ``k`` defaults to ``stages.k``. ``item_features`` supplies fresh item
-        rows for the candidates (see ``CandidateFeatures``); by default the catalogue's rows are used.
+        rows for the candidates (see ``CandidateFeatures``); by default the catalog's rows are used.
         """
         if len(seen) != len(user):
             raise ValueError(f"seen has {len(seen)} rows for {len(user)} users; pass one id list per user")
@@ -198,7 +198,7 @@ class Pipeline:
         ids, scores = rerank(candidates, order, k, self.stages, values=probabilities, exclude=exclude, genres=genres)
         return Recommendations(ids, scores, candidates)
 
-    # -- the catalogue ---------------------------------------------------------------------------------
+    # -- the catalog ---------------------------------------------------------------------------------
     def add_items(self, raw_ids: Sequence[object], features: FeatureBatch) -> np.ndarray:
         """Add items the models never saw; returns their ids (``N' + 1 ..``).
 
@@ -212,7 +212,7 @@ class Pipeline:
         known = set(state.new_raw_ids) | {r for r, i in zip(raw, self.spec.item_index(raw), strict=True) if i > 0}
         clash = sorted({r for r in raw if r in known} | {r for r in raw if raw.count(r) > 1})
         if clash:
-            raise ValueError(f"items {clash[:5]} are already in the catalogue or repeated; add each new item once")
+            raise ValueError(f"items {clash[:5]} are already in the catalog or repeated; add each new item once")
         if len(features) != len(raw):
             raise ValueError(f"features has {len(features)} rows for {len(raw)} raw ids")
         rows = with_item_ids(_without_id(features), torch.zeros(len(raw), dtype=torch.long))
@@ -226,9 +226,9 @@ class Pipeline:
 
     def update_item_features(self, features: FeatureBatch) -> None:
         """Replace every item row ``0..N'`` (e.g. fresh window counts from the store, edited titles) and
-        re-encode the item vectors and the index from them (one pass over the catalogue)."""
+        re-encode the item vectors and the index from them (one pass over the catalog)."""
         if len(features) != len(self._state.features):
-            raise ValueError(f"features has {len(features)} rows; the catalogue has {len(self._state.features)} "
+            raise ValueError(f"features has {len(features)} rows; the catalog has {len(self._state.features)} "
                              "(ids 0..N', row i = item i)")
         ids = self._state.features.categorical[ITEM_ID_COLUMN][:, 0]
         with torch.inference_mode():
@@ -261,8 +261,8 @@ class Pipeline:
 
         return fetch
 
-    def _build_state(self, features: FeatureBatch, new_raw_ids: tuple[str, ...], *, known: CatalogueState | None = None,
-                     n_known: int = 0) -> CatalogueState:
+    def _build_state(self, features: FeatureBatch, new_raw_ids: tuple[str, ...], *, known: CatalogState | None = None,
+                     n_known: int = 0) -> CatalogState:
         """Vectors, index and genres for ``features``; rows below ``n_known`` reuse ``known``'s vectors."""
         if known is not None and n_known:
             fresh = self.retriever.item_vectors(features.index(torch.arange(n_known, len(features))))
@@ -270,7 +270,7 @@ class Pipeline:
         else:
             vectors = self.retriever.item_vectors(features)
         index = ItemIndex(vectors[1:], ids=np.arange(1, len(features)), metric=self.retriever.metric)
-        return CatalogueState(features, vectors, index, self._genres(features), self.stages.genre_column, new_raw_ids)
+        return CatalogState(features, vectors, index, self._genres(features), self.stages.genre_column, new_raw_ids)
 
     def _genres(self, features: FeatureBatch) -> Tensor | None:
         """``[N' + 1, G]`` multi-hot of the stage config's genre column (None when the spec lacks it)."""

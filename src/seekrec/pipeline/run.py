@@ -24,11 +24,11 @@ from seekrec.io import atomic_write_json, sha256_file
 from seekrec.pipeline.artifacts import load_bundle, load_sequence_run, save_bundle
 from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import evaluate_pipeline
-from seekrec.pipeline.features import item_catalogue
+from seekrec.pipeline.features import item_catalog
 from seekrec.pipeline.pipeline import Pipeline
-from seekrec.pipeline.ranker import train_din
+from seekrec.pipeline.train_din import train_din
 from seekrec.pipeline.stages import TwoTowerRetriever
-from seekrec.pipeline.train import train_two_tower
+from seekrec.pipeline.train_two_tower import train_two_tower
 
 log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
@@ -57,23 +57,23 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
     spec = config.features.spec_config(data).fit(data, split.train)
     examples = build_examples(spec, data, split.train)
     # Item rows as of the end of training, from training events only: nothing held out reaches the
-    # index or the catalogue. Serving refreshes them with update_item_features.
-    catalogue = item_catalogue(spec, OfflineRows(spec, data, split.train), int(split.train.timestamps.max()) + 1)
+    # index or the catalog. Serving refreshes them with update_item_features.
+    catalog = item_catalog(spec, OfflineRows(spec, data, split.train), int(split.train.timestamps.max()) + 1)
     timings: dict[str, float] = {"features": round(time.perf_counter() - start, 2)}
 
     begin = time.perf_counter()
-    two_tower, view, tt_fit = train_two_tower(config.two_tower, spec, data, split, examples, catalogue,
+    two_tower, view, tt_fit = train_two_tower(config.two_tower, spec, data, split, examples, catalog,
                                               out / "two_tower")
     timings["two_tower"] = round(time.perf_counter() - begin, 2)
     begin = time.perf_counter()
-    din, calibrator, din_fit, ranker = train_din(config.din, spec, data, split, examples, catalogue, out / "din",
+    din, calibrator, din_fit, ranker = train_din(config.din, spec, data, split, examples, catalog, out / "din",
                                                  retriever=TwoTowerRetriever(two_tower, view))
     timings["din"] = round(time.perf_counter() - begin, 2)
 
     sequence_model, max_len, name = None, None, "sasrec"
     if config.sasrec_run is not None:
         sequence_model, max_len, name = load_sequence_run(config.sasrec_run, data.n_items)
-    pipeline = Pipeline(spec, config.stages, two_tower, view, din, calibrator, catalogue,
+    pipeline = Pipeline(spec, config.stages, two_tower, view, din, calibrator, catalog,
                         sequence_model=sequence_model, sequence_max_len=max_len, sequence_name=name)
     save_bundle(pipeline, out / BUNDLE_DIR)
     timings["total"] = round(time.perf_counter() - start, 2)

@@ -55,7 +55,7 @@ def retrieve(index: ItemIndex, queries: Tensor, exclude: Tensor, n_candidates: i
     """Top ``n_candidates`` ids per query that ``exclude [B, N' + 1]`` does not mark, best first.
 
     Asks the index for as many more items as the most-excluding row needs, so every row still gets
-    ``n_candidates`` when the catalogue has them. Returns ``ids [B, R]`` and inner products ``[B, R]``.
+    ``n_candidates`` when the catalog has them. Returns ``ids [B, R]`` and inner products ``[B, R]``.
     """
     extra = int(exclude.sum(dim=1).max()) if len(exclude) else 0
     scores, ids = index.search(queries, min(len(index), n_candidates + extra))  # [B, K'], -1 = unfilled
@@ -83,7 +83,7 @@ class TwoTowerRetriever:
 
     def item_vectors(self, items: FeatureBatch) -> Tensor:
         """Full item rows (spec columns + ``item_id``; 0 for an item the model never saw) -> ``[M, D]``."""
-        return self.model.encode_catalogue(self.view.select(items))
+        return self.model.encode_catalog(self.view.select(items))
 
 
 class SequenceRetriever:
@@ -147,7 +147,7 @@ def rerank(ids: Tensor, scores: Tensor, k: int, config: StageConfig, *, values: 
     if config.diversity == "none":
         chosen, _ = compact(ids, scores, keep, k)
     elif genres is None:
-        raise ValueError(f"stages.diversity={config.diversity!r} needs item genres: the catalogue has no "
+        raise ValueError(f"stages.diversity={config.diversity!r} needs item genres: the catalog has no "
                          f"column {config.genre_column!r}; set stages.genre_column or diversity='none'")
     elif config.diversity == "max_per_genre":
         chosen, _ = compact(ids, scores, keep & genre_cap(genres[ids], keep, k, config.max_per_genre), k)

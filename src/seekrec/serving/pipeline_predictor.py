@@ -26,7 +26,7 @@ import numpy as np
 from seekrec.data.schema import InteractionData
 from seekrec.data.vocab import Catalog, Vocab
 from seekrec.features.store import FeatureStore
-from seekrec.online.events import EventLog, LoggedEvent
+from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.pipeline.artifacts import PIPELINE_FILE, load_bundle
 from seekrec.pipeline.features import new_item_features
 from seekrec.pipeline.pipeline import Pipeline
@@ -40,7 +40,7 @@ REPLAY_CHUNK = 10_000
 
 
 class PipelinePredictor:
-    """One pipeline version with its own feature store; thread-safe (one lock around store and catalogue)."""
+    """One pipeline version with its own feature store; thread-safe (one lock around store and catalog)."""
 
     def __init__(self, bundle: LoadedBundle, pipeline: Pipeline, store: FeatureStore, counts: np.ndarray) -> None:
         self.version, self.manifest, self.pipeline, self.store = bundle.version, bundle.manifest, pipeline, store

@@ -81,7 +81,7 @@ class NewItem(_Request):
 
 
 class ItemsRequest(_Request):
-    """``POST /items``: 1..1000 new items for the pipeline arms' catalogues (cold start)."""
+    """``POST /items``: 1..1000 new items for the pipeline arms' catalogs (cold start)."""
 
     items: list[NewItem] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 

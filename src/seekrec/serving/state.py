@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from seekrec.data.vocab import Catalog, Vocab
-from seekrec.online.events import Event, EventLog, LoggedEvent
+from seekrec.online.event_log import Event, EventLog, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UserHistories
 from seekrec.registry import ModelRegistry
@@ -222,7 +222,7 @@ class ServingState:
         return list(unique.values())
 
     async def add_items(self, records: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-        """Cold start: new items (raw id -> title, genres, ...) join every pipeline arm's catalogue, embedded
+        """Cold start: new items (raw id -> title, genres, ...) join every pipeline arm's catalog, embedded
         from their content; returns ``{version: raw ids added}``. Sequence-model arms learn new items from
         their first events instead (the online trainer grows their item table)."""
         async with self._swap_lock:

@@ -1,28 +1,129 @@
-"""``seekrec train``: config -> data -> model -> trainer -> run directory with results."""
+"""``seekrec train``: its config (TOML + ``key=value`` overrides) and config -> data -> model -> trainer -> run
+directory with results."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from seekrec.config import ExperimentConfig
+from seekrec.config import apply_overrides, build_section
 from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
-from seekrec.data.splits import load_split
-from seekrec.evaluation.report import results_record
+from seekrec.data.splits import SPLITS, load_split
 from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.io import atomic_write_bytes, atomic_write_json, sha256_file
-from seekrec.models.registry import build_loss, build_model
+from seekrec.evaluation.report import results_record
+from seekrec.io import atomic_write_bytes, atomic_write_json, read_toml, sha256_file
+from seekrec.models.factory import build_loss, build_model
+from seekrec.models.losses import LossConfig
 from seekrec.models.task import NextItemTask
+from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import init_distributed, shutdown
 from seekrec.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Which prepared dataset, how to split it, and how training sequences are cut."""
+
+    path: str | None = None
+    split: str = "leave_one_out"
+    max_len: int = 50
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        if self.max_len < 1 or (self.stride is not None and self.stride < 1):
+            raise ValueError("data.max_len and data.stride must be >= 1")
+
+
+@dataclass
+class ModelSection:
+    """``[model]``: the factory ``name``, ``use_item_features`` (item genres as side features, for the
+    models that take them) and the model config's own fields (``params``).
+
+    In TOML the three share one flat table (``name = "sasrec"``, ``dim = 64``). ``params`` are checked
+    against the model's config class as soon as the config loads, so a misspelt key or a bad value
+    fails before any data is read; ``n_items`` and ``n_side_features`` always come from the data.
+    """
+
+    name: str = "sasrec"
+    use_item_features: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from seekrec.models.factory import build_model_config, model_takes_item_features
+
+        from_data = sorted({"n_items", "n_side_features"} & set(self.params))
+        if from_data:
+            raise ValueError(f"model.{from_data[0]} comes from the data; drop it from [model]")
+        if not isinstance(self.use_item_features, bool):
+            raise ValueError(f"model.use_item_features must be true or false, got {self.use_item_features!r}")
+        if self.use_item_features and not model_takes_item_features(self.name):
+            raise ValueError(f"model {self.name!r} does not take item features; set model.use_item_features = "
+                             "false or pick a model that does")
+        build_model_config(self.name, self.params, n_items=1)  # unknown keys and bad values, named
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ModelSection:
+        """The flat ``[model]`` table -> name, use_item_features and the model's own params."""
+        if not isinstance(raw, dict):
+            raise ValueError("[model] must be a table")
+        params = dict(raw)
+        if "name" not in params:
+            raise ValueError("[model] needs a name, e.g. name = \"sasrec\"")
+        return cls(params.pop("name"), params.pop("use_item_features", False), params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat table form, as written in TOML and in a run's ``config.json``."""
+        return {"name": self.name, "use_item_features": self.use_item_features, **self.params}
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything ``seekrec train`` needs."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(known)}")
+        sections = {"data": DataConfig, "loss": LossConfig, "train": TrainConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in sections:
+                kwargs[key] = build_section(sections[key], key, value)
+            elif key == "model":
+                kwargs[key] = ModelSection.from_dict(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+        """Read TOML (or start from defaults) and apply ``section.key=value`` overrides."""
+        raw: dict[str, Any] = {}
+        if path is not None:
+            raw = read_toml(path)
+        return cls.from_dict(apply_overrides(raw, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "model": self.model.to_dict()}
 
 
 def genre_features(data: InteractionData) -> torch.Tensor:
@@ -56,12 +157,12 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
     try:
         torch.manual_seed(config.train.seed)
         data, split = load_split(data_dir, config.data.split)
-        model_params = {k: v for k, v in config.model.items() if k not in ("name", "use_item_features")}
+        model_params = dict(config.model.params)
         model_params.setdefault("max_len", config.data.max_len)
-        side = genre_features(data) if config.model.get("use_item_features") else None
+        side = genre_features(data) if config.model.use_item_features else None
         if side is not None:
             model_params["n_side_features"] = side.shape[1]
-        model = build_model(config.model["name"], model_params, data.n_items, item_features=side)
+        model = build_model(config.model.name, model_params, data.n_items, item_features=side)
         loss = build_loss(config.loss, data.n_items, item_counts=item_counts(split.train.items, data.n_items))
         dataset = SequenceDataset(split.train, config.data.max_len, stride=config.data.stride)
         manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
@@ -77,7 +178,7 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
                           manifest={"config": config.to_dict(), "data_manifest_sha256": manifest_sha})
         result = trainer.fit()
         record = results_record(
-            data.source, config.model["name"], "test", result.test or {}, len(split.test), data.n_items,
+            data.source, config.model.name, "test", result.test or {}, len(split.test), data.n_items,
             time.perf_counter() - start,
             name=config.name, valid=result.best_valid, best_epoch=result.best_epoch, best_step=result.best_step,
             epochs=result.epochs_run, steps=result.steps, train_seconds=round(result.seconds, 2),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from seekrec.online.events import Event
+from seekrec.online.event_log import Event
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ErrorResponse, EventsRequest, EventsResponse
 from seekrec.serving.state import ServingState

@@ -1,4 +1,4 @@
-"""``POST /items``: new items described by their content join the pipeline arms' catalogues at once."""
+"""``POST /items``: new items described by their content join the pipeline arms' catalogs at once."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seekrec.data.errors import DataFormatError
-from seekrec.data.eventlog import load_event_log
+from seekrec.data.log_import import EventLogColumns, load_event_log
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -27,7 +27,7 @@ def test_csv_with_string_ids_and_iso_times(tmp_path):
                 "bob,x9,2024-01-02T03:04:05Z,click,1\n"
                 "alice,x1,2024-01-02 03:04:05,buy,2.5\n"
                 "bob,x1,2024-01-02T05:04:05+02:00,click,0\n")
-    data = load_event_log(log, "user", "item", "when", value_col="score", event_type_col="kind")
+    data = load_event_log(log, EventLogColumns("user", "item", "when", value_col="score", event_type_col="kind"))
     users, items, ts = data.interactions()
     assert data.user_ids.decode(users).tolist() == ["bob", "alice", "bob"]
     assert data.item_ids.decode(items).tolist() == ["x9", "x1", "x1"]
@@ -65,7 +65,7 @@ def test_parquet_with_timestamp_column_and_items(tmp_path):
 def test_csv_items_file_and_tsv_and_min_value(tmp_path):
     log = write(tmp_path / "log.tsv", "user_id\titem_id\ttimestamp\tvalue\n1\ta\t1\t5\n1\tb\t2\t1\n2\tc\t3\t4\n")
     items = write(tmp_path / "items.tsv", "item_id\ttitle\tgenres\n" "a\tAlpha\tx|y\n" "b\tBeta\tz\n")
-    data = load_event_log(log, value_col="value", items_path=items, min_value=4)
+    data = load_event_log(log, EventLogColumns(value_col="value"), items_path=items, min_value=4)
     assert data.item_ids.raw.tolist() == ["a", "c"] and data.events.column("value").to_pylist() == [5.0, 4.0]
     assert data.items.column("title").to_pylist() == ["Alpha", ""]
     assert data.items.column("genres").to_pylist() == [["x", "y"], []]
@@ -91,7 +91,7 @@ CSV_ERRORS = [
 def test_csv_errors_name_file_column_and_line(tmp_path, content, line, fragment):
     log = write(tmp_path / "log.csv", content)
     with pytest.raises(DataFormatError) as info:
-        load_event_log(log, value_col="value" if "value" in str(content) else None)
+        load_event_log(log, EventLogColumns(value_col="value" if "value" in str(content) else None))
     assert info.value.path == log and info.value.line == line and fragment in str(info.value)
 
 

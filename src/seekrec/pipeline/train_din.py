@@ -1,11 +1,11 @@
 """Training the DIN ranker on a dataset: clicks against sampled negatives, selected on validation AUC,
 then calibrated on validation.
 
-Negatives (``din.sampler``): "popularity" or "uniform" draws from the catalogue, or "retrieval": draws
+Negatives (``din.sampler``): "popularity" or "uniform" draws from the catalog, or "retrieval": draws
 from the user's top-R two-tower candidates (the user's own items excluded), the very items the ranker
 orders at serving time, so training, validation and calibration see the serving distribution. Their
 item features are taken as of the click: ``CTRTask``'s sampled mode reads negatives from one fixed
-catalogue, whose window counts are not those of the click's time, a difference the model could learn
+catalog, whose window counts are not those of the click's time, a difference the model could learn
 instead of taste. A click and its K negatives form a group scored by one ``DIN.score_candidates``
 call, so the user side (history keys, attention inputs) is computed once per click, not once per pair:
 about 2.5x faster than pairwise rows on CPU. The loss is ``CTRTask``'s: binary cross-entropy over the
@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seekrec.data.schema import InteractionData
@@ -36,8 +35,8 @@ from seekrec.models.calibration import Calibrator
 from seekrec.models.din import DIN
 from seekrec.models.layers.features import cat_feature_batches, with_item_ids
 from seekrec.models.negatives import NegativeSampler
-from seekrec.models.registry import build_feature_model
-from seekrec.models.task import StepResult
+from seekrec.models.factory import build_feature_model
+from seekrec.models.ctr_task import ClickGroups, ClickGroupTask
 from seekrec.pipeline.artifacts import feature_model_config
 from seekrec.pipeline.config import RankerTraining
 from seekrec.pipeline.features import ITEM_ID_COLUMN, HeldOut, ItemView, held_out, item_counts
@@ -48,50 +47,6 @@ from seekrec.retrieval.index import ItemIndex
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ClickGroups:
-    """B clicks, each followed by K sampled items (C = 1 + K candidates per click).
-
-    ``item``: ``B * C`` full item rows, click b's group at rows ``b * C ..`` (the click first).
-    ``label [B, C]``: 1 for the click. ``weight [B, C]``: 0 for an accidental hit (a draw equal to the click).
-    """
-
-    user: FeatureBatch
-    item: FeatureBatch
-    label: Tensor
-    weight: Tensor
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-    @property
-    def n_targets(self) -> int:
-        """Scored pairs (hits excluded); ``TrainStep`` weighs micro-batches by it."""
-        return int(self.weight.sum())
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> ClickGroups:
-        return ClickGroups(self.user.to(device), self.item.to(device), self.label.to(device, non_blocking=non_blocking),
-                           self.weight.to(device, non_blocking=non_blocking))
-
-
-class ClickGroupTask:
-    """Weighted binary cross-entropy of ``DIN.score_candidates`` over click groups (mean over scored pairs)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def step_loss(self, batch: ClickGroups) -> StepResult:
-        """Stats: ``loss``, ``n_targets``, ``mean_probability`` of the scored pairs."""
-        logits = self.model.score_candidates(batch.user, batch.item).float()  # [B, C]
-        weights = batch.weight.to(logits.dtype)
-        losses = F.binary_cross_entropy_with_logits(logits, batch.label.to(logits.dtype), reduction="none")
-        loss = (losses * weights).sum() / weights.sum()
-        with torch.no_grad():
-            stats = {"loss": loss.detach(), "n_targets": weights.sum().detach(),
-                     "mean_probability": (torch.sigmoid(logits) * weights).sum() / weights.sum()}
-        return StepResult(loss, stats)
-
-
 class Negatives(Protocol):
     """Draws ``K`` negative item ids for each of the rows ``rows [B]`` (example or user positions)."""
 
@@ -99,7 +54,7 @@ class Negatives(Protocol):
 
 
 class SampledNegatives:
-    """Draws from the whole catalogue by popularity or uniformly (``NegativeSampler``)."""
+    """Draws from the whole catalog by popularity or uniformly (``NegativeSampler``)."""
 
     def __init__(self, sampler: NegativeSampler) -> None:
         self.sampler = sampler
@@ -123,17 +78,17 @@ class RetrievedNegatives:
 
 
 @torch.inference_mode()
-def retrieved_candidates(retriever: TwoTowerRetriever, catalogue: FeatureBatch, user: FeatureBatch,
+def retrieved_candidates(retriever: TwoTowerRetriever, catalog: FeatureBatch, user: FeatureBatch,
                          seen: Sequence[np.ndarray], n_candidates: int, *, chunk_size: int = 2048) -> Tensor:
     """``[E, R]`` int32: the two-tower's top ``n_candidates`` unseen items for each of E user rows."""
     was_training = retriever.model.training
     retriever.model.eval()
-    vectors = retriever.item_vectors(catalogue)  # [N + 1, D]
-    index = ItemIndex(vectors[1:], ids=np.arange(1, len(catalogue)), metric=retriever.metric)
+    vectors = retriever.item_vectors(catalog)  # [N + 1, D]
+    index = ItemIndex(vectors[1:], ids=np.arange(1, len(catalog)), metric=retriever.metric)
     out = []
     for lo in range(0, len(user), chunk_size):
         rows = torch.arange(lo, min(lo + chunk_size, len(user)))
-        exclude = seen_mask(seen[lo:lo + len(rows)], len(catalogue) - 1)
+        exclude = seen_mask(seen[lo:lo + len(rows)], len(catalog) - 1)
         ids, _ = retrieve(index, retriever.encode_users(user.index(rows)), exclude, n_candidates)
         out.append(ids.to(torch.int32))
     retriever.model.train(was_training)
@@ -197,7 +152,7 @@ def held_out_groups(spec: FeatureSpec, data: InteractionData, held: HeldOut, con
                     sampler: NegativeSampler, retrieval: tuple[TwoTowerRetriever, FeatureBatch] | None = None,
                     ) -> HeldOutGroups:
     """Each held-out target with ``config.eval_negatives`` seeded draws from the configured source (the
-    catalogue ``sampler``, or the ``retrieval`` stage's candidates given the visible history), all
+    catalog ``sampler``, or the ``retrieval`` stage's candidates given the visible history), all
     features as of the target's time."""
     rows = held.rows(spec, data)
     user = rows.features("user", held.users, held.as_of)
@@ -205,8 +160,8 @@ def held_out_groups(spec: FeatureSpec, data: InteractionData, held: HeldOut, con
     if config.sampler == "retrieval":
         if retrieval is None:
             raise ValueError("din.sampler = 'retrieval' needs the trained two-tower retriever")
-        retriever, catalogue = retrieval
-        negatives = RetrievedNegatives(retrieved_candidates(retriever, catalogue, user, held.seen(),
+        retriever, catalog = retrieval
+        negatives = RetrievedNegatives(retrieved_candidates(retriever, catalog, user, held.seen(),
                                                             config.retrieval_candidates))
     targets = torch.from_numpy(held.targets)
     drawn = negatives.draw(torch.arange(len(held)), config.eval_negatives, torch.Generator().manual_seed(seed))
@@ -236,11 +191,11 @@ def ranker_metrics(held: HeldOutGroups, logits: Tensor, calibrator: Calibrator |
 
 
 def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, split: Split, examples: Examples,
-              catalogue: FeatureBatch, run_dir: str | Path, *,
+              catalog: FeatureBatch, run_dir: str | Path, *,
               retriever: TwoTowerRetriever | None = None) -> tuple[DIN, Calibrator, FitResult, dict[str, Any]]:
     """Train the ranker on the training clicks, select it on validation AUC, calibrate it on validation.
 
-    ``catalogue``: full item rows of ids ``0..N`` (DIN reads history items' key columns from it).
+    ``catalog``: full item rows of ids ``0..N`` (DIN reads history items' key columns from it).
     ``retriever``: the trained two-tower, needed for ``config.sampler = "retrieval"``. Returns the model,
     its calibrator, the fit summary and AUC / gAUC / logloss / ECE on validation and test, before and
     after calibration.
@@ -253,17 +208,17 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
                     config.model["key_columns"], sorted(set(config.model["key_columns"]) - set(columns)),
                     model_config["key_columns"])
     torch.manual_seed(config.train.seed)
-    model = build_feature_model("din", model_config, user=spec.schema("user"), item=item_schema, catalogue=catalogue)
+    model = build_feature_model("din", model_config, user=spec.schema("user"), item=item_schema, catalog=catalog)
     counts = item_counts(split.train, spec.n_items)
     sampler = NegativeSampler("uniform" if config.sampler == "uniform" else "popularity", spec.n_items,
-                              item_counts=None if config.sampler == "uniform" else counts)  # catalogue draws
-    retrieval = None if retriever is None else (retriever, catalogue)
+                              item_counts=None if config.sampler == "uniform" else counts)  # catalog draws
+    retrieval = None if retriever is None else (retriever, catalog)
     negatives: Negatives = SampledNegatives(sampler)
     if config.sampler == "retrieval":
         if retriever is None:
             raise ValueError("din.sampler = 'retrieval' needs the trained two-tower: pass retriever=")
         seen = [split.train.row(int(u)) for u in examples.users.tolist()]  # the user's own items are no negatives
-        negatives = RetrievedNegatives(retrieved_candidates(retriever, catalogue, examples.user, seen,
+        negatives = RetrievedNegatives(retrieved_candidates(retriever, catalog, examples.user, seen,
                                                             config.retrieval_candidates))
     source = ClickSource(examples, OfflineRows(spec, data, split.train), negatives, config.n_negatives,
                          id_dropout=config.id_dropout)
@@ -286,7 +241,7 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
         test = held_out_groups(spec, data, held_out(data, split, "test"), config, seed + 1, sampler=sampler,
                                retrieval=retrieval)
         test_logits = group_logits(model, test)
-        # the usual sampled-negative AUC (catalogue draws by popularity), for comparison with other rankers
+        # the usual sampled-negative AUC (catalog draws by popularity), for comparison with other rankers
         popular = held_out_groups(spec, data, held_out(data, split, "test"),
                                   dataclasses.replace(config, sampler="popularity"), seed + 1, sampler=sampler)
         popular_logits = group_logits(model, popular)

@@ -56,6 +56,11 @@ def _entry(name: str) -> _ModelEntry:
     return _MODELS[name]
 
 
+def model_takes_item_features(name: str) -> bool:
+    """Whether model ``name`` accepts ``item_features`` (side features per item)."""
+    return _entry(name).takes_item_features
+
+
 def model_config_class(name: str) -> type:
     """The config dataclass of model ``name``."""
     return _entry(name).config_class
@@ -130,12 +135,12 @@ def build_loss(config: LossConfig | Mapping[str, Any], n_items: int, *, item_cou
 class _FeatureModelEntry:
     model_class: type[nn.Module]
     config_class: type
-    takes_catalogue: bool
+    takes_catalog: bool
 
 
 _FEATURE_MODELS: dict[str, _FeatureModelEntry] = {
-    "two_tower": _FeatureModelEntry(TwoTower, TwoTowerConfig, takes_catalogue=False),
-    "din": _FeatureModelEntry(DIN, DINConfig, takes_catalogue=True),
+    "two_tower": _FeatureModelEntry(TwoTower, TwoTowerConfig, takes_catalog=False),
+    "din": _FeatureModelEntry(DIN, DINConfig, takes_catalog=True),
 }
 
 
@@ -170,21 +175,21 @@ def build_feature_model(
     *,
     user: FeatureSchema,
     item: FeatureSchema,
-    catalogue: FeatureBatch | None = None,
+    catalog: FeatureBatch | None = None,
 ) -> nn.Module:
     """Feature model ``name`` ("two_tower" | "din") from a plain config dict and the per-side schemas.
 
-    ``catalogue`` (item features of ids ``0..N``, row i = item i) is passed to models that keep one
+    ``catalog`` (item features of ids ``0..N``, row i = item i) is passed to models that keep one
     (DIN, for the features of history items).
     """
     entry = _feature_entry(name)
     config = build_feature_model_config(name, config_dict, user=user, item=item)
-    if catalogue is None:
+    if catalog is None:
         return entry.model_class(config)
-    if not entry.takes_catalogue:
-        raise ValueError(f"model {name!r} does not keep an item catalogue; drop catalogue= (pass it to the task) "
-                         f"or use one of {[n for n, e in _FEATURE_MODELS.items() if e.takes_catalogue]}")
-    return entry.model_class(config, catalogue=catalogue)
+    if not entry.takes_catalog:
+        raise ValueError(f"model {name!r} does not keep an item catalog; drop catalog= (pass it to the task) "
+                         f"or use one of {[n for n, e in _FEATURE_MODELS.items() if e.takes_catalog]}")
+    return entry.model_class(config, catalog=catalog)
 
 
 def build_retrieval_loss(

@@ -54,11 +54,7 @@ class EventLogColumns:
 
 def load_event_log(
     path: str | Path,
-    user_col: str = "user_id",
-    item_col: str = "item_id",
-    time_col: str = "timestamp",
-    value_col: str | None = None,
-    event_type_col: str | None = None,
+    columns: EventLogColumns = EventLogColumns(),
     items_path: str | Path | None = None,
     *,
     file_format: str | None = None,
@@ -66,7 +62,7 @@ def load_event_log(
     min_value: float | None = None,
     delimiter: str | None = None,
 ) -> InteractionData:
-    """Load any CSV or Parquet event log (one row per interaction) in file order.
+    """Load any CSV or Parquet event log (one row per interaction) in file order; ``columns`` names its columns.
 
     Raw ids may be ints or strings; timestamps unix seconds (int or float) or ISO 8601 datetimes
     (naive ones are taken as UTC). Without ``value_col`` every value is 1.0; ``min_value`` keeps rows
@@ -74,6 +70,8 @@ def load_event_log(
     a header line; ``delimiter`` defaults to a tab for ``.tsv`` files and a comma otherwise.
     """
     path = Path(path)
+    user_col, item_col, time_col = columns.user_col, columns.item_col, columns.time_col
+    value_col, event_type_col = columns.value_col, columns.event_type_col
     kind = _format_of(path, file_format)
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
     wanted = [c for c in (user_col, item_col, time_col, value_col, event_type_col) if c is not None]

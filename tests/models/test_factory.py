@@ -7,7 +7,7 @@ import torch
 
 from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig
 from seekrec.models.losses import BCELoss, FullSoftmaxLoss, SampledSoftmaxLoss
-from seekrec.models.registry import build_loss, build_model, model_config_class, model_names
+from seekrec.models.factory import build_loss, build_model, model_config_class, model_names
 from seekrec.models.sasrec import SASRec, SASRecConfig
 
 from .helpers import N_ITEMS, TINY

@@ -1,4 +1,4 @@
-"""Training the two-tower retriever on a dataset (the DIN ranker is in ``ranker``).
+"""Training the two-tower retriever on a dataset (the DIN ranker is trained in ``train_din``).
 
 It trains on ``Examples`` (every training click with user and item features as of the click) through
 the shared ``TrainStep`` (``loop.FeatureTrainer``) with in-batch + sampled softmax and log-Q
@@ -24,7 +24,7 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.features.examples import Examples
 from seekrec.features.spec import FeatureSpec
 from seekrec.models.layers.features import with_item_ids
-from seekrec.models.registry import build_feature_model, build_retrieval_loss
+from seekrec.models.factory import build_feature_model, build_retrieval_loss
 from seekrec.models.retrieval_task import RetrievalBatch, RetrievalTask
 from seekrec.models.two_tower import TwoTower
 from seekrec.pipeline.artifacts import feature_model_config
@@ -56,14 +56,14 @@ class TwoTowerScorer:
     """A full-ranking ``Scorer``: each evaluation user's tower vector against every item vector.
 
     ``user``: features of the evaluation ``users`` (same order) as of their targets' times;
-    ``catalogue``: full item rows of ids ``0..N``. Item vectors are encoded once, at construction.
+    ``catalog``: full item rows of ids ``0..N``. Item vectors are encoded once, at construction.
     """
 
-    def __init__(self, model: TwoTower, view: ItemView, catalogue: FeatureBatch, user: FeatureBatch,
+    def __init__(self, model: TwoTower, view: ItemView, catalog: FeatureBatch, user: FeatureBatch,
                  users: np.ndarray, *, chunk_size: int = 512) -> None:
         self.model, self.user, self.chunk_size = model, user, chunk_size
         self.device = model.log_temperature.device
-        self.items = model.encode_catalogue(view.select(catalogue))  # [N + 1, D]
+        self.items = model.encode_catalog(view.select(catalog))  # [N + 1, D]
         self.position = np.full(int(users.max(initial=0)) + 1, -1, dtype=np.int64)
         self.position[users] = np.arange(len(users))
 
@@ -81,7 +81,7 @@ class TwoTowerScorer:
         return self.logits(torch.from_numpy(rows))
 
     def full_softmax_loss(self, targets: np.ndarray) -> float:
-        """Mean cross-entropy of each user's target over the whole catalogue: the validation loss."""
+        """Mean cross-entropy of each user's target over the whole catalog: the validation loss."""
         total = 0.0
         for lo in range(0, len(targets), self.chunk_size):
             rows = torch.arange(lo, min(lo + self.chunk_size, len(targets)))
@@ -105,26 +105,26 @@ def retrieval_metrics(scorer: Any, eval_set: EvalSet, n_items: int, *, batch_siz
 
 def train_two_tower(
     config: TwoTowerTraining, spec: FeatureSpec, data: InteractionData, split: Split, examples: Examples,
-    catalogue: FeatureBatch, run_dir: str | Path,
+    catalog: FeatureBatch, run_dir: str | Path,
 ) -> tuple[TwoTower, ItemView, FitResult]:
     """Train the retriever on ``examples`` (the training clicks), selected on validation.
 
-    ``catalogue``: full item rows of ids ``0..N`` (sampled negatives' features, item vectors).
+    ``catalog``: full item rows of ids ``0..N`` (sampled negatives' features, item vectors).
     """
     view = ItemView.of(spec, config.drop_item_columns)
     torch.manual_seed(config.train.seed)
     model = build_feature_model("two_tower", config.model, user=spec.schema("user"), item=view.schema)
     loss = build_retrieval_loss(config.loss, spec.n_items, item_counts=item_counts(split.train, spec.n_items))
     if loss.sampler is not None and has_time_varying(spec, view):
-        log.warning("the item tower reads time-varying columns and negatives come from a fixed catalogue: their "
+        log.warning("the item tower reads time-varying columns and negatives come from a fixed catalog: their "
                     "window counts are not as of the clicks; drop those columns (drop_item_columns)")
-    task = RetrievalTask(model, loss, catalogue=view.select(catalogue) if loss.sampler else None,
+    task = RetrievalTask(model, loss, catalog=view.select(catalog) if loss.sampler else None,
                          seed=config.train.seed)
     valid = held_out(data, split, "valid")
     valid_user = valid.rows(spec, data).features("user", valid.users, valid.as_of)
 
     def validate() -> dict[str, float]:
-        scorer = TwoTowerScorer(model, view, catalogue, valid_user, valid.users)
+        scorer = TwoTowerScorer(model, view, catalog, valid_user, valid.users)
         return retrieval_metrics(scorer, split.valid, spec.n_items, batch_size=config.train.eval_batch_size)
 
     manifest = {"model": "two_tower", "config": feature_model_config(model), "spec_version": spec.version,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from seekrec.online.events import Event, LoggedEvent
+from seekrec.online.event_log import Event, LoggedEvent
 
 
 @pytest.mark.parametrize(
