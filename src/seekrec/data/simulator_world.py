@@ -174,8 +174,10 @@ def member(cand: np.ndarray, recent: np.ndarray) -> np.ndarray:
 
 def pick(cand: np.ndarray, logit: np.ndarray, blocked: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One candidate per row with probability softmax(logit) (Gumbel-max), skipping blocked ones unless
-    nothing else is left in the row: [m, K] each -> [m]."""
-    logit = np.where(blocked & ~blocked.all(axis=1, keepdims=True), -np.inf, logit)
+    nothing else is left in the row; an empty slot (id 0) is never picked: [m, K] each -> [m]."""
+    allowed = ~blocked & (cand > 0)
+    allowed = np.where(allowed.any(axis=1, keepdims=True), allowed, cand > 0)
+    logit = np.where(allowed, logit, -np.inf)
     return cand[np.arange(len(cand)), np.argmax(logit + rng.gumbel(size=logit.shape), axis=1)]
 
 
