@@ -266,6 +266,7 @@ def test_simulated_data_round_trips_through_parquet(small, tmp_path):
     assert back.options["simulator"] == dataclasses.asdict(SMALL)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 # a repeat whose recent window held only the last item once picked the empty slot, id 0
 @example(n_users=12, n_items=5, n_genres=10, mean_events=5.0, shares=(0.25, 0.0), session_length=1.0, seed=0)

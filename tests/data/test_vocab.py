@@ -6,6 +6,7 @@ from seekrec.data.schema import IdMap
 from seekrec.data.vocab import Vocab
 
 
+@pytest.mark.slow
 @given(st.lists(st.text(min_size=1, max_size=5), max_size=30))
 def test_ids_are_stable_when_growing(raws):
     vocab = Vocab()

@@ -48,6 +48,7 @@ def ml100k_prepared(ml100k_raw, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_reference_figures_on_ml100k(ml100k_prepared):
     """The figures the published protocol gives on ml-100k (issue #2), to 3 decimals."""
     pop = evaluate_baseline(ml100k_prepared, "pop")["metrics"]

@@ -178,6 +178,7 @@ def test_clean_restart_resumes_exactly(config_for: Any, tmp_path: Path, base_run
             torch.testing.assert_close(value, resumed[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_loses_no_event(config_for: Any) -> None:
     rng = random.Random(0)
     live = config_for(events_per_step=4, publish_every_events=12, block_ms=50, stop_when_idle=False,

@@ -46,6 +46,7 @@ def test_early_stopping_stops_when_validation_stalls(sim_data_dir, tmp_path):
     assert record["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(sim_data_dir, tmp_path):
     common = ["train.max_epochs=2", "model.dropout=0.0", "loss.name=full_softmax", "train.lr=0.01"]
     _train(sim_data_dir, tmp_path / "full", *common)
@@ -71,6 +72,7 @@ def _cli(data, out, *overrides):
             "train.max_epochs=6", "train.checkpoint_every=1", "loss.name=bce", "model.dropout=0.3", *overrides]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_exact(sim_data_dir, tmp_path):
     """SIGKILL mid-run, restart: the resumed run logs exactly the losses of an uninterrupted one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -94,6 +96,7 @@ def test_kill_9_then_resume_is_exact(sim_data_dir, tmp_path):
     assert clean["metrics"] == resumed["metrics"]
 
 
+@pytest.mark.slow
 def test_deepseek_logs_expert_load(sim_data_dir, tmp_path):
     _train(sim_data_dir, tmp_path, "model.name=deepseek", "train.max_epochs=1", "model.n_routed_experts=4",
            "model.top_k=2", "model.n_heads=2")
