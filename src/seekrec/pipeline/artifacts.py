@@ -35,9 +35,9 @@ from seekrec.features.spec import FeatureSpec
 from seekrec.io import atomic_write_json
 from seekrec.models.calibration import Calibrator
 from seekrec.models.factory import build_feature_model, build_model
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
 from seekrec.pipeline.pipeline import Pipeline
+from seekrec.pipeline.stage_config import StageConfig
 
 BUNDLE_FORMAT = 2
 # the item rows file of each readable format (format 1 spelled it "catalogue")

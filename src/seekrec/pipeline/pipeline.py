@@ -28,10 +28,16 @@ from seekrec.models.calibration import Calibrator
 from seekrec.models.din import DIN
 from seekrec.models.layers.features import cat_feature_batches, with_item_ids
 from seekrec.models.two_tower import TwoTower
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ITEM_ID_COLUMN, ItemView
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.pipeline.stages import (
-    Ranker, SequenceRetriever, TwoTowerRetriever, genre_matrix, rerank, retrieve, seen_mask,
+    Ranker,
+    SequenceRetriever,
+    TwoTowerRetriever,
+    genre_matrix,
+    rerank,
+    retrieve,
+    seen_mask,
 )
 from seekrec.retrieval.index import ItemIndex
 

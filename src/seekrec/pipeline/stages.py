@@ -16,8 +16,8 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.models.calibration import Calibrator
 from seekrec.models.din import DIN
 from seekrec.models.two_tower import TwoTower
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.retrieval.index import ItemIndex
 
 
