@@ -1,7 +1,7 @@
 """Pipeline configuration: one validated dataclass per part, composed into ``PipelineConfig`` from TOML.
 
-``StageConfig`` (in ``stage_config.py``, so serving imports no training code) is what a loaded pipeline runs with and travels in the
-bundle; the rest says how ``seekrec pipeline train`` builds the features and trains the two models.
+``StageConfig`` (in ``stage_config.py``, so serving imports no training code) is what a loaded
+pipeline runs with and travels in the bundle; the rest says how ``seekrec pipeline train`` builds the features and trains the two models.
 Every section has its own defaults, so a TOML file lists only what it changes.
 """
 
