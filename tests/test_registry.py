@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seekrec import registry as registry_module
+from seekrec import registry_store
 from seekrec.training.experiment import ExperimentConfig
 from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry, RegistryError, format_versions, parse_version
@@ -182,7 +182,7 @@ def test_retention_keeps_current_and_rollback_target(tmp_path: Path) -> None:
 def test_a_taken_version_id_makes_the_publisher_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reg = ModelRegistry(tmp_path)
     first = _publish(reg)
-    monkeypatch.setattr(reg, "_next_number", lambda: 1)  # as if another process renamed v000001 in first
+    monkeypatch.setattr(reg.store, "_next_number", lambda: 1)  # as if another process renamed v000001 in first
     second = _publish(reg, 1)
     assert second == "v000002" and reg.manifest(second)["version"] == second
     assert reg.manifest(first)["version"] == first and reg.verify(first)
@@ -212,10 +212,10 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path: Path) -> None:
 
 
 def _killed_publish(root: str) -> None:
-    def die(self: ModelRegistry, staging: Path, doc: dict[str, Any]) -> str:
+    def die(self: registry_store.VersionStore, staging: Path, doc: dict[str, Any]) -> str:
         os._exit(3)  # SIGKILL-like: no cleanup runs, the staging directory stays
 
-    registry_module.ModelRegistry._claim = die  # type: ignore[method-assign]
+    registry_store.VersionStore._claim = die  # type: ignore[method-assign]
     _publish(ModelRegistry(root))
 
 

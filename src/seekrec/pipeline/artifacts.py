@@ -43,6 +43,8 @@ BUNDLE_FORMAT = 2
 # the item rows file of each readable format (format 1 spelled it "catalogue")
 CATALOG_FILES = {1: "catalogue.safetensors", 2: "catalog.safetensors"}
 PIPELINE_FILE = "pipeline.json"
+PIPELINE_KIND = "pipeline"  # the registry kind of a published bundle
+BUNDLE_DIR = "bundle"  # where ``seekrec pipeline train`` writes the bundle inside its run directory
 SPEC_DIR = "spec"
 
 
