@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seekrec import registry as registry_module
+from seekrec import registry_store
 from seekrec.training.experiment import ExperimentConfig
 from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry, RegistryError, format_versions, parse_version
@@ -182,7 +182,7 @@ def test_retention_keeps_current_and_rollback_target(tmp_path: Path) -> None:
 def test_a_taken_version_id_makes_the_publisher_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reg = ModelRegistry(tmp_path)
     first = _publish(reg)
-    monkeypatch.setattr(reg, "_next_number", lambda: 1)  # as if another process renamed v000001 in first
+    monkeypatch.setattr(reg.store, "_next_number", lambda: 1)  # as if another process renamed v000001 in first
     second = _publish(reg, 1)
     assert second == "v000002" and reg.manifest(second)["version"] == second
     assert reg.manifest(first)["version"] == first and reg.verify(first)
@@ -212,10 +212,10 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path: Path) -> None:
 
 
 def _killed_publish(root: str) -> None:
-    def die(self: ModelRegistry, staging: Path, doc: dict[str, Any]) -> str:
+    def die(self: registry_store.VersionStore, staging: Path, doc: dict[str, Any]) -> str:
         os._exit(3)  # SIGKILL-like: no cleanup runs, the staging directory stays
 
-    registry_module.ModelRegistry._claim = die  # type: ignore[method-assign]
+    registry_store.VersionStore._claim = die  # type: ignore[method-assign]
     _publish(ModelRegistry(root))
 
 
@@ -325,3 +325,42 @@ def test_bundle_refuses_odd_names_and_empty_directories(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="kind"):
         reg.publish_bundle(_bundle_dir(tmp_path / "ok"), kind="model", name="p")
     assert reg.versions() == []
+
+
+def test_every_manifest_records_its_kind(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    model_version = _publish(reg)
+    bundle = _bundle_dir(tmp_path / "b")
+    bundle_version = reg.publish_bundle(bundle, kind="pipeline", name="p", promote=False)
+    assert reg.manifest(model_version)["kind"] == "model" and reg.kind(model_version) == "model"
+    assert reg.kind(bundle_version) == "pipeline"
+    manifest = tmp_path / "versions" / model_version / "manifest.json"  # written before kinds were recorded
+    doc = json.loads(manifest.read_text())
+    del doc["kind"]
+    manifest.write_text(json.dumps(doc))
+    assert reg.kind(model_version) == "model"
+
+
+def test_pointer_works_on_the_store_alone(tmp_path: Path) -> None:
+    from seekrec.registry_pointer import VersionPointer
+    from seekrec.registry_store import VersionStore
+
+    store = VersionStore(tmp_path)
+    pointer = VersionPointer(store, keep=1)
+    with pytest.raises(ValueError, match="keep"):
+        VersionPointer(store, keep=0)
+    first, second, third = (store.publish_model(_sasrec(s), model_name="sasrec", model_config=SASREC) for s in range(3))
+    assert pointer.current() is None and store.published() == [first, second, third]
+    with pytest.raises(RegistryError, match="not published"):
+        pointer.promote("v000009")
+    pointer.promote(first)
+    pointer.promote(second)
+    assert pointer.current() == second and pointer.rollback_target() == first
+    pointer.pin(third, "canary")
+    pointer.retain()  # keep=1 keeps the newest; current, rollback target and the pin are spared too
+    assert store.published() == [first, second, third]
+    pointer.unpin(third)
+    pointer.promote(third)
+    pointer.retain()
+    assert store.published() == [second, third]
+    assert pointer.rollback() == second and pointer.current() == second

@@ -132,12 +132,11 @@ def cmd_registry(args: argparse.Namespace) -> int:
     elif args.action == "unpin":
         reg.unpin(parse_version(args.target))
         print(f"pinned: {', '.join(reg.pins()) or 'none'}")
-    elif (Path(args.target) / "pipeline.json").is_file() or (Path(args.target) / "bundle" / "pipeline.json").is_file():
-        from seekrec.serving.pipeline_predictor import publish_pipeline
+    else:  # publish: a `seekrec train` run, a `seekrec pipeline train` run or a bundle
+        from seekrec.publish import publish_path
 
-        print(f"published pipeline {publish_pipeline(reg, args.target, promote=not args.no_promote)}")
-    else:  # publish a `seekrec train` run
-        print(f"published {reg.publish_run(args.target, promote=not args.no_promote)}")
+        version = publish_path(reg, args.target, promote=not args.no_promote)
+        print(f"published {reg.kind(version)} {version}")
     return 0
 
 

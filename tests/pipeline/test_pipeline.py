@@ -156,3 +156,10 @@ def test_retrieval_weight_blends_the_two_models(trained: TrainedPipeline) -> Non
                                                                                               ranker, exclude)
     assert blended.ids.tolist() == [[1, 2, 3]], "log-odds + retrieval logit: 6 > 4 > -1"
     torch.testing.assert_close(blended.scores, torch.sigmoid(ranker), msg="scores stay the ranker's probabilities")
+
+
+def test_the_retriever_is_picked_when_the_stages_are_set(trained: TrainedPipeline) -> None:
+    two_tower = with_stages(trained.pipeline, retriever="two_tower")
+    sasrec = with_stages(trained.pipeline, retriever="sasrec")
+    assert two_tower.active_retriever is two_tower.retriever and sasrec.active_retriever is sasrec.sequence
+    assert two_tower.active_retriever.retrieves_added_items and not sasrec.active_retriever.retrieves_added_items

@@ -1,4 +1,5 @@
-"""Serving fixtures: one tiny SASRec trained per session, published into a fresh registry per test."""
+"""Serving fixtures: one tiny SASRec (and one tiny pipeline bundle) trained per session, published into a fresh
+registry per test."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ pytest.importorskip("faiss")
 
 TINY_RUN = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12", "train.batch_size=16",
             "train.max_epochs=1"]
+TINY_PIPELINE = ["two_tower.train.max_epochs=2", "din.train.max_epochs=1", "features.sequence_len=10",
+                 "features.text_dim=8", "stages.n_candidates=40", "two_tower.model.dim=16",
+                 "two_tower.loss.n_negatives=16"]
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +32,16 @@ def trained_run(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     run = tmp_path_factory.mktemp("serving-run")
     train_experiment(ExperimentConfig.load(None, TINY_RUN), sim_data_dir, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def pipeline_bundle(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from seekrec.pipeline.config import PipelineConfig
+    from seekrec.pipeline.run import BUNDLE_DIR, train_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline-run")
+    train_pipeline(PipelineConfig.load(None, TINY_PIPELINE), sim_data_dir, out)
+    return out / BUNDLE_DIR
 
 
 @pytest.fixture

@@ -13,21 +13,6 @@ from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
 from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 
-TINY_PIPELINE = ["two_tower.train.max_epochs=2", "din.train.max_epochs=1", "features.sequence_len=10",
-                 "features.text_dim=8", "stages.n_candidates=40", "two_tower.model.dim=16",
-                 "two_tower.loss.n_negatives=16"]
-
-
-@pytest.fixture(scope="session")
-def pipeline_bundle(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from seekrec.pipeline.config import PipelineConfig
-    from seekrec.pipeline.run import BUNDLE_DIR, train_pipeline
-
-    out = tmp_path_factory.mktemp("pipeline-run")
-    train_pipeline(PipelineConfig.load(None, TINY_PIPELINE), sim_data_dir, out)
-    return out / BUNDLE_DIR
-
-
 @pytest.fixture
 def ab_client(tmp_path: Path, registry: ModelRegistry, pipeline_bundle: Path, sim_data_dir: Path) -> TestClient:
     """Arm "sequence" serves the SASRec version v000001, arm "pipeline" the bundle (CURRENT)."""

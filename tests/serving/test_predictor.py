@@ -14,16 +14,17 @@ from seekrec.online.histories import UserHistories
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.retrieval.index import IndexConfig
 from seekrec.serving.batching import MicroBatcher
-from seekrec.serving.predictor import Predictor, Query, Recommendation
+from seekrec.serving.predictor import Query, Recommendation
+from seekrec.serving.sequence_predictor import SequencePredictor
 
 
 @pytest.fixture
-def predictor(registry: ModelRegistry) -> Predictor:
-    return Predictor.from_registry(registry, candidates=5)  # fewer than k + seen: the predictor must widen
+def predictor(registry: ModelRegistry) -> SequencePredictor:
+    return SequencePredictor.from_registry(registry, candidates=5)  # fewer than k + seen: the predictor must widen
 
 
 @pytest.fixture
-def histories(predictor: Predictor, sim_data_dir: Path) -> UserHistories:
+def histories(predictor: SequencePredictor, sim_data_dir: Path) -> UserHistories:
     return UserHistories.from_dataset(sim_data_dir, 200, predictor.catalog)
 
 
@@ -33,7 +34,7 @@ def _queries(histories: UserHistories) -> list[Query]:
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
-def test_recommend_equals_score_all_reference(predictor: Predictor, histories: UserHistories, exclude_seen: bool) -> None:
+def test_recommend_equals_score_all_reference(predictor: SequencePredictor, histories: UserHistories, exclude_seen: bool) -> None:
     users = [str(u) for u in range(1, 31)]
     recs = predictor.recommend([Query(u, tuple(histories.get(u)), 10, exclude_seen) for u in users])
     with torch.no_grad():
@@ -52,22 +53,22 @@ def test_recommend_equals_score_all_reference(predictor: Predictor, histories: U
             assert not seen & set(rec.item_ids)
 
 
-def test_unknown_user_gets_popular_items(predictor: Predictor) -> None:
+def test_unknown_user_gets_popular_items(predictor: SequencePredictor) -> None:
     rec = predictor.recommend([Query("nobody", (), 5)])[0]
     expected = predictor.catalog.popular(5)
     assert rec.fallback and list(rec.item_ids) == predictor.catalog.items.decode(expected)
     assert list(rec.scores) == [float(predictor.catalog.counts[i]) for i in expected]
 
 
-def test_k_larger_than_catalog_returns_every_unseen_item(predictor: Predictor, histories: UserHistories) -> None:
+def test_k_larger_than_catalog_returns_every_unseen_item(predictor: SequencePredictor, histories: UserHistories) -> None:
     history = tuple(histories.get("1"))
     rec = predictor.recommend([Query("1", history, 1000)])[0]
     assert len(rec.item_ids) == predictor.n_items - len(set(history))
 
 
 def test_hnsw_predictor_serves_the_same_users(registry: ModelRegistry, histories: UserHistories) -> None:
-    hnsw = Predictor.from_registry(registry, index_config=IndexConfig(hnsw_threshold=1))
-    flat = Predictor.from_registry(registry)
+    hnsw = SequencePredictor.from_registry(registry, index_config=IndexConfig(hnsw_threshold=1))
+    flat = SequencePredictor.from_registry(registry)
     assert hnsw.index.kind == "hnsw" and flat.index.kind == "flat"
     queries = [Query(str(u), tuple(histories.get(str(u))), 10) for u in range(1, 21)]
     overlap = [len(set(a.item_ids) & set(b.item_ids)) / 10 for a, b in zip(hnsw.recommend(queries), flat.recommend(queries))]
@@ -80,7 +81,7 @@ def _same(a: Recommendation, b: Recommendation) -> None:
 
 
 @pytest.mark.parametrize("run_in_thread", [False, True], ids=["inline", "thread"])
-def test_micro_batched_equals_one_at_a_time(predictor: Predictor, histories: UserHistories, run_in_thread: bool) -> None:
+def test_micro_batched_equals_one_at_a_time(predictor: SequencePredictor, histories: UserHistories, run_in_thread: bool) -> None:
     queries = _queries(histories)
     single = [predictor.recommend([q])[0] for q in queries]
     sizes: list[int] = []
@@ -138,14 +139,14 @@ def test_version_with_non_finite_weights_is_refused(registry: ModelRegistry) -> 
                            model_config=loaded.manifest["model_config"],
                            extra_files={CATALOG_FILE: (loaded.directory / CATALOG_FILE).read_bytes()})
     with pytest.raises(RegistryError, match="non-finite"):
-        Predictor.from_registry(registry, bad)
+        SequencePredictor.from_registry(registry, bad)
 
 
 @pytest.mark.slow
-def test_compiled_encoder_gives_the_same_recommendations(registry: ModelRegistry, predictor: Predictor,
+def test_compiled_encoder_gives_the_same_recommendations(registry: ModelRegistry, predictor: SequencePredictor,
                                                          histories: UserHistories) -> None:
     """``seekrec serve --compile``: torch.compile'd user encoder (dynamic batch) against eager."""
-    compiled = Predictor.from_registry(registry, candidates=5, compile_encoder=True)
+    compiled = SequencePredictor.from_registry(registry, candidates=5, compile_encoder=True)
     queries = _queries(histories)
     for batch in (queries[:1], queries[:7], queries):
         for a, b in zip(compiled.recommend(batch), predictor.recommend(batch)):

@@ -35,14 +35,16 @@ from seekrec.features.spec import FeatureSpec
 from seekrec.io import atomic_write_json
 from seekrec.models.calibration import Calibrator
 from seekrec.models.factory import build_feature_model, build_model
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
 from seekrec.pipeline.pipeline import Pipeline
+from seekrec.pipeline.stage_config import StageConfig
 
 BUNDLE_FORMAT = 2
 # the item rows file of each readable format (format 1 spelled it "catalogue")
 CATALOG_FILES = {1: "catalogue.safetensors", 2: "catalog.safetensors"}
 PIPELINE_FILE = "pipeline.json"
+PIPELINE_KIND = "pipeline"  # the registry kind of a published bundle
+BUNDLE_DIR = "bundle"  # where ``seekrec pipeline train`` writes the bundle inside its run directory
 SPEC_DIR = "spec"
 
 

@@ -1,7 +1,7 @@
 """Pipeline configuration: one validated dataclass per part, composed into ``PipelineConfig`` from TOML.
 
-``StageConfig`` is what a loaded pipeline runs with (retriever, R, K, re-ranking) and travels in the
-bundle; the rest says how ``seekrec pipeline train`` builds the features and trains the two models.
+``StageConfig`` (in ``stage_config.py``, so serving imports no training code) is what a loaded
+pipeline runs with and travels in the bundle; the rest says how ``seekrec pipeline train`` builds the features and trains the two models.
 Every section has its own defaults, so a TOML file lists only what it changes.
 """
 
@@ -21,10 +21,9 @@ from seekrec.io import read_toml
 from seekrec.models.calibration import CALIBRATION_METHODS
 from seekrec.models.losses import RetrievalLossConfig
 from seekrec.models.negatives import SAMPLER_KINDS
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.training.config import TrainConfig
 
-RETRIEVERS = ("two_tower", "sasrec")
-DIVERSITY_KINDS = ("none", "max_per_genre", "mmr")
 # Validation metrics each model can be selected on; all are higher-is-better.
 RETRIEVAL_SELECT = ("recall@100", "recall@500", "ndcg@10", "hr@10", "hr@50", "mrr")
 RANKER_SELECT = ("auc", "gauc")
@@ -38,51 +37,6 @@ DIN_MODEL: dict[str, Any] = {"embed_dim": 16, "attention_hidden": [32], "hidden_
                              "key_columns": ["genres"]}
 DIN_TRAIN: dict[str, Any] = {"lr": 3e-3, "batch_size": 512, "max_epochs": 10, "warmup_steps": 50, "patience": 2,
                              "select_metric": "auc"}
-
-
-@dataclass
-class StageConfig:
-    """How a loaded pipeline turns a user into K items.
-
-    ``retriever``: "two_tower" (user tower against a FAISS index of item-tower vectors) or "sasrec"
-    (the bundled sequence model against its item table). ``n_candidates`` (R) go to the DIN ranker,
-    whose calibrated probabilities order them; re-ranking drops seen items (``filter_seen``) and
-    duplicates, then applies ``diversity``: "max_per_genre" admits an item only while each of its
-    genres has fewer than ``max_per_genre`` items in the list, "mmr" picks greedily by ``mmr_lambda *
-    probability - (1 - mmr_lambda) * max genre-Jaccard to the items already picked``. ``genre_column``
-    names the item categorical column diversity reads. ``retrieval_weight`` (w): candidates are ordered
-    by ``sigmoid(ranker log-odds + w * retrieval logit)``, a product of the two models' evidence; 0
-    (default) orders by the calibrated DIN probability alone. Returned scores are always the DIN's
-    calibrated click probabilities.
-    """
-
-    retriever: str = "two_tower"
-    n_candidates: int = 200
-    k: int = 10
-    filter_seen: bool = True
-    diversity: str = "none"
-    max_per_genre: int = 3
-    mmr_lambda: float = 0.7
-    genre_column: str = "genres"
-    retrieval_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.retriever not in RETRIEVERS:
-            raise ValueError(f"stages.retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
-        if self.k < 1 or self.n_candidates < self.k:
-            raise ValueError(f"stages need 1 <= k <= n_candidates, got k={self.k}, n_candidates={self.n_candidates}; "
-                             "raise n_candidates or lower k")
-        if self.diversity not in DIVERSITY_KINDS:
-            raise ValueError(f"stages.diversity must be one of {DIVERSITY_KINDS}, got {self.diversity!r}")
-        if self.max_per_genre < 1:
-            raise ValueError(f"stages.max_per_genre must be >= 1, got {self.max_per_genre}")
-        if not self.retrieval_weight >= 0.0:
-            raise ValueError(f"stages.retrieval_weight must be >= 0 (0: the ranker alone), got {self.retrieval_weight}")
-        if not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ValueError(f"stages.mmr_lambda must lie in [0, 1] (1 = no diversity), got {self.mmr_lambda}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -28,10 +28,17 @@ from seekrec.models.calibration import Calibrator
 from seekrec.models.din import DIN
 from seekrec.models.layers.features import cat_feature_batches, with_item_ids
 from seekrec.models.two_tower import TwoTower
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ITEM_ID_COLUMN, ItemView
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.pipeline.stages import (
-    Ranker, SequenceRetriever, TwoTowerRetriever, genre_matrix, rerank, retrieve, seen_mask,
+    Ranker,
+    Retriever,
+    SequenceRetriever,
+    TwoTowerRetriever,
+    genre_matrix,
+    rerank,
+    retrieve,
+    seen_mask,
 )
 from seekrec.retrieval.index import ItemIndex
 
@@ -81,7 +88,9 @@ class Pipeline:
 
     ``catalog``: full item rows of ids ``0..N`` (plus any added items), with ``item_id``.
     ``sequence_model`` / ``sequence_max_len``: a next-item model for ``stages.retriever = "sasrec"``
-    (``sequence_name``: its model-registry name, for saving).
+    (``sequence_name``: its model-registry name, for saving). ``retriever`` is the two-tower stage
+    (it also embeds the catalog); ``active_retriever`` the one ``stages`` picked, chosen when the
+    pipeline is built or its stages change.
     """
 
     def __init__(self, spec: FeatureSpec, stages: StageConfig, two_tower: TwoTower, view: ItemView, din: DIN,
@@ -95,7 +104,6 @@ class Pipeline:
         self.retriever = TwoTowerRetriever(two_tower, view)
         self.ranker = Ranker(din, calibrator)
         self.sequence, self.sequence_name = None, sequence_name
-        self._sequence_index: ItemIndex | None = None
         if sequence_model is not None:
             if sequence_max_len is None:
                 raise ValueError("sequence_model needs sequence_max_len (its training max_len)")
@@ -103,14 +111,13 @@ class Pipeline:
             if self.sequence.n_items != spec.n_items:
                 raise ValueError(f"the sequence model knows {self.sequence.n_items} items, the feature spec "
                                  f"{spec.n_items}: both must come from the same dataset")
-            with torch.inference_mode():
-                self._sequence_index = self.sequence.index()
-        self.stages = self._check_stages(stages)
+        self.stages, self.active_retriever = self._check_stages(stages)
         with torch.inference_mode():
             self._state = self._build_state(catalog, tuple(str(r) for r in new_raw_ids))
 
     # -- configuration ---------------------------------------------------------------------------------
-    def _check_stages(self, stages: StageConfig) -> StageConfig:
+    def _check_stages(self, stages: StageConfig) -> tuple[StageConfig, Retriever]:
+        """Validate ``stages`` against this pipeline and pick the retriever they name (once, not per call)."""
         if stages.retriever == "sasrec" and self.sequence is None:
             raise ValueError("stages.retriever='sasrec' but this pipeline has no sequence model; train the bundle "
                              "with sasrec_run set, or use retriever='two_tower'")
@@ -118,12 +125,14 @@ class Pipeline:
         if stages.diversity != "none" and stages.genre_column not in columns:
             raise ValueError(f"stages.genre_column={stages.genre_column!r} is not an item categorical column of the "
                              f"feature spec ({sorted(columns)}); name one or set stages.diversity='none'")
-        return stages
+        retriever: Retriever = self.sequence if stages.retriever == "sasrec" and self.sequence is not None \
+            else self.retriever
+        return stages, retriever
 
     def with_stages(self, stages: StageConfig) -> Pipeline:
         """The same models and catalog run with other stage settings (retriever, R, K, diversity)."""
         other = copy.copy(self)
-        other.stages = self._check_stages(stages)
+        other.stages, other.active_retriever = self._check_stages(stages)
         return other
 
     @property
@@ -168,12 +177,10 @@ class Pipeline:
     def retrieve(self, user: FeatureBatch, exclude: Tensor, n_candidates: int | None = None) -> tuple[Tensor, Tensor]:
         """Stage 1: ``[B, R]`` candidate ids, best first (0 = empty slot), and their retrieval logits."""
         r = self.stages.n_candidates if n_candidates is None else n_candidates
-        if self.stages.retriever == "sasrec" and self.sequence is not None and self._sequence_index is not None:
-            queries, index, scale = self.sequence.encode_users(user), self._sequence_index, self.sequence.logit_scale
-        else:
-            queries, index, scale = self.retriever.encode_users(user), self._state.index, self.retriever.logit_scale
-        candidates, scores = retrieve(index, queries, exclude, r)
-        return candidates, scores * scale
+        retriever = self.active_retriever
+        index = retriever.search_index(self._state.index)
+        candidates, scores = retrieve(index, retriever.encode_users(user), exclude, r)
+        return candidates, scores * retriever.logit_scale
 
     @torch.inference_mode()
     def rank(self, user: FeatureBatch, candidates: Tensor, item_features: CandidateFeatures | None = None) -> Tensor:
@@ -219,9 +226,9 @@ class Pipeline:
         with torch.inference_mode():
             self._state = self._build_state(cat_feature_batches([state.features, rows]),
                                             state.new_raw_ids + tuple(raw), known=state, n_known=state.n_ids + 1)
-        if self.stages.retriever == "sasrec":
-            log.warning("added %d items, but the sasrec retriever cannot retrieve items without interactions; "
-                        "they are reachable through retriever='two_tower'", len(raw))
+        if not self.active_retriever.retrieves_added_items:
+            log.warning("added %d items, but the %s retriever cannot retrieve items without interactions; "
+                        "they are reachable through retriever='two_tower'", len(raw), self.stages.retriever)
         return np.arange(state.n_ids + 1, state.n_ids + 1 + len(raw))
 
     def update_item_features(self, features: FeatureBatch) -> None:

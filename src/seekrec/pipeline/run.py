@@ -21,7 +21,7 @@ from seekrec.data.schema import read_manifest
 from seekrec.data.splits import load_split
 from seekrec.features.examples import OfflineRows, build_examples
 from seekrec.io import atomic_write_json, sha256_file
-from seekrec.pipeline.artifacts import load_bundle, load_sequence_run, save_bundle
+from seekrec.pipeline.artifacts import BUNDLE_DIR, load_bundle, load_sequence_run, save_bundle
 from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import evaluate_pipeline
 from seekrec.pipeline.features import item_catalog
@@ -31,7 +31,6 @@ from seekrec.pipeline.stages import TwoTowerRetriever
 from seekrec.pipeline.train_two_tower import train_two_tower
 
 log = logging.getLogger(__name__)
-BUNDLE_DIR = "bundle"
 
 
 @dataclass

@@ -7,6 +7,7 @@ counts items added after training too); 0 marks an empty slot, whose score is ``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,8 +17,8 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.models.calibration import Calibrator
 from seekrec.models.din import DIN
 from seekrec.models.two_tower import TwoTower
-from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.retrieval.index import ItemIndex
 
 
@@ -65,8 +66,26 @@ def retrieve(index: ItemIndex, queries: Tensor, exclude: Tensor, n_candidates: i
     return compact(ids, scores, keep, n_candidates)
 
 
+class Retriever(Protocol):
+    """A retrieval stage: user rows -> query vectors, searched in the index it names.
+
+    ``catalog`` is the pipeline's index over ids ``1..N'`` (added items included); a retriever with
+    its own item table answers with that instead, and then cannot retrieve added items."""
+
+    retrieves_added_items: bool
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def encode_users(self, user: FeatureBatch) -> Tensor: ...
+
+    def search_index(self, catalog: ItemIndex) -> ItemIndex: ...
+
+
 class TwoTowerRetriever:
     """The two-tower's towers as a retrieval stage: user vectors, item vectors of full item rows."""
+
+    retrieves_added_items = True  # the item tower embeds any item from its content
 
     def __init__(self, model: TwoTower, view: ItemView) -> None:
         self.model, self.view = model.eval(), view
@@ -85,15 +104,24 @@ class TwoTowerRetriever:
         """Full item rows (spec columns + ``item_id``; 0 for an item the model never saw) -> ``[M, D]``."""
         return self.model.encode_catalog(self.view.select(items))
 
+    def search_index(self, catalog: ItemIndex) -> ItemIndex:
+        """The catalog's index holds this model's item vectors."""
+        return catalog
+
 
 class SequenceRetriever:
     """A next-item model (SASRec) as a retrieval stage: the user's last ``max_len`` items (the user
-    rows' behaviour sequence) against the model's item table ``1..N``."""
+    rows' behaviour sequence) against the model's item table ``1..N``, indexed once here."""
+
+    retrieves_added_items = False  # no item-table row for an item without interactions
 
     def __init__(self, model: torch.nn.Module, max_len: int) -> None:
         self.model, self.max_len = model.eval(), max_len
         self.metric = model.similarity.kind
         self.n_items = int(model.n_items)
+        ids = torch.arange(1, self.n_items + 1)
+        with torch.inference_mode():
+            self.index = ItemIndex(self.model.encode_items(ids), ids=ids.numpy(), metric=self.metric)
 
     @property
     def logit_scale(self) -> float:
@@ -105,9 +133,9 @@ class SequenceRetriever:
             raise ValueError("the sequence retriever reads the user rows' behaviour sequence; the batch has none")
         return self.model.encode_users(user.sequence[:, -self.max_len:])
 
-    def index(self) -> ItemIndex:
-        ids = torch.arange(1, self.n_items + 1)
-        return ItemIndex(self.model.encode_items(ids), ids=ids.numpy(), metric=self.metric)
+    def search_index(self, catalog: ItemIndex) -> ItemIndex:
+        """Its own item table's index: the catalog's holds two-tower vectors."""
+        return self.index
 
 
 class Ranker:

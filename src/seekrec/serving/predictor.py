@@ -1,30 +1,28 @@
-"""``Predictor``: one model version turned into ranked raw item ids, with no web framework inside.
+"""The ``Predictor`` protocol every served version implements, and what all predictors share.
 
-A request batch becomes one padded ``[B, L]`` tensor, one ``encode_users`` under ``inference_mode``,
-one ANN search for candidates, and an exact rescoring of those candidates with the model's own
-``similarity``, so a returned score is the score ``score_all`` would give that item. Users the model
-cannot personalise for (unknown, or no item it knows) get the most popular items instead, flagged
-as a fallback so clients and experiment analysis can tell the two apart.
+The server treats every arm the same way: queries in, ``Recommendation`` out, ids mapped through
+the arm's ``catalog``. A predictor kind (one sequence model, a retrieval -> ranking pipeline, ...) is
+one class that satisfies ``Predictor`` plus its entry in ``serving.loading``; nothing dispatches on
+predictor classes. Shared here, so they exist once: which queries get the popular-items fallback
+(``Query.personal`` and ``route``), the fallback itself (``PopularItems``), the version facts
+(``describe_version``) and the chunked event-log replay (``replay_log``).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
-from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.registry import LoadedModel, ModelRegistry, RegistryError
-from seekrec.retrieval.index import IndexConfig, ItemIndex
+from seekrec.data.vocab import Catalog
+from seekrec.online.event_log import EventLog, LoggedEvent
+from seekrec.retrieval.index import IndexConfig
 
-log = logging.getLogger(__name__)
+REPLAY_CHUNK = 10_000  # events read from the log per call while replaying it
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,11 @@ class Query:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
 
+    @property
+    def personal(self) -> bool:
+        """Whether a model can personalise this query; the others get the popular-items fallback."""
+        return bool(self.history)
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -54,130 +57,97 @@ class Recommendation:
     fallback: bool
 
 
-class Predictor:
-    """A loaded model version, its catalog and an ANN index over its item embeddings ``1..N``."""
+class ItemsNotAddableError(RuntimeError):
+    """``add_items`` on a predictor that cannot add items by their content (it learns them from events)."""
 
-    def __init__(self, loaded: LoadedModel, catalog: Catalog, *, candidates: int = 200,
-                 index_config: IndexConfig | None = None, compile_encoder: bool = False) -> None:
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
-        self.version, self.manifest, self.model = loaded.version, loaded.manifest, loaded.model.eval()
-        self.catalog, self.candidates = catalog, candidates
-        self.max_len = int(loaded.manifest["model_config"]["max_len"])
-        # a catalog can only be longer than the model if items were added after it was trained
-        self.n_items = min(int(self.model.n_items), len(catalog.items))
-        if self.n_items < 1:
-            raise RegistryError(f"{loaded.version}: the model and its catalog share no items")
-        self.device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            self.item_embeddings = self.model.encode_items(torch.arange(self.n_items + 1, device=self.device))  # [N+1, D]
-        self.index = ItemIndex(self.item_embeddings[1:].cpu(), ids=np.arange(1, self.n_items + 1),
-                               metric=self.model.similarity.kind, config=index_config)
-        known = catalog.counts[1 : self.n_items + 1]
-        self._popular = np.argsort(-known, kind="stable") + 1  # [N] ids by count, ties: lower id first
-        # torch.compile fuses the encoder's many small ops: at serving batch sizes eager PyTorch spends
-        # most of the forward in per-op overhead (measured ~40% less CPU per forward on 2 cores). The
-        # batch dimension is dynamic, so one compilation serves every batch size; it costs about a
-        # minute per loaded version, so it suits stable deployments rather than per-second publishing.
-        self._encode_users = (torch.compile(self.model.encode_users, dynamic=True) if compile_encoder
-                              else self.model.encode_users)
 
-    @classmethod
-    def from_registry(cls, registry: ModelRegistry, version: str | None = None, *, candidates: int = 200,
-                      index_config: IndexConfig | None = None, device: str = "cpu",
-                      compile_encoder: bool = False) -> Predictor:
-        """Load (and checksum) ``version`` (None: CURRENT) with its catalog and build its index."""
-        loaded = registry.load(version, device=device)
-        path = loaded.directory / CATALOG_FILE
-        if not path.is_file():
-            raise RegistryError(f"{path}: missing; serving needs the item catalog that `seekrec train` writes")
-        try:
-            catalog = Catalog.from_bytes(path.read_bytes())
-        except (ValueError, KeyError) as exc:
-            raise RegistryError(f"{path}: unreadable catalog ({exc}); publish the model again") from exc
-        predictor = cls(loaded, catalog, candidates=candidates, index_config=index_config,
-                        compile_encoder=compile_encoder)
-        predictor.check()
-        log.info("loaded %s: %s over %d items", loaded.version, predictor.index.kind, predictor.n_items)
-        return predictor
+@dataclass(frozen=True)
+class LoadContext:
+    """What loading any predictor kind may need besides the registry version (from the serve settings)."""
 
-    def check(self) -> None:
-        """Smoke-test the version before it serves: one forward pass must give finite scores and full
-        results. Checksums prove the file is the one published, not that its weights are usable."""
-        with torch.inference_mode():
-            finite = bool(torch.isfinite(self.item_embeddings[1:]).all())
-        # two users: a compiled encoder specialises batch size 1, so this also compiles the general case
-        queries = [Query("self-check", (1,), min(10, self.n_items), exclude_seen=False),
-                   Query("self-check-2", (1, min(2, self.n_items)), min(10, self.n_items), exclude_seen=False)]
-        rec = self._rank(queries)[0]
-        if not finite or len(rec.item_ids) != min(10, self.n_items) or not all(map(math.isfinite, rec.scores)):
-            raise RegistryError(f"{self.version}: the model produces non-finite scores; it will not be served: "
-                                "promote another version")
+    candidates: int = 200
+    index_config: IndexConfig | None = None
+    device: str = "cpu"
+    compile_encoder: bool = False
+    data_dir: Path | None = None
+    event_log: EventLog | None = None
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """One loaded registry version, FastAPI-free. ``catalog`` maps raw item ids to the ids the queries
+    carry (``1..n_items``); ``recommend`` may run in a worker thread, the rest on the event loop."""
+
+    version: str
+    catalog: Catalog
+
+    @property
+    def n_items(self) -> int: ...
 
     def describe(self) -> dict[str, Any]:
-        """Version facts for ``/version`` and metrics."""
-        published = self.manifest.get("extra", {}).get("published_at")
-        if isinstance(published, (int, float)) and not isinstance(published, bool):  # the online trainer's unix time
-            published = datetime.fromtimestamp(published, timezone.utc).isoformat()
-        return {"version": self.version, "model_name": self.manifest.get("model_name"),
-                "created": self.manifest.get("created"), "published_at": published,
-                "n_items": self.n_items, "index": self.index.kind}
+        """Version facts for ``/version`` and metrics (see ``describe_version``)."""
+        ...
 
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
-        """Top-``k`` items for every query, in query order; one forward pass for the whole batch."""
-        return route(queries, self._rank, self._popular_for)
+        """Top-k per query, in query order (``route`` decides which get the fallback)."""
+        ...
 
-    def _rank(self, queries: Sequence[Query]) -> list[Recommendation]:
-        """Model path: ``[B, L]`` histories -> users ``[B, D]`` -> ANN ``[B, C]`` -> exact scores -> top K.
+    def observe(self, events: Sequence[LoggedEvent]) -> None:
+        """Every event the server applies, in offset order (for predictors with their own live state)."""
+        ...
 
-        Built with whole-batch numpy indexing rather than per-row tensors: at serving batch sizes the
-        Python around the forward pass costs as much as the forward pass itself."""
-        b, width = len(queries), self.max_len
-        inputs = np.zeros((b, width), dtype=np.int64)  # [B, L] left-padded
-        for row, query in enumerate(queries):
-            recent = query.history[-width:]
-            inputs[row, width - len(recent) :] = recent
-        seen = [q.history if q.exclude_seen else () for q in queries]
-        seen_rows = np.repeat(np.arange(b), [len(h) for h in seen])
-        seen_ids = np.fromiter(itertools.chain.from_iterable(seen), dtype=np.int64, count=len(seen_rows))
-        # enough candidates that every user keeps k items after their seen ones are removed
-        n_cand = min(self.n_items, max(max(self.candidates, q.k + len(h)) for q, h in zip(queries, seen)))
-        k = min(max(q.k for q in queries), n_cand)
-        with torch.inference_mode():
-            users = self._encode_users(torch.from_numpy(inputs).to(self.device))  # [B, D]
-            _, cand = self.index.search(users, n_cand)  # [B, C] item ids, -1 where HNSW found none
-            cand = cand.clamp(min=0).to(self.device)
-            scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand]).float()  # [B, C]
-            blocked = torch.zeros(b, self.n_items + 1, dtype=torch.bool)  # [B, N + 1]; column 0: padding
-            blocked[:, 0] = True
-            blocked[torch.from_numpy(seen_rows), torch.from_numpy(seen_ids)] = True
-            scores = scores.masked_fill(blocked.to(self.device).gather(1, cand), float("-inf"))
-            top_scores, top_pos = scores.topk(k, dim=1)  # [B, K]
-            top_ids = cand.gather(1, top_pos).cpu().numpy()
-            top_scores = top_scores.cpu().numpy()
-        out = []
-        for row, query in enumerate(queries):
-            row_scores = top_scores[row, : query.k]
-            keep = np.isfinite(row_scores)
-            out.append(Recommendation(query.user_id, tuple(self.catalog.items.decode(top_ids[row, : query.k][keep])),
-                                      tuple(row_scores[keep].tolist()), self.version, False))
-        return out
+    def replay(self, event_log: EventLog) -> int:
+        """Catch up with the log past what this predictor has seen; returns how many events were read."""
+        ...
 
-    def _popular_for(self, query: Query) -> Recommendation:
-        """Fallback: the most-interacted items the user has not seen; scores are interaction counts."""
-        seen = set(query.history) if query.exclude_seen else set()
-        ids = [int(i) for i in self._popular[: query.k + len(seen)] if int(i) not in seen][: query.k]
-        return Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
-                              tuple(float(self.catalog.counts[i]) for i in ids), self.version, True)
+    def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Cold start: add items by raw id with their content; returns the ids added (known ones are
+        skipped). Raises ``ItemsNotAddableError`` when this kind cannot add items by content."""
+        ...
 
 
 def route(queries: Sequence[Query], rank: Callable[[Sequence[Query]], list[Recommendation]],
           popular: Callable[[Query], Recommendation]) -> list[Recommendation]:
-    """Queries with a usable history go to ``rank`` as one batch, the others to ``popular``; results in
-    query order. Every predictor answers users it cannot personalise for the same way."""
-    results: list[Recommendation | None] = [popular(q) if not q.history else None for q in queries]
-    personal = [i for i, q in enumerate(queries) if q.history]
+    """Personal queries go to ``rank`` as one batch, the others to ``popular``; results in query order.
+    Every predictor answers users it cannot personalise for the same way."""
+    results: list[Recommendation | None] = [None if q.personal else popular(q) for q in queries]
+    personal = [i for i, q in enumerate(queries) if q.personal]
     if personal:
         for i, rec in zip(personal, rank([queries[i] for i in personal])):
             results[i] = rec
     return [r for r in results if r is not None]
+
+
+class PopularItems:
+    """The fallback: the most-interacted items of ``catalog`` (ids ``1..n_items``) the user has not
+    seen; scores are interaction counts, ties go to the lower id."""
+
+    def __init__(self, catalog: Catalog, n_items: int, version: str) -> None:
+        self.catalog, self.version = catalog, version
+        self._order = np.argsort(-catalog.counts[1 : n_items + 1], kind="stable") + 1  # [N] ids by count
+
+    def __call__(self, query: Query) -> Recommendation:
+        seen = set(query.history) if query.exclude_seen else set()
+        ids = [int(i) for i in self._order[: query.k + len(seen)] if int(i) not in seen][: query.k]
+        return Recommendation(query.user_id, tuple(self.catalog.items.decode(ids)),
+                              tuple(float(self.catalog.counts[i]) for i in ids), self.version, True)
+
+
+def describe_version(version: str, manifest: Mapping[str, Any], n_items: int, index: str,
+                     **extra: Any) -> dict[str, Any]:
+    """The facts ``/version`` and the metrics show for a version; ``extra``: kind-specific ones."""
+    published = manifest.get("extra", {}).get("published_at")
+    if isinstance(published, (int, float)) and not isinstance(published, bool):  # the online trainer's unix time
+        published = datetime.fromtimestamp(published, timezone.utc).isoformat()
+    return {"version": version, "model_name": manifest.get("model_name"), "created": manifest.get("created"),
+            "published_at": published, "n_items": n_items, "index": index, **extra}
+
+
+def replay_log(event_log: EventLog, offset: Callable[[], int], apply: Callable[[list[LoggedEvent]], None]) -> int:
+    """Read the log past ``offset()`` in chunks to its end, handing each chunk to ``apply`` (which
+    advances the offset); returns how many events were read."""
+    read = 0
+    while chunk := event_log.read(offset(), REPLAY_CHUNK):
+        apply(chunk)
+        read += len(chunk)
+    return read

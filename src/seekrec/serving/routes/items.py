@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from seekrec.serving.predictor import ItemsNotAddableError
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ErrorResponse, ItemsRequest, ItemsResponse
-from seekrec.serving.state import NoPipelineError, ServingState
+from seekrec.serving.state import ServingState
 
 router = APIRouter(tags=["items"])
 
@@ -24,6 +25,6 @@ async def post_items(body: ItemsRequest, state: Annotated[ServingState, Depends(
     records = {item.item_id: item.model_dump(exclude={"item_id"}) for item in body.items}
     try:
         added = await state.add_items(records)
-    except NoPipelineError as exc:
+    except ItemsNotAddableError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     return ItemsResponse(added=added)

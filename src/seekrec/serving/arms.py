@@ -1,0 +1,136 @@
+"""The arm table: which loaded version serves each experiment arm, and each arm's item id map.
+
+Item ids. Histories hold ids of the server's own catalog, which grows (append-only) with the raw ids
+of every version loaded; each arm carries a map from those ids to its model's ids, so versions
+trained on differently ordered catalogs can be served side by side. A hot swap is one assignment of
+a new arm dict (``swap``), so a request sees the old model or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seekrec.data.vocab import Catalog, Vocab
+from seekrec.registry import ModelRegistry
+from seekrec.serving.loading import load_predictor
+from seekrec.serving.metrics import ServingMetrics
+from seekrec.serving.predictor import LoadContext, Predictor
+from seekrec.serving.settings import CURRENT, ArmSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ArmModel:
+    """A predictor and the map ``server item id -> model item id`` (0: the model does not know it)."""
+
+    predictor: Predictor
+    to_model: np.ndarray  # [M + 1]
+
+    def translate(self, items: Sequence[int]) -> tuple[int, ...]:
+        """Server ids -> this model's ids, dropping items it does not know (ids added after it loaded too)."""
+        size = len(self.to_model)
+        return tuple(m for m in (int(self.to_model[i]) if i < size else 0 for i in items) if m > 0)
+
+
+class ArmTable:
+    """Loads versions for the arms, grows the server catalog, builds id maps and swaps the arm dict."""
+
+    def __init__(self, registry: ModelRegistry, arms: Sequence[ArmSettings], context: LoadContext,
+                 metrics: ServingMetrics) -> None:
+        self.registry, self.settings, self.context, self.metrics = registry, tuple(arms), context, metrics
+        # server item ids for histories; grows as versions load (its counts are unused: popularity
+        # comes from each version's own catalog)
+        self.catalog = Catalog(Vocab())
+        self.arms: dict[str, ArmModel] = {}  # replaced whole on every swap, never mutated
+        self.current_version: str | None = None
+        self.failed_versions: dict[str, str] = {}  # version -> error, so a broken one is not reloaded each poll
+
+    # -- loading -----------------------------------------------------------------------------
+    def wants_current(self) -> bool:
+        return any(a.version == CURRENT for a in self.settings)
+
+    async def load_initial(self) -> tuple[dict[str, Predictor], str | None]:
+        """Pinned versions first (errors propagate: start-up fails), then CURRENT (may be absent or
+        broken: counted, and the poller retries); returns the predictors and the CURRENT they hold."""
+        pinned = {a.version for a in self.settings if a.version != CURRENT}
+        loaded = {v: await asyncio.to_thread(self.load, v) for v in sorted(pinned)}
+        current = await asyncio.to_thread(self.registry.current)
+        if current is not None and self.wants_current():
+            predictor = loaded.get(current) or await self.try_load(current)
+            if predictor is not None:
+                loaded[current] = predictor
+        return loaded, current if current in loaded else None
+
+    def load(self, version: str) -> Predictor:
+        """Worker thread: the predictor of ``version``, whatever its kind."""
+        return load_predictor(self.registry, version, self.context)
+
+    async def try_load(self, version: str) -> Predictor | None:
+        """Load off the loop; a bad version (checksum, missing catalog, unbuildable model) is counted
+        and remembered so that polling does not re-hash it every interval."""
+        try:
+            return await asyncio.to_thread(self.load, version)
+        except Exception as exc:  # noqa: BLE001 - any failure to load must leave the old model serving
+            self.failed_versions[version] = str(exc)
+            self.metrics.errors.labels(kind="model_load").inc()
+            log.error("cannot load %s, still serving %s: %s", version, self.current_version, exc)
+            return None
+
+    # -- installing --------------------------------------------------------------------------
+    async def build(self, predictors: dict[str, Predictor], current: str | None) -> tuple[dict[str, ArmModel], list[str]]:
+        """Grow the server catalog with the versions' items (on the loop: histories read it), map ids
+        (off the loop); returns the next arm dict, not yet swapped in, and the raw ids that were new."""
+        new_raws = await asyncio.to_thread(self._unknown_raws, list(predictors.values()))
+        for raw in new_raws:
+            self.catalog.add(raw)
+        server_raws = await asyncio.to_thread(self.catalog.items.decode, np.arange(1, len(self.catalog.items) + 1))
+        built = {v: ArmModel(p, await asyncio.to_thread(_id_map, server_raws, p)) for v, p in predictors.items()}
+        arms = dict(self.arms)
+        for arm in self.settings:
+            version = current if arm.version == CURRENT else arm.version
+            if version in built:
+                arms[arm.name] = built[version]
+        return arms, new_raws
+
+    def swap(self, arms: dict[str, ArmModel], current: str | None) -> None:
+        """The hot swap: one reference assignment."""
+        self.arms = arms
+        if current is not None:
+            self.current_version = current
+
+    # -- reading -----------------------------------------------------------------------------
+    def predictors(self) -> list[Predictor]:
+        """Each loaded predictor once (two arms may serve the same version)."""
+        return list({id(m.predictor): m.predictor for m in self.arms.values()}.values())
+
+    def missing(self) -> list[str]:
+        """Arms without a model yet."""
+        return [a.name for a in self.settings if a.name not in self.arms]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """``{arm: Predictor.describe()}`` for arms with a model."""
+        return {name: model.predictor.describe() for name, model in self.arms.items()}
+
+    def _unknown_raws(self, predictors: list[Predictor]) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for predictor in predictors:
+            for raw in predictor.catalog.items.decode(np.arange(1, predictor.n_items + 1)):
+                if raw not in self.catalog.items and raw not in seen:
+                    seen.add(raw)
+                    out.append(raw)
+        return out
+
+
+def _id_map(server_raws: list[str], predictor: Predictor) -> np.ndarray:
+    """``[M + 1]`` server id -> model id via raw ids (row 0 stays padding; items past the model's table: 0)."""
+    ids = np.concatenate([[0], predictor.catalog.items.encode(server_raws)]).astype(np.int64)
+    ids[ids > predictor.n_items] = 0
+    return ids
