@@ -102,3 +102,17 @@ def test_cli_publishes_a_pipeline_run(tmp_path: Path, pipeline_bundle: Path) -> 
     assert manifest["kind"] == "pipeline" and manifest["model_name"].startswith("pipeline(")
     assert len(manifest["data_spec"]["feature_spec_version"]) == 64
     assert any(key.startswith("two_tower/valid/") for key in manifest["metrics"])
+
+
+def test_a_bundle_saved_with_added_items_serves_them(tmp_path: Path, registry: ModelRegistry, pipeline_bundle: Path,
+                                                     sim_data_dir: Path) -> None:
+    from seekrec.pipeline.artifacts import load_bundle, save_bundle
+    from seekrec.pipeline.features import new_item_features
+    from seekrec.serving.pipeline_predictor import PipelinePredictor
+
+    pipeline = load_bundle(pipeline_bundle)
+    record = {"title": "A brand new title", "genres": ["Drama"]}
+    pipeline.add_items(["grown-1"], new_item_features(pipeline.spec, [record], 0.0))
+    version = registry.publish_bundle(save_bundle(pipeline, tmp_path / "grown"), kind="pipeline", name="grown")
+    predictor = PipelinePredictor.from_registry(registry, version, data_dir=sim_data_dir)
+    assert predictor.n_items == pipeline.n_items and "grown-1" in predictor.catalog.items

@@ -61,7 +61,7 @@ class PipelinePredictor:
             raise RegistryError(f"{bundle.version} is a {bundle.kind}, not a pipeline bundle")
         pipeline = load_bundle(bundle.directory)
         store = FeatureStore.embedded(pipeline.spec)
-        counts = np.zeros(pipeline.spec.n_items + 1, dtype=np.int64)
+        counts = np.zeros(pipeline.n_items + 1, dtype=np.int64)  # items added to the bundle after training too
         if data_dir is not None:
             data = InteractionData.read(data_dir)
             store.load_static(data)
