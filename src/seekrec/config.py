@@ -72,9 +72,11 @@ def from_table(cls: type[T], table: Any, section: str = "", base: T | None = Non
     if base is not None:
         return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
     missing = [name for name, f in fields.items() if name not in kwargs and _required(f)]
+    if missing and section:
+        raise ValueError(f"missing key(s) {', '.join(missing)} in [{section}]")
     if missing:
-        where = f"[{section}]" if section else "the config"
-        raise ValueError(f"missing key(s) {', '.join(missing)} in {where}")
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in missing)
+        raise ValueError(f"missing {', '.join(missing)}: set them in the config file or pass {flags}")
     return cls(**kwargs)
 
 
@@ -93,6 +95,8 @@ def load_config(
     """
     raw: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such config file; check the --config path")
         raw = read_toml(path)
         if table is not None and isinstance(raw.get(table), Mapping):
             raw = dict(raw[table])
