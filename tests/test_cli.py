@@ -40,7 +40,8 @@ def test_prepare_ml100k(ml100k_raw, tmp_path, capsys):
 def test_serve_reads_a_config_file_and_flags_override_it(tmp_path):
     from pathlib import Path
 
-    from seekrec.cli import build_parser, serve_settings
+    from seekrec.cli import build_parser
+    from seekrec.cli.live import serve_settings
 
     config = Path(__file__).resolve().parents[1] / "configs" / "serve-pipeline-ab.toml"
     settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
