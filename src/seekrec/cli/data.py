@@ -82,7 +82,7 @@ def _add_simulate(data_cmds: argparse._SubParsersAction) -> None:
         "Every SimulatorConfig field (see its docstring) can be set in --config or as KEY=VALUE.\n",
     )
     sim.add_argument("--out", type=Path, required=True, help="output directory for the canonical tables")
-    add_config_options(sim, "SimulatorConfig")
+    add_config_options(sim, "SimulatorConfig", "drift_per_day=0.2")
     sim.defer(_simulate_flags)
     sim.set_defaults(func=cmd_simulate)
 

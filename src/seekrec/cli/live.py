@@ -69,7 +69,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "  seekrec serve --config configs/serve-pipeline-ab.toml port=9000 experiment.name=exp2\n"
         "--config reads a [serve] table (or the top level); flags beat it, KEY=VALUE beats both.\n",
     )
-    add_config_options(sv, "ServeSettings")
+    add_config_options(sv, "ServeSettings", "max_batch=32")
     sv.add_argument("--experiment", help="A/B experiment name (hash salt; default: the config's, else 'default')")
     sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
                     help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")
@@ -90,9 +90,9 @@ def _add_stream_train(commands: argparse._SubParsersAction) -> None:
         epilog="examples:\n  seekrec stream-train --registry registry --event-log sqlite:///$PWD/events.db "
         "--data data/sim --state online\n"
         "  seekrec stream-train --config online.toml --max-events 5000 loss.name=bce loss.n_negatives=64\n"
-        "Every OnlineTrainerConfig field is a flag below; the loss (LossConfig) is set as loss.KEY=VALUE.\n",
+        "Every OnlineTrainerConfig field is a flag above; the loss (LossConfig) is set as loss.KEY=VALUE.\n",
     )
-    add_config_options(st, "OnlineTrainerConfig")
+    add_config_options(st, "OnlineTrainerConfig", "loss.name=bce")
     st.defer(_stream_train_flags)
     st.set_defaults(func=cmd_stream_train)
 
@@ -110,7 +110,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "  seekrec demo --seconds 600 --workdir runs/demo\n"
         "  seekrec demo --quick --event-log 'redis://127.0.0.1:6379/0?stream=demo:events'\n",
     )
-    add_config_options(dm, "DemoConfig")
+    add_config_options(dm, "DemoConfig", "workers=2")
     dm.defer(_demo_flags)
     dm.set_defaults(func=cmd_demo)
 

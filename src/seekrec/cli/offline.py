@@ -115,7 +115,7 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         "Writes OUT/bundle (load it with seekrec.pipeline.artifacts.load_bundle), OUT/results.json and\n"
         "OUT/two_tower, OUT/din (metrics.jsonl: seekrec plot OUT/two_tower).\n",
     )
-    add_config_options(pt, "PipelineConfig (see configs/*-pipeline.toml)")
+    add_config_options(pt, "PipelineConfig (see configs/*-pipeline.toml)", "din.train.lr=1e-3")
     pt.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
     pt.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     pt.add_argument("--sasrec-run", type=Path, help="a `seekrec train` run whose best model joins the bundle as the "
@@ -180,7 +180,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "  torchrun --nproc-per-node 2 --max-restarts 3 -m seekrec.cli train --config configs/ml-100k-sasrec.toml\n"
         "Re-running with the same --out resumes from its last checkpoint.\n",
     )
-    add_config_options(tr, "ExperimentConfig (see configs/)")
+    add_config_options(tr, "ExperimentConfig (see configs/)", "train.lr=3e-4")
     tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     tr.set_defaults(func=cmd_train)

@@ -38,11 +38,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"seekrec: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config_options(parser: argparse.ArgumentParser, what: str) -> None:
+def add_config_options(parser: argparse.ArgumentParser, what: str, example: str) -> None:
     """``--config FILE`` and positional ``KEY=VALUE`` overrides of the dataclass ``what``."""
-    parser.add_argument("--config", type=Path, help=f"TOML file of {what} fields")
+    parser.add_argument("--config", type=Path, metavar="FILE", help=f"TOML file of {what} fields")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="field overrides, nested ones dotted (loss.name=bce); values parse as JSON")
+                        help=f"field overrides, nested ones dotted, values parsed as JSON, e.g. {example}")
 
 
 def add_field_flags(
@@ -67,7 +67,7 @@ def add_field_flags(
                                default=argparse.SUPPRESS, help=text)
         else:
             group.add_argument(*names, dest=_DEST + f.name, type=kind, default=argparse.SUPPRESS,
-                               metavar=kind.__name__.upper(), help=text)
+                               metavar="TEXT" if kind is str else kind.__name__.upper(), help=text)
 
 
 def field_values(args: argparse.Namespace) -> dict[str, Any]:
