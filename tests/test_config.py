@@ -58,7 +58,8 @@ def test_partial_table_keeps_the_other_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("override", "key"), [("two_tower.model.dimm=3", "dimm"), ("din.model.embedd_dim=8", "embedd_dim")])
 def test_pipeline_model_typo_fails_at_load(override: str, key: str) -> None:
-    with pytest.raises(ValueError, match=rf"unknown key '{key}' in \[(two_tower|din)\.model\]; valid: .*embed_dim"):
+    with pytest.raises(ValueError, match=rf"^command line override '{override}': unknown key '{key}' in "
+                                         r"\[(two_tower|din)\.model\]; valid: .*embed_dim"):
         PipelineConfig.load(None, [override])
 
 

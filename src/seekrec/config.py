@@ -76,7 +76,8 @@ def from_table(cls: type[T], table: Any, section: str = "", base: T | None = Non
         raise ValueError(f"missing key(s) {', '.join(missing)} in [{section}]")
     if missing:
         flags = " and ".join(f"--{name.replace('_', '-')}" for name in missing)
-        raise ValueError(f"missing {', '.join(missing)}: set them in the config file or pass {flags}")
+        raise ValueError(f"missing {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} in the config "
+                         f"file or pass {flags}")
     return cls(**kwargs)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seekrec.config import from_table, load_config
+from seekrec.config import UnknownKeyError, from_table, load_config
 from seekrec.data.splits import SPLITS
 from seekrec.features.spec import FeatureSpecConfig
 from seekrec.features.text import TextMethod
@@ -216,4 +216,5 @@ def _check_model_keys(model: Mapping[str, Any], config_class: type, where: str) 
     valid = {f.name for f in dataclasses.fields(config_class)} - {"user", "item"}
     unknown = sorted(set(model) - valid)
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in [{where}]; valid: {', '.join(sorted(valid))}")
+        raise UnknownKeyError(f"{where}.{unknown[0]}",
+                              f"unknown key {unknown[0]!r} in [{where}]; valid: {', '.join(sorted(valid))}")
