@@ -116,7 +116,7 @@ def _origin(key: str, path: str | Path | None, flags: Mapping[str, Any], overrid
     """Where the bad ``key`` (a dotted path) was set: the override that set it, a flag, or the file."""
     for item in reversed(overrides):
         name = item.partition("=")[0]
-        if name == key or name.startswith(key + "."):
+        if name == key or name.startswith(key + ".") or key.startswith(name + "."):
             return f"{COMMAND_LINE} override {item!r}"
     if key.split(".")[0] in flags or path is None:
         return COMMAND_LINE
