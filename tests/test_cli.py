@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,9 +39,7 @@ def test_prepare_ml100k(ml100k_raw, tmp_path, capsys):
 
 
 def test_serve_reads_a_config_file_and_flags_override_it(tmp_path):
-    from pathlib import Path
-
-    from seekrec.cli import build_parser, serve_settings
+    from seekrec.cli.live import serve_settings
 
     config = Path(__file__).resolve().parents[1] / "configs" / "serve-pipeline-ab.toml"
     settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
@@ -51,3 +50,58 @@ def test_serve_reads_a_config_file_and_flags_override_it(tmp_path):
     assert settings.port == 9001 and settings.compile and [a.name for a in settings.experiment.arms] == ["only"]
     with pytest.raises(ValueError, match="registry"):
         serve_settings(build_parser().parse_args(["serve", "--event-log", str(tmp_path / "e.db")]))
+
+
+def test_every_online_trainer_field_is_reachable_and_old_flags_still_work(tmp_path):
+    import dataclasses
+
+    from seekrec.cli.options import config_from_args
+    from seekrec.online.trainer import OnlineTrainerConfig
+
+    argv = ["stream-train", "--registry", "r", "--event-log", "e.db", "--data", "d", "--state", "s",
+            "--max-events", "5", "--lr", "0.01", "--stop-when-idle", "--block-ms", "0", "loss.name=bce"]
+    config = config_from_args(OnlineTrainerConfig, build_parser().parse_args(argv))
+    assert (config.dataset, config.state_dir, config.max_events, config.lr) == (Path("d"), Path("s"), 5, 0.01)
+    assert config.stop_when_idle and config.block_ms == 0 and config.loss.name == "bce"
+    assert config.replay_ratio == 3.0 and config.consumer == "online-trainer", "defaults come from the dataclass"
+    help_text = _help(["stream-train"])
+    for f in dataclasses.fields(OnlineTrainerConfig):
+        assert f.name == "loss" or f"--{f.name.replace('_', '-')}" in help_text
+    assert "(default: 0.0003)" in help_text
+
+
+def _help(argv):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["stream-train", "--registry", "r", "--event-log", "e", "--data", "d", "--state", "s", "lrr=1"],
+     "command line override 'lrr=1': unknown key 'lrr'"),
+    (["stream-train", "--registry", "r", "--event-log", "e", "--data", "d", "--state", "s", "--lr", "-1"], "lr > 0"),
+    (["serve", "--config", "missing.toml"], "missing.toml: no such config file"),
+    (["demo", "--workers", "0"], "workers >= 1"),
+    (["data", "simulate", "--out", "x", "--users", "0"], "n_users"),
+    (["serve", "--port", "eighty"], "invalid int value: 'eighty'"),
+])
+def test_user_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors (a flag's type)
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("seekrec: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_simulate_reads_a_config_file_and_flags_override_it(tmp_path, capsys):
+    config = tmp_path / "sim.toml"
+    config.write_text("n_users = 50\nn_items = 40\nmean_events_per_user = 10\n")
+    assert main(["data", "simulate", "--out", str(tmp_path / "sim"), "--config", str(config), "--items", "30",
+                 "seed=4"]) == 0
+    assert "50 users, 30 items" in capsys.readouterr().out

@@ -85,7 +85,7 @@ class SimulatorConfig:
     """
 
     n_users: int = 1000
-    n_items: int = 2000
+    n_items: int = 500
     n_genres: int = 18
     dim: int = 16
     mean_events_per_user: float = 50.0

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from seekrec.demo.traffic import (
 from seekrec.evaluation.abtest import welch_test
 from seekrec.io import atomic_write_json
 from seekrec.online.factory import open_event_log
+from seekrec.online.trainer import METRICS_FILE
 from seekrec.registry import ModelRegistry
 from seekrec.serving.process import free_port, wait_ready
 from seekrec.training.experiment import ExperimentConfig, train_experiment
@@ -36,22 +37,29 @@ from seekrec.training.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 FROZEN, REALTIME = "frozen", "realtime"
+SERVER_LOG, TRAINER_LOG, TRAINER_STATE = "server.log", "online-trainer.log", "online"  # under the workdir
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and durations; ``quick`` picks a smaller world that finishes in under 3 minutes.
+    """Sizes and durations; each field's ``help`` is also its ``seekrec demo`` flag's help."""
 
-    ``event_log``: the log the server and the online trainer share; ``None`` is SQLite in ``workdir``
-    (embedded default), ``redis://host:port/db`` runs the loop on Redis Streams (production path).
-    """
-
-    workdir: Path
-    quick: bool = False
+    workdir: Path = field(default_factory=lambda: Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+                          metadata={"help": "where data, registry, logs and report go (default: runs/demo-<time>)"})
+    quick: bool = field(default=False, metadata={"help": "small world, short live phase (under 3 minutes)"})
     seed: int = 0
-    live_seconds: float | None = None
-    workers: int = 4
-    event_log: str | None = None
+    live_seconds: float | None = field(default=None, metadata={
+        "help": "length of the live phase (none: 75 s quick, 240 s full)"})
+    workers: int = field(default=4, metadata={"help": "concurrent simulated-user loops"})
+    event_log: str | None = field(default=None, metadata={
+        "help": "event log url the server and the online trainer share (none: SQLite in the workdir, the embedded "
+                "default; redis://host:port/db runs the loop on Redis Streams)"})
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if self.workers < 1 or (self.live_seconds is not None and self.live_seconds <= 0):
+            raise ValueError(f"demo needs workers >= 1 and live_seconds > 0, got workers={self.workers}, "
+                             f"live_seconds={self.live_seconds}")
 
     def sizes(self) -> dict[str, Any]:
         if self.quick:
@@ -113,14 +121,14 @@ def live_phase(
     cli = [sys.executable, "-m", "seekrec.cli"]
     with ExitStack() as stack:
         trainer = _start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
-                          "--data", str(data_dir), "--state", str(cfg.workdir / "online"),
+                          "--data", str(data_dir), "--state", str(cfg.workdir / TRAINER_STATE),
                           "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
-                          "--threads", "1"], cfg.workdir / "online-trainer.log", stack)
+                          "--threads", "1"], cfg.workdir / TRAINER_LOG, stack)
         server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
                          "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5",
                          "--experiment", "demo", "--arm", f"{FROZEN}={frozen_version}:0.5",
-                         "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / "server.log", stack)
-        wait_ready(base, server, cfg.workdir / "server.log")
+                         "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / SERVER_LOG, stack)
+        wait_ready(base, server, cfg.workdir / SERVER_LOG)
         stats, stop = TrafficStats(), threading.Event()
         start = time.time()
         driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={
@@ -133,7 +141,7 @@ def live_phase(
             while driver.is_alive():
                 driver.join(timeout=5.0)
                 if trainer.poll() is not None:
-                    raise RuntimeError(f"the online trainer exited; see {cfg.workdir / 'online-trainer.log'}")
+                    raise RuntimeError(f"the online trainer exited; see {cfg.workdir / TRAINER_LOG}")
                 elapsed = time.time() - start
                 with stats.lock:
                     ctr = {arm: float(np.mean(v)) if v else float("nan") for arm, v in stats.ctr.items()}
@@ -201,10 +209,10 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
     sim, data_dir, version, registry = prepare(cfg)
     show(f"[2/3] initial model {version} published; starting server, online trainer and simulated users")
     stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show)
-    report = build_report(stats, seconds, published_offsets(cfg.workdir / "online" / "metrics.jsonl"))
+    report = build_report(stats, seconds, published_offsets(cfg.workdir / TRAINER_STATE / METRICS_FILE))
     report["total_seconds"] = time.time() - started
     atomic_write_json(cfg.workdir / "report.json", report)
     show("[3/3] report\n" + format_report(report))
-    show(f"wrote {cfg.workdir / 'report.json'} (logs: server.log, online-trainer.log)")
+    show(f"wrote {cfg.workdir / 'report.json'} (logs: {SERVER_LOG}, {TRAINER_LOG})")
     return report
 

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
 _LogT = TypeVar("_LogT", bound="EventLog")
+TRAINER_CONSUMER = "online-trainer"  # the online trainer's consumer name: keys its committed position
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from seekrec.io import atomic_write_bytes
 from seekrec.models.losses import LossConfig
 from seekrec.models.factory import build_loss, build_model
 from seekrec.models.task import NextItemTask
-from seekrec.online.event_log import LoggedEvent
+from seekrec.online.event_log import TRAINER_CONSUMER, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
 from seekrec.registry import ModelRegistry, RegistryError
@@ -60,36 +60,37 @@ LOCK_FILE = ".lock"
 class OnlineTrainerConfig:
     """Where the online trainer reads and writes, how it learns and how often it publishes.
 
-    ``max_len`` None uses the base model's; ``replay_ratio`` replayed examples accompany each new
-    one, drawn from the ``replay_window`` most recent examples. ``max_events`` (events trained by
-    this process), ``max_seconds`` and ``stop_when_idle`` (stop once the log is drained) end a run;
-    all unset runs until stopped (SIGTERM / SIGINT stop it cleanly: publish, checkpoint, commit).
-    ``threads`` sets torch's CPU threads in ``run_online_trainer`` (None: torch's default); on cores
-    shared with a server, 1 thread is far faster than threads spinning against each other.
+    ``max_events``, ``max_seconds`` and ``stop_when_idle`` end a run; all unset runs until stopped
+    (SIGTERM / SIGINT stop it cleanly: publish, checkpoint, commit). Each field's ``help`` is also its
+    ``seekrec stream-train`` flag's help.
     """
 
-    registry: str | Path
-    event_log: str
-    dataset: str | Path
-    state_dir: str | Path
-    consumer: str = "online-trainer"
-    max_len: int | None = None
-    events_per_step: int = 64
-    replay_ratio: float = 3.0
-    replay_window: int = 10_000
-    lr: float = 3e-4
+    registry: str | Path = field(metadata={"help": "model registry root: the model it trains and publishes to"})
+    event_log: str = field(metadata={"help": "event log url: sqlite:///ABS/PATH.db, a path, or redis://host:port/db"})
+    dataset: str | Path = field(metadata={"help": "the prepared dataset the base model was trained on"})
+    state_dir: str | Path = field(metadata={"help": "checkpoint directory (resumes from it)"})
+    consumer: str = field(default=TRAINER_CONSUMER, metadata={
+        "help": "event-log consumer name (keys the committed position)"})
+    max_len: int | None = field(default=None, metadata={"help": "history length per example (none: the base model's)"})
+    events_per_step: int = field(default=64, metadata={"help": "new events per optimiser step"})
+    replay_ratio: float = field(default=3.0, metadata={"help": "replayed examples per new event"})
+    replay_window: int = field(default=10_000, metadata={"help": "replay from the most recent N examples"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate (constant: online learning never ends)"})
     weight_decay: float = 0.0
-    clip_norm: float | None = 1.0
-    publish_every_events: int = 1000
-    publish_every_seconds: float = 60.0
-    block_ms: int = 1000
+    clip_norm: float | None = field(default=1.0, metadata={"help": "gradient norm clip (none: no clipping)"})
+    publish_every_events: int = field(default=1000, metadata={"help": "publish a version after this many events"})
+    publish_every_seconds: float = field(default=60.0, metadata={"help": "publish a version after this many seconds"})
+    block_ms: int = field(default=1000, metadata={"help": "milliseconds one read of the log waits for new events"})
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None
-    registry_keep: int = 10
-    max_events: int | None = None
-    max_seconds: float | None = None
-    stop_when_idle: bool = False
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads (none: torch's default); on cores shared with a server, 1 thread is far "
+                "faster than threads spinning against each other"})
+    registry_keep: int = field(default=10, metadata={"help": "newest registry versions kept after each publish"})
+    max_events: int | None = field(default=None, metadata={"help": "stop after training this many events in this "
+                                                                   "process (none: run until stopped)"})
+    max_seconds: float | None = field(default=None, metadata={"help": "stop after this long (none: until stopped)"})
+    stop_when_idle: bool = field(default=False, metadata={"help": "stop once the log is drained"})
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:

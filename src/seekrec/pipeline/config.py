@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seekrec.config import apply_overrides
+from seekrec.config import UnknownKeyError, from_table, load_config
 from seekrec.data.splits import SPLITS
 from seekrec.features.spec import FeatureSpecConfig
 from seekrec.features.text import TextMethod
-from seekrec.io import read_toml
 from seekrec.models.calibration import CALIBRATION_METHODS
+from seekrec.models.din import DINConfig
 from seekrec.models.losses import RetrievalLossConfig
 from seekrec.models.negatives import SAMPLER_KINDS
+from seekrec.models.two_tower import TwoTowerConfig
 from seekrec.pipeline.stage_config import StageConfig
 from seekrec.training.config import TrainConfig
 
@@ -28,16 +29,6 @@ from seekrec.training.config import TrainConfig
 RETRIEVAL_SELECT = ("recall@100", "recall@500", "ndcg@10", "hr@10", "hr@50", "mrr")
 RANKER_SELECT = ("auc", "gauc")
 NEGATIVE_SOURCES = (*SAMPLER_KINDS, "retrieval")
-
-TWO_TOWER_MODEL: dict[str, Any] = {"dim": 64, "embed_dim": 32, "hidden_dims": [128], "dropout": 0.1,
-                                   "sequence_pooling": "attention", "n_heads": 1, "id_dropout": 0.1}
-TWO_TOWER_TRAIN: dict[str, Any] = {"lr": 2e-3, "batch_size": 512, "max_epochs": 20, "warmup_steps": 50,
-                                   "patience": 3, "select_metric": "recall@100", "weight_decay": 0.0}
-DIN_MODEL: dict[str, Any] = {"embed_dim": 16, "attention_hidden": [32], "hidden_dims": [64, 32], "activation": "relu",
-                             "key_columns": ["genres"]}
-DIN_TRAIN: dict[str, Any] = {"lr": 3e-3, "batch_size": 512, "max_epochs": 10, "warmup_steps": 50, "patience": 2,
-                             "select_metric": "auc"}
-
 
 @dataclass
 class DataSource:
@@ -83,15 +74,15 @@ class TwoTowerTraining:
     would be stale there (the ranker reads fresh ones). Add "text" for the no-text ablation.
     """
 
-    model: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # TwoTowerConfig's defaults
     loss: RetrievalLossConfig = field(default_factory=lambda: RetrievalLossConfig(n_negatives=256))
     drop_item_columns: tuple[str, ...] = ("counts",)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(**TWO_TOWER_TRAIN))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=2e-3, batch_size=512, max_epochs=20, warmup_steps=50, patience=3, select_metric="recall@100"))
 
     def __post_init__(self) -> None:
-        self.model = {**TWO_TOWER_MODEL, **self.model}
         self.drop_item_columns = tuple(self.drop_item_columns)
-        _check_model_keys(self.model, "two_tower.model")
+        _check_model_keys(self.model, TwoTowerConfig, "two_tower.model")
         if self.train.select_metric not in RETRIEVAL_SELECT:
             raise ValueError(f"two_tower.train.select_metric must be one of {RETRIEVAL_SELECT}, "
                              f"got {self.train.select_metric!r}")
@@ -111,18 +102,18 @@ class RankerTraining:
     calibrator is fitted on them.
     """
 
-    model: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=lambda: {"activation": "relu", "key_columns": ["genres"]})
     n_negatives: int = 4
     eval_negatives: int = 20
     sampler: str = "retrieval"
     retrieval_candidates: int = 200
     id_dropout: float = 0.1
     calibration: str = "platt"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DIN_TRAIN))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=3e-3, batch_size=512, max_epochs=10, warmup_steps=50, patience=2, select_metric="auc"))
 
     def __post_init__(self) -> None:
-        self.model = {**DIN_MODEL, **self.model}
-        _check_model_keys(self.model, "din.model")
+        _check_model_keys(self.model, DINConfig, "din.model")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"din.id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.n_negatives < 1 or self.eval_negatives < 1:
@@ -157,54 +148,27 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> PipelineConfig:
-        _reject_unknown(raw, {f.name for f in dataclasses.fields(cls)}, "the pipeline config")
-        kwargs: dict[str, Any] = {k: raw[k] for k in ("name", "sasrec_run") if k in raw}
-        for name, section_class in (("data", DataSource), ("features", FeaturesConfig), ("stages", StageConfig)):
-            if name in raw:
-                kwargs[name] = _section(section_class, name, raw[name])
-        if "two_tower" in raw:
-            values = dict(_table(raw["two_tower"], "two_tower"))
-            if "loss" in values:
-                values["loss"] = _section(RetrievalLossConfig, "two_tower.loss", {"n_negatives": 256, **values["loss"]})
-            values["train"] = _section(TrainConfig, "two_tower.train", {**TWO_TOWER_TRAIN, **values.get("train", {})})
-            kwargs["two_tower"] = _section(TwoTowerTraining, "two_tower", values)
-        if "din" in raw:
-            values = dict(_table(raw["din"], "din"))
-            values["train"] = _section(TrainConfig, "din.train", {**DIN_TRAIN, **values.get("train", {})})
-            kwargs["din"] = _section(RankerTraining, "din", values)
-        return cls(**kwargs)
+        """The config from its table form; each partial table keeps its section's own defaults."""
+        return from_table(cls, raw)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
         """Read TOML (or start from defaults) and apply ``section.key=value`` overrides
         (``two_tower.train.lr=1e-3``, ``stages.n_candidates=100``)."""
-        raw = read_toml(path) if path is not None else {}
-        return cls.from_dict(apply_overrides(raw, list(overrides)))
+        return load_config(cls, path, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _check_model_keys(model: Mapping[str, Any], where: str) -> None:
+def _check_model_keys(model: Mapping[str, Any], config_class: type, where: str) -> None:
+    """Keys of a ``[... .model]`` table are ``config_class`` fields, checked when the config loads (not
+    after the features are fitted); the ``user`` / ``item`` schemas come from the feature spec."""
     for key in ("user", "item"):
         if key in model:
             raise ValueError(f"{where} must not set {key!r}: the schemas come from the fitted feature spec")
-
-
-def _table(value: Any, section: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"[{section}] must be a table")
-    return value
-
-
-def _reject_unknown(values: Mapping[str, Any], valid: set[str], where: str) -> None:
-    unknown = sorted(set(values) - valid)
+    valid = {f.name for f in dataclasses.fields(config_class)} - {"user", "item"}
+    unknown = sorted(set(model) - valid)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(valid)}")
-
-
-def _section(cls: type, section: str, values: Any) -> Any:
-    """``cls(**values)`` with unknown keys named; nested dataclass values pass through."""
-    values = _table(values, section)
-    _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, f"[{section}]")
-    return cls(**values)
+        raise UnknownKeyError(f"{where}.{unknown[0]}",
+                              f"unknown key {unknown[0]!r} in [{where}]; valid: {', '.join(sorted(valid))}")

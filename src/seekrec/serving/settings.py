@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seekrec.io import read_toml
+from seekrec.config import from_table, load_config
+from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.registry_artifacts import RegistryError, parse_version
 
 CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
@@ -73,37 +75,32 @@ class ExperimentSettings:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything ``seekrec serve`` needs.
+    """Everything ``seekrec serve`` needs; each field's ``help`` is also its ``seekrec serve`` flag's help."""
 
-    ``registry``: model registry root. ``event_log``: event log url (``open_event_log``). ``data_dir``:
-    prepared dataset whose histories seed the users' recent items (``None``: histories come from the
-    event log alone). ``history_len``: items kept per user (the seen-filter's reach; the model reads
-    its own ``max_len`` of them). ``candidates``: ANN candidates scored per user. ``ann_threshold``:
-    catalogs with at least this many items use HNSW. ``max_batch`` / ``max_wait_ms``: micro-batching.
-    ``poll_interval_s``: how often the registry's CURRENT and the event log's tail are checked.
-    ``trainer_consumer``: the online trainer's consumer name, for the lag metric. ``threads``: torch
-    intra-op threads (0: torch's default, one per core). One is the default: micro-batches are small,
-    and idle OpenMP workers spin on the cores that the event loop and other processes need.
-    ``compile``: ``torch.compile`` each loaded sequence model's user encoder (less CPU per request,
-    about a minute of compilation per version).
-    """
-
-    registry: Path
-    event_log: str
-    data_dir: Path | None = None
+    registry: Path = field(metadata={"help": "model registry root"})
+    event_log: str = field(metadata={"help": "event log url: sqlite:///ABS/PATH.db, a path, or redis://host:port/db"})
+    data_dir: Path | None = field(default=None, metadata={
+        "help": "prepared dataset whose histories seed the users' recent items (none: the event log alone)"})
     host: str = "127.0.0.1"
     port: int = 8000
-    default_k: int = 10
-    history_len: int = 200
-    candidates: int = 200
-    ann_threshold: int = 50_000
-    max_batch: int = 64
-    max_wait_ms: float = 2.0
-    poll_interval_s: float = 2.0
-    trainer_consumer: str = "online-trainer"
+    default_k: int = field(default=10, metadata={"help": "items returned when a request gives no k"})
+    history_len: int = field(default=200, metadata={
+        "help": "items kept per user (the seen-filter's reach; the model reads its own max_len of them)"})
+    candidates: int = field(default=200, metadata={"help": "ANN candidates scored per user, before the seen filter"})
+    ann_threshold: int = field(default=50_000, metadata={"help": "catalogs with at least this many items use HNSW"})
+    max_batch: int = field(default=64, metadata={"help": "micro-batch size"})
+    max_wait_ms: float = field(default=2.0, metadata={"help": "micro-batch wait"})
+    poll_interval_s: float = field(default=2.0, metadata={
+        "help": "seconds between checks of the registry's CURRENT (hot swap) and the event log's tail"})
+    trainer_consumer: str = field(default=TRAINER_CONSUMER, metadata={
+        "help": "the online trainer's event-log consumer name, for the lag metric"})
     device: str = "cpu"
-    threads: int = 1
-    compile: bool = False
+    threads: int = field(default=1, metadata={
+        "help": "torch and FAISS intra-op threads, 0: one per core. Micro-batches are small, and idle OpenMP "
+                "workers spin on the cores that the event loop and other processes need"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile each loaded sequence model's user encoder (less CPU per request; about a "
+                "minute of compilation per version, so for stable versions)"})
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
 
     def __post_init__(self) -> None:
@@ -136,24 +133,11 @@ class ServeSettings:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ServeSettings:
         """Settings from a plain dict (a TOML ``[serve]`` table); unknown keys are named in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown serve setting(s) {unknown}; valid: {sorted(known)}")
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-                   and f.name not in raw]
-        if missing:
-            raise ValueError(f"missing serve setting(s) {missing}: set them in the [serve] table or pass "
-                             + " and ".join(f"--{name.replace('_', '-')}" for name in missing))
-        return cls(**raw)
+        return from_table(cls, raw)
 
     @classmethod
-    def load(cls, path: str | Path | None, **overrides: Any) -> ServeSettings:
+    def load(cls, path: str | Path | None, overrides: Sequence[str] = (), **flags: Any) -> ServeSettings:
         """Read a TOML file (its ``[serve]`` table if present, else the top level; ``None``: no file);
-        ``overrides`` win where not ``None``, so CLI flags can be passed straight through."""
-        raw: dict[str, Any] = {}
-        if path is not None:
-            raw = read_toml(path)
-            raw = dict(raw.get("serve", raw))
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw)
+        ``flags`` win where not ``None``, so CLI flags pass straight through; ``key=value`` overrides last."""
+        values = {k: v for k, v in flags.items() if v is not None}
+        return load_config(cls, path, overrides, values=values, table="serve")

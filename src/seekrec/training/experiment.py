@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from seekrec.config import apply_overrides, build_section
+from seekrec.config import from_table, load_config
 from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
 from seekrec.data.splits import SPLITS, load_split
 from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.evaluation.report import results_record
-from seekrec.io import atomic_write_bytes, atomic_write_json, read_toml, sha256_file
+from seekrec.io import atomic_write_bytes, atomic_write_json, sha256_file
 from seekrec.models.factory import build_loss, build_model
 from seekrec.models.losses import LossConfig
 from seekrec.models.task import NextItemTask
@@ -99,28 +99,13 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(known)}")
-        sections = {"data": DataConfig, "loss": LossConfig, "train": TrainConfig}
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key in sections:
-                kwargs[key] = build_section(sections[key], key, value)
-            elif key == "model":
-                kwargs[key] = ModelSection.from_dict(value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        """The config from its table form (a run's ``config.json``); unknown keys are named."""
+        return from_table(cls, raw)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
         """Read TOML (or start from defaults) and apply ``section.key=value`` overrides."""
-        raw: dict[str, Any] = {}
-        if path is not None:
-            raw = read_toml(path)
-        return cls.from_dict(apply_overrides(raw, overrides))
+        return load_config(cls, path, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "model": self.model.to_dict()}

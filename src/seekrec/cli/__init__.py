@@ -1,0 +1,55 @@
+"""``seekrec`` command line: parse arguments, build a config, call one library function, print the result.
+
+One module per command group (``data``, ``offline``, ``registry``, ``live``); ``options`` derives flags
+from the config dataclasses. No work happens at import: each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from seekrec.cli.data import add_data_commands
+from seekrec.cli.live import add_live_commands
+from seekrec.cli.offline import add_offline_commands
+from seekrec.cli.options import HELP_FORMAT, Parser
+from seekrec.cli.registry import add_registry_command
+
+EXAMPLES = """\
+examples:
+  seekrec data prepare --dataset ml-100k --raw ../shared/data/ml-100k --out data/ml-100k
+  seekrec data prepare --dataset ml-1m --raw raw/ --out data/ml-1m --download
+  seekrec data simulate --out data/sim --users 1000 --items 500 --seed 7
+  seekrec evaluate --data data/ml-100k --model ease --json results/ease.json
+  seekrec train --config configs/ml-100k-sasrec.toml --data data/ml-100k --out runs/sasrec
+  torchrun --nproc-per-node 2 -m seekrec.cli train --config configs/ml-100k-sasrec.toml --out runs/ddp
+  seekrec plot runs/sasrec
+"""
+
+
+def build_parser() -> Parser:
+    """The whole ``seekrec`` parser; each command's config-derived flags are added when it parses."""
+    parser = Parser(prog="seekrec", description="Real-time deep-learning recommender system.", epilog=EXAMPLES,
+                    formatter_class=HELP_FORMAT)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_commands(commands, EXAMPLES)
+    add_offline_commands(commands)
+    add_registry_command(commands)
+    add_live_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a line per HTTP request would bury the demo's table and the progress bars
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"seekrec: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,121 @@
+"""The real-time loop's commands: ``seekrec serve``, ``seekrec stream-train`` and ``seekrec demo``.
+
+Their flags come from ``ServeSettings``, ``OnlineTrainerConfig`` and ``DemoConfig`` (``add_field_flags``);
+the old short spellings (``--data``, ``--state``, ``--poll-interval``, ``--seconds``) stay as aliases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from seekrec.cli.options import (
+    HELP_FORMAT,
+    Parser,
+    add_config_options,
+    add_field_flags,
+    config_from_args,
+    field_values,
+)
+
+
+def serve_settings(args: argparse.Namespace) -> Any:
+    """``--config`` TOML (its ``[serve]`` table), then any flag given on the command line, then KEY=VALUE."""
+    from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
+
+    flags = field_values(args)
+    if args.arm or args.experiment is not None:
+        arms = tuple(ArmSettings.parse(spec) for spec in args.arm) or (ArmSettings("live"),)
+        flags["experiment"] = ExperimentSettings(args.experiment or ExperimentSettings.name, arms)
+    return ServeSettings.load(args.config, args.overrides, **flags)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seekrec.serving.app import serve
+
+    serve(serve_settings(args))
+    return 0
+
+
+def cmd_stream_train(args: argparse.Namespace) -> int:
+    from seekrec.online.trainer import OnlineTrainerConfig, run_online_trainer
+
+    summary = run_online_trainer(config_from_args(OnlineTrainerConfig, args))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from seekrec.demo.run import DemoConfig, run_demo
+
+    run_demo(config_from_args(DemoConfig, args), show=lambda line: print(line, flush=True))
+    return 0
+
+
+def add_live_commands(commands: argparse._SubParsersAction) -> None:
+    _add_serve(commands)
+    _add_stream_train(commands)
+    _add_demo(commands)
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    sv: Parser = commands.add_parser(
+        "serve", help="HTTP API: /recommend, /events, /healthz, /readyz, /metrics", formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec serve --registry registry --event-log sqlite:///$PWD/events.db --data data/sim\n"
+        "  seekrec serve --registry registry --event-log redis://127.0.0.1:6379/0 --data data/sim \\\n"
+        "      --experiment drift-test --arm control=v000001:0.5 --arm treatment=current:0.5\n"
+        "  seekrec serve --config configs/serve-pipeline-ab.toml     # sequence model vs pipeline bundle\n"
+        "  seekrec serve --config configs/serve-pipeline-ab.toml port=9000 experiment.name=exp2\n"
+        "--config reads a [serve] table (or the top level); flags beat it, KEY=VALUE beats both.\n",
+    )
+    add_config_options(sv, "ServeSettings", "max_batch=32")
+    sv.add_argument("--experiment", help="A/B experiment name (hash salt; default: the config's, else 'default')")
+    sv.add_argument("--arm", action="append", default=[], metavar="NAME=VERSION[:WEIGHT]",
+                    help="an arm serving a pinned version or 'current' (repeatable; default: one live arm)")
+    sv.defer(_serve_flags)
+    sv.set_defaults(func=cmd_serve)
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    from seekrec.serving.settings import ServeSettings
+
+    add_field_flags(parser, ServeSettings, aliases={"data_dir": "--data", "poll_interval_s": "--poll-interval"})
+
+
+def _add_stream_train(commands: argparse._SubParsersAction) -> None:
+    st: Parser = commands.add_parser(
+        "stream-train", help="train the current model on the live event stream and publish versions",
+        formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec stream-train --registry registry --event-log sqlite:///$PWD/events.db "
+        "--data data/sim --state online\n"
+        "  seekrec stream-train --config online.toml --max-events 5000 loss.name=bce loss.n_negatives=64\n"
+        "Every OnlineTrainerConfig field is a flag above; the loss (LossConfig) is set as loss.KEY=VALUE.\n",
+    )
+    add_config_options(st, "OnlineTrainerConfig", "loss.name=bce")
+    st.defer(_stream_train_flags)
+    st.set_defaults(func=cmd_stream_train)
+
+
+def _stream_train_flags(parser: argparse.ArgumentParser) -> None:
+    from seekrec.online.trainer import OnlineTrainerConfig
+
+    add_field_flags(parser, OnlineTrainerConfig, aliases={"dataset": "--data", "state_dir": "--state"})
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    dm: Parser = commands.add_parser(
+        "demo", help="the whole real-time loop on the simulator, with a live A/B test", formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec demo --quick      # under 3 minutes on 2 cores\n"
+        "  seekrec demo --seconds 600 --workdir runs/demo\n"
+        "  seekrec demo --quick --event-log 'redis://127.0.0.1:6379/0?stream=demo:events'\n",
+    )
+    add_config_options(dm, "DemoConfig", "workers=2")
+    dm.defer(_demo_flags)
+    dm.set_defaults(func=cmd_demo)
+
+
+def _demo_flags(parser: argparse.ArgumentParser) -> None:
+    from seekrec.demo.run import DemoConfig
+
+    add_field_flags(parser, DemoConfig, aliases={"live_seconds": "--seconds"})

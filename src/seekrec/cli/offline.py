@@ -1,0 +1,194 @@
+"""Offline commands: ``seekrec evaluate``, ``train``, ``plot`` and ``pipeline train | evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from seekrec.cli.options import HELP_FORMAT, add_config_options
+
+
+def _parse_value(text: str) -> Any:
+    """``key=value`` values: JSON where it parses (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects key=value, got {pair!r}")
+        params[key] = _parse_value(value)
+    return params
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.report import format_table, write_results
+    from seekrec.evaluation.runner import evaluate_baseline
+
+    record = evaluate_baseline(
+        args.data, args.model, args.split, split=args.split_kind, params=_parse_params(args.param),
+        mask_history=not args.no_mask_history, progress=sys.stderr.isatty(),
+    )
+    if record["validation"]:
+        print(f"chosen on validation: {record['params']}")
+    print(format_table([record]))
+    if args.json:
+        write_results(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.report import format_table
+    from seekrec.training.experiment import ExperimentConfig, train_experiment
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    out = args.out if args.out is not None else Path("runs") / config.name
+    record = train_experiment(config, args.data, out)
+    if record.get("world_size", 1) == 1 or _rank() == 0:
+        print(f"best validation {config.train.select_metric} {record['valid'].get(config.train.select_metric, 0):.4f} "
+              f"at epoch {record['best_epoch']}; test metrics of that checkpoint:")
+        print(format_table([record]))
+        print(f"run directory: {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.plots import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_pipeline_train(args: argparse.Namespace) -> int:
+    from seekrec.pipeline.config import PipelineConfig
+    from seekrec.pipeline.run import train_pipeline
+
+    overrides = list(args.overrides) + ([f"sasrec_run={json.dumps(str(args.sasrec_run))}"] if args.sasrec_run else [])
+    config = PipelineConfig.load(args.config, overrides)
+    out = args.out if args.out is not None else Path("runs") / config.name
+    record = train_pipeline(config, args.data, out).record
+    din = record["din"]["report"]["test"]
+    print(f"two-tower: valid recall@100 {record['two_tower']['valid']['recall@100']:.4f} at epoch "
+          f"{record['two_tower']['best_epoch']}; DIN: test AUC {din['raw']['auc']:.4f}, logloss "
+          f"{din['raw']['logloss']:.4f} -> {din['calibrated']['logloss']:.4f} calibrated")
+    print(f"bundle: {record['bundle']}")
+    return 0
+
+
+def cmd_pipeline_evaluate(args: argparse.Namespace) -> int:
+    from seekrec.evaluation.report import write_results
+    from seekrec.pipeline.evaluate import STAGE_GRID, format_report
+    from seekrec.pipeline.run import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle, args.data, args.split, grid=STAGE_GRID if args.tune else None,
+                             ease=not args.no_ease, progress=sys.stderr.isatty())
+    print(format_report(report))
+    if args.json:
+        write_results(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
+    pipe = commands.add_parser("pipeline", formatter_class=HELP_FORMAT,
+                               help="multi-stage pipeline: two-tower retrieval -> DIN ranking -> re-ranking")
+    pipe_cmds = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
+    pt = pipe_cmds.add_parser(
+        "train", help="fit features, train the two-tower and DIN, calibrate, write a bundle", formatter_class=HELP_FORMAT,
+        epilog="examples:\n"
+        "  seekrec pipeline train --config configs/ml-100k-pipeline.toml --out runs/ml-100k-pipeline\n"
+        "  seekrec pipeline train --config configs/ml-100k-pipeline.toml --sasrec-run runs/ml-100k-sasrec\n"
+        "  seekrec pipeline train --config configs/sim-pipeline.toml two_tower.train.max_epochs=5 "
+        "stages.n_candidates=100\n"
+        "Writes OUT/bundle (load it with seekrec.pipeline.artifacts.load_bundle), OUT/results.json and\n"
+        "OUT/two_tower, OUT/din (metrics.jsonl: seekrec plot OUT/two_tower).\n",
+    )
+    add_config_options(pt, "PipelineConfig (see configs/*-pipeline.toml)", "din.train.lr=1e-3")
+    pt.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
+    pt.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    pt.add_argument("--sasrec-run", type=Path, help="a `seekrec train` run whose best model joins the bundle as the "
+                    "alternative retriever and single-stage baseline")
+    pt.set_defaults(func=cmd_pipeline_train)
+    pe = pipe_cmds.add_parser(
+        "evaluate", help="end-to-end full-ranking evaluation of a bundle beside SASRec and EASE", formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec pipeline evaluate --bundle runs/ml-100k-pipeline/bundle --data data/ml-100k\n"
+        "  seekrec pipeline evaluate --bundle runs/ml-100k-pipeline/bundle --data data/ml-100k --tune "
+        "--json results/pipeline.json\n"
+        "  seekrec pipeline evaluate --bundle runs/sim-pipeline/bundle --data data/sim --split valid --no-ease\n"
+        "--tune chooses, per retriever, the number of candidates and the retrieval score's weight in the\n"
+        "final order on validation, then scores --split once.\n",
+    )
+    pe.add_argument("--bundle", type=Path, required=True, help="a pipeline bundle directory")
+    pe.add_argument("--data", type=Path, required=True, help="the prepared dataset the bundle was trained on")
+    pe.add_argument("--split", default="test", choices=["test", "valid"])
+    pe.add_argument("--tune", action="store_true",
+                    help="choose n_candidates and retrieval_weight on validation first")
+    pe.add_argument("--no-ease", action="store_true", help="skip the EASE baseline")
+    pe.add_argument("--json", type=Path, help="also write the report here")
+    pe.set_defaults(func=cmd_pipeline_evaluate)
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def add_offline_commands(commands: argparse._SubParsersAction) -> None:
+    _add_evaluate(commands)
+    _add_train(commands)
+    _add_plot(commands)
+    _add_pipeline_commands(commands)
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    ev = commands.add_parser(
+        "evaluate", help="full-ranking evaluation of a baseline", formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec evaluate --data data/ml-100k --model pop\n"
+        "  seekrec evaluate --data data/ml-100k --model ease --json results/ease.json\n"
+        "  seekrec evaluate --data data/ml-100k --model ease --param l2=500 --split valid\n",
+    )
+    ev.add_argument("--data", type=Path, required=True, help="a prepared dataset directory")
+    ev.add_argument("--model", required=True, choices=["pop", "itemknn", "ease"])
+    ev.add_argument("--split", default="test", choices=["test", "valid"])
+    ev.add_argument("--split-kind", default="leave_one_out", choices=["leave_one_out", "temporal"])
+    ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="fix a hyper-parameter instead of tuning it on validation (repeatable)")
+    ev.add_argument("--no-mask-history", action="store_true", help="do not mask items the user has already seen")
+    ev.add_argument("--json", type=Path, help="also write the results record here")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    tr = commands.add_parser(
+        "train", help="train a sequence model (SASRec, DeepSeek-rec) with early stopping", formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec train --config configs/ml-100k-sasrec.toml --data data/ml-100k --out runs/sasrec\n"
+        "  seekrec train --config configs/ml-100k-deepseek.toml --data data/ml-100k train.precision=bf16\n"
+        "  seekrec train --config configs/ml-100k-sasrec.toml loss.name=sampled_softmax loss.n_negatives=256\n"
+        "  torchrun --nproc-per-node 2 --max-restarts 3 -m seekrec.cli train --config configs/ml-100k-sasrec.toml\n"
+        "Re-running with the same --out resumes from its last checkpoint.\n",
+    )
+    add_config_options(tr, "ExperimentConfig (see configs/)", "train.lr=3e-4")
+    tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
+    tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    tr.set_defaults(func=cmd_train)
+
+
+def _add_plot(commands: argparse._SubParsersAction) -> None:
+    pl = commands.add_parser("plot", help="write PNG training curves of a run", formatter_class=HELP_FORMAT,
+                             epilog="example:\n  seekrec plot runs/sasrec  # -> runs/sasrec/curves.png\n")
+    pl.add_argument("run_dir", type=Path)
+    pl.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
