@@ -24,18 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.splits import load_split
-from seekrec.evaluation.ranking import evaluate
+from seekrec.evaluation.ranking import ModelScorer, evaluate
 from seekrec.features.examples import build_examples
 from seekrec.io import atomic_write_json
 from seekrec.pipeline.config import PipelineConfig, StageConfig
-from seekrec.pipeline.evaluate import STAGE_GRID, EvalUsers, evaluate_pipeline, final_positions, score_candidates
+from seekrec.pipeline.evaluate import (
+    STAGE_GRID,
+    EvalUsers,
+    evaluate_pipeline,
+    final_positions,
+    score_candidates,
+)
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.pipeline.run import train_pipeline
 from seekrec.pipeline.train_two_tower import TwoTowerScorer, train_two_tower
-from seekrec.training.experiment import train_experiment
-from seekrec.training.trainer import ModelScorer
+from seekrec.training.experiment import ExperimentConfig, train_experiment
 
 log = logging.getLogger("benchmarks.pipeline")
 

@@ -38,6 +38,7 @@ from seekrec.models.factory import build_feature_model, build_model
 from seekrec.pipeline.config import StageConfig
 from seekrec.pipeline.features import ItemView
 from seekrec.pipeline.pipeline import Pipeline
+from seekrec.training.run_dir import RunDir
 
 BUNDLE_FORMAT = 2
 # the item rows file of each readable format (format 1 spelled it "catalogue")
@@ -131,17 +132,15 @@ def load_bundle(directory: str | Path, *, stages: StageConfig | None = None) -> 
 
 def load_sequence_run(run_dir: str | Path, n_items: int) -> tuple[torch.nn.Module, int, str]:
     """The best checkpoint of a ``seekrec train`` run: ``(model, max_len, registry name)``."""
-    run = Path(run_dir)
-    config = _read_json(run / "config.json", "not found: pass a `seekrec train` run directory")
-    model_section = dict(config["model"])
-    name = model_section.pop("name")
-    if model_section.pop("use_item_features", False):
-        raise BundleError(run, "models trained with use_item_features cannot serve as retrievers here; "
+    run = RunDir(Path(run_dir))
+    spec = run.read_model()
+    if spec.use_item_features:
+        raise BundleError(run.path, "models trained with use_item_features cannot serve as retrievers here; "
                           "train one without side features")
-    max_len = int(model_section.setdefault("max_len", config["data"]["max_len"]))
-    model = build_model(name, model_section, n_items)
-    _load_weights(model, run / "best" / "model.safetensors")
-    return model.eval(), max_len, name
+    if spec.n_items != n_items:
+        raise BundleError(run.model_file, f"the run's model has {spec.n_items} items but the dataset {n_items}; "
+                          "use a run trained on this dataset")
+    return run.load_best(spec.build()).eval(), spec.max_len, spec.name
 
 
 def _save_model(root: Path, name: str, model: torch.nn.Module, meta: dict[str, Any]) -> None:
