@@ -184,8 +184,8 @@ class RunDir:
         except (RuntimeError, SafetensorError) as exc:
             raise RunDirError(f"{path}: does not fit the model of {self.path} ({exc})") from exc
         if missing or unexpected:
-            raise RunDirError(f"{path}: weights do not fit the model of {self.path}: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+            raise RunDirError(f"{path}: weights do not fit the model of {self.path}: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
         return model
 
     def _legacy_model(self) -> RunModel:
