@@ -193,7 +193,7 @@ class Trainer:
                              f"choose one of {sorted(metrics)}")
         self.log.append({"kind": "valid", "step": step, "epoch": epoch, "elapsed": elapsed, **metrics})
         log.info("epoch %d step %d valid %s=%.4f", epoch, step, metric, metrics[metric])
-        if not metrics[metric] > best["metric"]:
+        if not metrics[metric] > best["metric"]:  # a NaN never becomes the best
             return best, bad + 1
         self.run_dir.save_best(self.raw_model, {"epoch": epoch, "step": step, "valid": metrics, **self.manifest})
         return {"metric": metrics[metric], "epoch": epoch, "step": step, "valid": metrics, "elapsed": elapsed}, 0
