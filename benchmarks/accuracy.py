@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from seekrec.evaluation.runner import evaluate_baseline
+from seekrec.training.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
@@ -44,7 +45,7 @@ def train_once(label: str, seed: int, data: Path, work: Path, threads: int) -> d
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{label} seed {seed} failed:\n{proc.stderr[-2000:]}")
-    record = json.loads((out / "results.json").read_text())
+    record = RunDir(out).read_results()
     return {"label": label, "seed": seed, "config": config, "overrides": overrides, **record}
 
 

@@ -24,18 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.splits import load_split
-from seekrec.evaluation.ranking import evaluate
+from seekrec.evaluation.ranking import ModelScorer, evaluate
 from seekrec.features.examples import build_examples
 from seekrec.io import atomic_write_json
 from seekrec.pipeline.config import PipelineConfig, StageConfig
-from seekrec.pipeline.evaluate import STAGE_GRID, EvalUsers, evaluate_pipeline, final_positions, score_candidates
+from seekrec.pipeline.evaluate import (
+    STAGE_GRID,
+    EvalUsers,
+    evaluate_pipeline,
+    final_positions,
+    score_candidates,
+)
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.pipeline.run import train_pipeline
 from seekrec.pipeline.train_two_tower import TwoTowerScorer, train_two_tower
-from seekrec.training.experiment import train_experiment
-from seekrec.training.trainer import ModelScorer
+from seekrec.training.experiment import ExperimentConfig, train_experiment
+from seekrec.training.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.pipeline")
 
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sasrec_train = train_experiment(ExperimentConfig.load(args.sasrec_config), args.data, sasrec_run)
         timings["sasrec_train"] = round(time.perf_counter() - begin, 1)
     else:
-        sasrec_train = json.loads((Path(sasrec_run) / "results.json").read_text())
+        sasrec_train = RunDir(Path(sasrec_run)).read_results()
     config = PipelineConfig.load(args.config, [*args.overrides, f"sasrec_run={json.dumps(str(sasrec_run))}"])
     begin = time.perf_counter()
     trained = train_pipeline(config, args.data, args.work / "pipeline")

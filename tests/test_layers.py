@@ -4,6 +4,8 @@ stages never reach up (docs/architecture.md draws the allowed directions)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,11 @@ def test_lower_stages_never_reach_up(package: str) -> None:
     imported = import_graph().get(package, {})
     bad = {target: sorted(files) for target, files in imported.items() if target in FORBIDDEN[package]}
     assert not bad, f"{package} imports {bad}"
+
+
+def test_the_server_loads_no_training_code() -> None:
+    """A server loads models and pipeline bundles; training configs and trainers are not its business."""
+    code = ("import sys, seekrec.serving.app, seekrec.serving.state, seekrec.serving.loading; "
+            "print(sorted(m for m in sys.modules if m.startswith('seekrec.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

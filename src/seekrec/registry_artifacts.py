@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
 from seekrec.data.vocab import CATALOG_FILE
 
-RUN_WEIGHTS = Path("best") / "model.safetensors"
 _VERSION_RE = re.compile(r"v?(\d+)")
 
 
@@ -70,7 +68,10 @@ def checked_config(model: nn.Module, model_name: str, model_config: Mapping[str,
 
     The reference model is built on the meta device: no memory and no initialisation cost.
     """
-    from seekrec.models.factory import build_model, build_model_config  # lazy: keeps transformers off `list`
+    from seekrec.models.factory import (  # lazy: keeps transformers off `list`
+        build_model,
+        build_model_config,
+    )
 
     n_items = model_config.get("n_items", getattr(model, "n_items", None))
     if n_items is None:
@@ -104,44 +105,37 @@ def load_weights(model: nn.Module, path: Path, what: str) -> None:
 def read_run(run_dir: str | Path) -> RunArtifact:
     """The best checkpoint of a ``seekrec train`` run directory, ready to publish.
 
-    Reads ``config.json`` (model section, data manifest sha256), ``best/meta.json`` (validation
-    metrics, stored as ``valid/<metric>``) and ``results.json`` (test metrics as ``test/<metric>``,
-    n_items); the run's config.json travels along as the extra file ``run_config.json``.
+    Reads, through :class:`seekrec.training.run_dir.RunDir`, the resolved model, ``config.json`` (data
+    manifest sha256), ``best/meta.json`` (validation metrics, stored as ``valid/<metric>``) and
+    ``results.json`` (test metrics as ``test/<metric>``); the run's config.json travels along as the
+    extra file ``run_config.json``, its catalog as ``catalog.json``.
     """
-    from seekrec.models.factory import build_model
+    from seekrec.training.run_dir import (  # lazy: keeps torch models off `list`
+        RunDir,
+        required,
+    )
 
-    run = Path(run_dir)
-    config_path, meta_path, results_path = run / "config.json", run / "best" / "meta.json", run / "results.json"
-    config, meta, results = read_json(config_path), read_json(meta_path), read_json(results_path)
-    weights = run / RUN_WEIGHTS
-    if not weights.is_file():
-        raise RegistryError(f"{weights}: missing; train the run until it validates at least once")
-    params = dict(required_field(config, "model", config_path))
-    name = params.pop("name")
-    use_side = params.pop("use_item_features", False)
-    # the resolution train_experiment applies; config.json records the section, not the result
-    params.setdefault("max_len", required_field(config, "data", config_path)["max_len"])
-    if use_side:
-        params["n_side_features"] = _tensor_shape(weights, "item_features")[1]
-    params["n_items"] = int(required_field(results, "n_items", results_path))
+    run = RunDir(Path(run_dir))
     try:
-        model = build_model(name, params, params["n_items"])
-    except ValueError as exc:
-        raise RegistryError(f"{config_path}: {exc}") from exc
-    load_weights(model, weights, f"the model in {config_path}")
-    metrics = {f"valid/{k}": v for k, v in required_field(meta, "valid", meta_path).items()}
-    metrics.update({f"test/{k}": v for k, v in required_field(results, "metrics", results_path).items()})
+        config, meta, results = run.read_config(), run.read_best_meta(), run.read_results()
+        spec = run.read_model()
+        model = run.load_best(spec.build())
+        metrics = {f"valid/{k}": v for k, v in required(meta, "valid", run.best_meta_file).items()}
+        metrics.update({f"test/{k}": v for k, v in required(results, "metrics", run.results_file).items()})
+        data_spec = {"data_manifest_sha256": required(config, "data_manifest_sha256", run.config_file),
+                     "data_source": config.get("data_source")}
+    except ValueError as exc:  # RunDirError included: a missing file or field, weights that do not fit
+        raise RegistryError(str(exc)) from exc
     return RunArtifact(
         model=model,
-        model_name=name,
-        model_config=params,
+        model_name=spec.name,
+        model_config=spec.config,
         metrics=metrics,
-        data_spec={"data_manifest_sha256": required_field(config, "data_manifest_sha256", config_path),
-                   "data_source": config.get("data_source")},
-        extra={"run_dir": str(run.resolve()), "experiment": config.get("name"), "best_epoch": meta.get("epoch"),
+        data_spec=data_spec,
+        extra={"run_dir": str(run.path.resolve()), "experiment": config.get("name"), "best_epoch": meta.get("epoch"),
                "best_step": meta.get("step")},
-        extra_files={"run_config.json": config_path.read_bytes(),
-                     **({CATALOG_FILE: (run / CATALOG_FILE).read_bytes()} if (run / CATALOG_FILE).is_file() else {})},
+        extra_files={"run_config.json": run.config_file.read_bytes(),
+                     **({CATALOG_FILE: run.catalog_file.read_bytes()} if run.catalog_file.is_file() else {})},
     )
 
 
@@ -174,28 +168,3 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; RegistryError naming the file when it is missing or unreadable."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RegistryError(f"{path}: missing") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    return doc
-
-
-def required_field(doc: Mapping[str, Any], key: str, path: Path) -> Any:
-    """``doc[key]``, or RegistryError naming ``path`` and the missing key."""
-    if key not in doc:
-        raise RegistryError(f"{path}: no {key!r} field; was it written by `seekrec train`?")
-    return doc[key]
-
-
-def _tensor_shape(path: Path, name: str) -> list[int]:
-    with safe_open(str(path), framework="pt") as fh:
-        if name not in fh.keys():
-            raise RegistryError(f"{path}: has no tensor {name!r}, but the run config says it uses item features")
-        return list(fh.get_slice(name).get_shape())

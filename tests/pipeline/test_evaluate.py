@@ -10,7 +10,7 @@ import pytest
 from seekrec.cli import main
 from seekrec.data.schema import InteractionData
 from seekrec.data.splits import Split
-from seekrec.evaluation.ranking import evaluate
+from seekrec.evaluation.ranking import ModelScorer, evaluate
 from seekrec.pipeline.evaluate import (
     EvalUsers,
     evaluate_pipeline,
@@ -22,7 +22,6 @@ from seekrec.pipeline.evaluate import (
     select_stages,
 )
 from seekrec.pipeline.run import TrainedPipeline
-from seekrec.training.trainer import ModelScorer
 
 
 def test_list_metrics_count_the_target_position() -> None:

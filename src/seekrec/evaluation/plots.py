@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seekrec.training.metrics_log import MetricsLog
+from seekrec.io import read_jsonl
+
+# the metrics log of a training run directory (seekrec.training.run_dir); read here without importing
+# training, which imports evaluation for validation
+METRICS_FILE = "metrics.jsonl"
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -15,9 +19,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run = Path(run_dir)
-    records = MetricsLog(run / "metrics.jsonl").read()
+    records = read_jsonl(run / METRICS_FILE)
     if not records:
-        raise FileNotFoundError(f"{run / 'metrics.jsonl'} is missing or empty: is {run} a training run directory?")
+        raise FileNotFoundError(f"{run / METRICS_FILE} is missing or empty: is {run} a training run directory?")
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "valid"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))

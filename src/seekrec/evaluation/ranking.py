@@ -42,6 +42,16 @@ class Scorer(Protocol):
     def score(self, batch: EvalBatch) -> torch.Tensor: ...
 
 
+class ModelScorer:
+    """Adapts a next-item model to the evaluator: scores every item from the last ``max_len`` items."""
+
+    def __init__(self, model: torch.nn.Module, max_len: int) -> None:
+        self.model, self.max_len = model, max_len
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        return self.model.score_all(batch.history[:, -self.max_len :])  # [B, N + 1]
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]

@@ -131,21 +131,6 @@ def load_bundle(directory: str | Path, *, stages: StageConfig | None = None) -> 
                     new_raw_ids=meta.get("new_raw_ids", ()))
 
 
-def load_sequence_run(run_dir: str | Path, n_items: int) -> tuple[torch.nn.Module, int, str]:
-    """The best checkpoint of a ``seekrec train`` run: ``(model, max_len, registry name)``."""
-    run = Path(run_dir)
-    config = _read_json(run / "config.json", "not found: pass a `seekrec train` run directory")
-    model_section = dict(config["model"])
-    name = model_section.pop("name")
-    if model_section.pop("use_item_features", False):
-        raise BundleError(run, "models trained with use_item_features cannot serve as retrievers here; "
-                          "train one without side features")
-    max_len = int(model_section.setdefault("max_len", config["data"]["max_len"]))
-    model = build_model(name, model_section, n_items)
-    _load_weights(model, run / "best" / "model.safetensors")
-    return model.eval(), max_len, name
-
-
 def _save_model(root: Path, name: str, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     save_model(model, str(root / f"{name}.safetensors"))
     atomic_write_json(root / f"{name}.json", meta)

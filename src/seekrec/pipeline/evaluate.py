@@ -26,6 +26,7 @@ from seekrec.data.schema import InteractionData
 from seekrec.data.splits import Split
 from seekrec.evaluation import metrics
 from seekrec.evaluation.baselines import EASE
+from seekrec.evaluation.ranking import ModelScorer
 from seekrec.evaluation.tuning import fit_and_evaluate, grid_points
 from seekrec.features.batch import FeatureBatch
 from seekrec.features.examples import OfflineRows
@@ -33,7 +34,6 @@ from seekrec.models.layers.features import with_item_ids
 from seekrec.pipeline.features import HeldOut, held_out
 from seekrec.pipeline.pipeline import CandidateFeatures, Pipeline
 from seekrec.pipeline.train_two_tower import TwoTowerScorer, retrieval_metrics
-from seekrec.training.trainer import ModelScorer
 
 log = logging.getLogger(__name__)
 LIST_K = 10

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from seekrec.data.schema import read_manifest
 from seekrec.data.splits import load_split
 from seekrec.features.examples import OfflineRows, build_examples
 from seekrec.io import atomic_write_json, sha256_file
-from seekrec.pipeline.artifacts import BUNDLE_DIR, load_bundle, load_sequence_run, save_bundle
+from seekrec.pipeline.artifacts import BUNDLE_DIR, BundleError, load_bundle, save_bundle
 from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import evaluate_pipeline
 from seekrec.pipeline.features import item_catalog
 from seekrec.pipeline.pipeline import Pipeline
-from seekrec.pipeline.train_din import train_din
 from seekrec.pipeline.stages import TwoTowerRetriever
+from seekrec.pipeline.train_din import train_din
 from seekrec.pipeline.train_two_tower import train_two_tower
+from seekrec.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +105,16 @@ def evaluate_bundle(bundle: str | Path, data_dir: str | Path, which: str = "test
                          "evaluate on the dataset the bundle was trained on")
     return evaluate_pipeline(pipeline, data, data_split, which, grid=grid, baselines=("ease",) if ease else (),
                              progress=progress)
+
+
+def load_sequence_run(run_dir: str | Path, n_items: int) -> tuple[torch.nn.Module, int, str]:
+    """The best checkpoint of a ``seekrec train`` run: ``(model, max_len, registry name)``."""
+    run = RunDir(Path(run_dir))
+    spec = run.read_model()
+    if spec.use_item_features:
+        raise BundleError(run.path, "models trained with use_item_features cannot serve as retrievers here; "
+                          "train one without side features")
+    if spec.n_items != n_items:
+        raise BundleError(run.model_file, f"the run's model has {spec.n_items} items but the dataset {n_items}; "
+                          "use a run trained on this dataset")
+    return run.load_best(spec.build()).eval(), spec.max_len, spec.name

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,17 +32,24 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.features.examples import Examples, OfflineRows
 from seekrec.features.spec import FeatureSpec
 from seekrec.models.calibration import Calibrator
+from seekrec.models.ctr_task import ClickGroups, ClickGroupTask
 from seekrec.models.din import DIN
+from seekrec.models.factory import build_feature_model
 from seekrec.models.layers.features import cat_feature_batches, with_item_ids
 from seekrec.models.negatives import NegativeSampler
-from seekrec.models.factory import build_feature_model
-from seekrec.models.ctr_task import ClickGroups, ClickGroupTask
 from seekrec.pipeline.artifacts import feature_model_config
 from seekrec.pipeline.config import RankerTraining
-from seekrec.pipeline.features import ITEM_ID_COLUMN, HeldOut, ItemView, held_out, item_counts
-from seekrec.pipeline.loop import FeatureTrainer, FitResult
+from seekrec.pipeline.features import (
+    ITEM_ID_COLUMN,
+    HeldOut,
+    ItemView,
+    held_out,
+    item_counts,
+)
+from seekrec.pipeline.fit import fit_feature_model
 from seekrec.pipeline.stages import TwoTowerRetriever, retrieve, seen_mask
 from seekrec.retrieval.index import ItemIndex
+from seekrec.training.trainer import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +239,8 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
     manifest = {"model": "din", "config": feature_model_config(model), "spec_version": spec.version}
     log.info("DIN: %d training clicks x (1 + %d %s negatives), %d parameters", len(examples), config.n_negatives,
              config.sampler, sum(p.numel() for p in model.parameters()))
-    result = FeatureTrainer(model, ClickGroupTask(model), source, validate, config.train, run_dir,
-                            manifest=manifest).fit()
+    result = fit_feature_model(model, ClickGroupTask(model), source, validate, config.train, run_dir,
+                               manifest=manifest)
     model = model.cpu().eval()
     with torch.inference_mode():
         valid_logits = group_logits(model, valid)

@@ -1,7 +1,7 @@
 """Training the two-tower retriever on a dataset (the DIN ranker is trained in ``train_din``).
 
 It trains on ``Examples`` (every training click with user and item features as of the click) through
-the shared ``TrainStep`` (``loop.FeatureTrainer``) with in-batch + sampled softmax and log-Q
+the shared ``training.Trainer`` (``fit.fit_feature_model``) with in-batch + sampled softmax and log-Q
 correction (item counts from the training clicks), and is selected on the full-ranking protocol of
 ``evaluation.ranking`` over the validation targets, user features taken as of each target's time.
 """
@@ -23,14 +23,15 @@ from seekrec.evaluation.ranking import EvalBatch, evaluate
 from seekrec.features.batch import FeatureBatch
 from seekrec.features.examples import Examples
 from seekrec.features.spec import FeatureSpec
-from seekrec.models.layers.features import with_item_ids
 from seekrec.models.factory import build_feature_model, build_retrieval_loss
+from seekrec.models.layers.features import with_item_ids
 from seekrec.models.retrieval_task import RetrievalBatch, RetrievalTask
 from seekrec.models.two_tower import TwoTower
 from seekrec.pipeline.artifacts import feature_model_config
 from seekrec.pipeline.config import TwoTowerTraining
 from seekrec.pipeline.features import ItemView, has_time_varying, held_out, item_counts
-from seekrec.pipeline.loop import FeatureTrainer, FitResult
+from seekrec.pipeline.fit import fit_feature_model
+from seekrec.training.trainer import FitResult
 
 log = logging.getLogger(__name__)
 RECALL_KS = (100, 500)
@@ -130,6 +131,6 @@ def train_two_tower(
     manifest = {"model": "two_tower", "config": feature_model_config(model), "spec_version": spec.version,
                 "drop_item_columns": list(view.dropped)}
     log.info("two-tower: %d training clicks, %d parameters", len(examples), sum(p.numel() for p in model.parameters()))
-    result = FeatureTrainer(model, task, RetrievalSource(examples, view), validate, config.train, run_dir,
-                            manifest=manifest).fit()
+    result = fit_feature_model(model, task, RetrievalSource(examples, view), validate, config.train, run_dir,
+                               manifest=manifest)
     return model.cpu().eval(), view, result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,17 @@ from seekrec.config import from_table, load_config
 from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
 from seekrec.data.splits import SPLITS, load_split
-from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.data.vocab import Catalog
+from seekrec.evaluation.ranking import ModelScorer, evaluate
 from seekrec.evaluation.report import results_record
-from seekrec.io import atomic_write_bytes, atomic_write_json, sha256_file
-from seekrec.models.factory import build_loss, build_model
+from seekrec.io import sha256_file
+from seekrec.models.factory import build_loss
 from seekrec.models.losses import LossConfig
 from seekrec.models.task import NextItemTask
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import init_distributed, shutdown
-from seekrec.training.trainer import Trainer
+from seekrec.training.run_dir import RunDir, RunModel
+from seekrec.training.trainer import SequenceEpochs, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -131,36 +134,42 @@ def item_counts(train_items: np.ndarray, n_items: int) -> torch.Tensor:
 
 def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate one configuration (``model.use_item_features = true`` feeds item genres
-    to models that take side features); writes ``out_dir/{config.json, metrics.jsonl, best/,
-    checkpoints/, results.json}`` and returns the results record. Resumes if ``out_dir`` has a checkpoint."""
+    to models that take side features); writes the run directory ``out_dir`` (``training.run_dir``: config,
+    resolved model, catalog, metrics log, checkpoints, best weights, results) and returns the results
+    record. Resumes if ``out_dir`` has a checkpoint."""
     start = time.perf_counter()
     data_dir = data_dir if data_dir is not None else config.data.path
     if data_dir is None:
         raise ValueError("no dataset: pass --data DIR or set data.path in the config")
-    out = Path(out_dir)
+    run = RunDir(Path(out_dir))
     ctx = init_distributed(config.train.device)
     try:
         torch.manual_seed(config.train.seed)
         data, split = load_split(data_dir, config.data.split)
-        model_params = dict(config.model.params)
-        model_params.setdefault("max_len", config.data.max_len)
         side = genre_features(data) if config.model.use_item_features else None
-        if side is not None:
-            model_params["n_side_features"] = side.shape[1]
-        model = build_model(config.model.name, model_params, data.n_items, item_features=side)
+        run_model = RunModel.resolve(config.model, data_max_len=config.data.max_len, n_items=data.n_items,
+                                     n_side_features=None if side is None else side.shape[1])
+        model = run_model.build(item_features=side)
         loss = build_loss(config.loss, data.n_items, item_counts=item_counts(split.train.items, data.n_items))
         dataset = SequenceDataset(split.train, config.data.max_len, stride=config.data.stride)
         manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
         if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out / CATALOG_FILE, Catalog.from_data(data.item_ids, data.interactions()[1]).to_bytes())
-            atomic_write_json(out / "config.json", {**config.to_dict(), "data_manifest_sha256": manifest_sha,
-                                                    "data_source": read_manifest(data_dir)["source"]})
+            run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,
+                              "data_source": read_manifest(data_dir)["source"]})
+            run.write_model(run_model)
+            run.write_catalog(Catalog.from_data(data.item_ids, data.interactions()[1]))
         log.info("%s: %d training sequences, %d items, %d parameters", config.name, len(dataset), data.n_items,
                  sum(p.numel() for p in model.parameters()))
-        trainer = Trainer(model, lambda m: NextItemTask(m, loss, seed=config.train.seed), split, data.n_items,
-                          dataset, config.train, out, ctx, config.data.max_len,
-                          manifest={"config": config.to_dict(), "data_manifest_sha256": manifest_sha})
+
+        def ranking(which: str) -> Callable[[], dict[str, float]]:
+            scorer, eval_set = ModelScorer(model, config.data.max_len), split.eval_set(which)
+            return lambda: evaluate(scorer, eval_set, data.n_items, batch_size=config.train.eval_batch_size,
+                                    device=ctx.device).metrics
+
+        trainer = Trainer(model, lambda m: NextItemTask(m, loss, seed=config.train.seed),
+                          SequenceEpochs(dataset, config.train, ctx), ranking("valid"), config.train, run_dir=run,
+                          ctx=ctx, manifest={"config": config.to_dict(), "data_manifest_sha256": manifest_sha},
+                          test=ranking("test"))
         result = trainer.fit()
         record = results_record(
             data.source, config.model.name, "test", result.test or {}, len(split.test), data.n_items,
@@ -168,12 +177,12 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
             name=config.name, valid=result.best_valid, best_epoch=result.best_epoch, best_step=result.best_step,
             epochs=result.epochs_run, steps=result.steps, train_seconds=round(result.seconds, 2),
             seconds_to_best=round(result.seconds_to_best, 2),
-            sequences_per_second=round(result.sequences_per_second, 1),
+            sequences_per_second=round(result.examples_per_second, 1),
             tokens_per_second=round(result.tokens_per_second, 1), world_size=ctx.world_size,
             loss=config.loss.name, precision=config.train.precision,
         )
         if ctx.is_main:
-            atomic_write_json(out / "results.json", record)
+            run.write_results(record)
         return record
     finally:
         shutdown(ctx)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seekrec.io import atomic_write_bytes
+from seekrec.io import atomic_write_bytes, read_jsonl
 
 
 class MetricsLog:
@@ -23,15 +23,7 @@ class MetricsLog:
             os.fsync(fh.fileno())
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill; later lines were appended after a restart
-        return records
+        return read_jsonl(self.path)
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after ``step`` (they will be produced again on resume)."""
