@@ -4,6 +4,7 @@ stages never reach up (docs/architecture.md draws the allowed directions)."""
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def _package(module: str) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+@functools.cache
 def import_graph() -> dict[str, dict[str, set[str]]]:
     """``{package: {imported package: {file, ...}}}`` over module-level and function-level imports."""
     graph: dict[str, dict[str, set[str]]] = {}
@@ -81,6 +83,7 @@ def test_lower_stages_never_reach_up(package: str) -> None:
     assert not bad, f"{package} imports {bad}"
 
 
+@pytest.mark.slow
 def test_the_server_loads_no_training_code() -> None:
     """A server loads models and pipeline bundles; training configs and trainers are not its business."""
     code = ("import sys, seekrec.serving.app, seekrec.serving.state, seekrec.serving.loading; "

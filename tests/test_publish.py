@@ -23,7 +23,10 @@ def test_kind_comes_from_what_the_directory_records(tmp_path: Path) -> None:
     bundle = _fake_bundle(tmp_path / "run" / BUNDLE_DIR)
     assert find_bundle(bundle) == bundle and find_bundle(bundle.parent) == bundle
     assert publisher_for(bundle).kind == PIPELINE_KIND and publisher_for(bundle.parent).kind == PIPELINE_KIND
-    assert find_bundle(tmp_path) is None and publisher_for(tmp_path).kind == MODEL_KIND
+    assert find_bundle(tmp_path) is None
+    (tmp_path / "train-run").mkdir()
+    (tmp_path / "train-run" / "config.json").write_text("{}")
+    assert publisher_for(tmp_path / "train-run").kind == MODEL_KIND
 
 
 def test_publish_path_dispatches_and_the_manifest_records_the_kind(tmp_path: Path) -> None:
@@ -38,6 +41,6 @@ def test_publish_path_dispatches_and_the_manifest_records_the_kind(tmp_path: Pat
     assert set(manifest["files"]) == {PIPELINE_FILE, "din.safetensors"}
 
 
-def test_anything_else_is_read_as_a_training_run(tmp_path: Path) -> None:
-    with pytest.raises(RegistryError, match="config.json"):
+def test_a_directory_that_records_no_kind_is_refused_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="neither a `seekrec train` run .*config.json.*pipeline.json"):
         publish_path(ModelRegistry(tmp_path / "reg"), tmp_path)

@@ -1,9 +1,10 @@
 """``seekrec registry publish PATH``: one call that publishes whatever PATH says it is.
 
-A pipeline bundle (or a ``seekrec pipeline train`` run holding one) records itself in its
-``pipeline.json``; anything else is read as a ``seekrec train`` run, whose reader names the file it
-misses. The kind lands in the version's manifest, so servers dispatch on it, never on file names.
-Adding an artifact kind is one entry in ``PUBLISHERS``.
+Each artifact records what it is in a file of its own: a pipeline bundle (or a ``seekrec pipeline
+train`` run holding one) in its ``pipeline.json``, a ``seekrec train`` run in its ``config.json`` (read
+through ``RunDir``). A path that records neither is refused, naming both. The kind lands in the
+version's manifest, so servers dispatch on it, never on file names. Adding an artifact kind is one
+entry in ``PUBLISHERS``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import NamedTuple
 
 from seekrec.pipeline.artifacts import PIPELINE_KIND
 from seekrec.pipeline.publish import find_bundle, publish_pipeline
-from seekrec.registry import MODEL_KIND, ModelRegistry
+from seekrec.registry import MODEL_KIND, ModelRegistry, RegistryError
+from seekrec.training.run_dir import RunDir
 
 
 class Publisher(NamedTuple):
@@ -29,16 +31,20 @@ def _publish_run(registry: ModelRegistry, path: str | Path, *, promote: bool = T
     return registry.publish_run(path, promote=promote)
 
 
-# first match wins; the last entry takes everything else
+# first match wins: a pipeline run directory may hold a config.json of its own
 PUBLISHERS: tuple[Publisher, ...] = (
     Publisher(PIPELINE_KIND, lambda path: find_bundle(path) is not None, publish_pipeline),
-    Publisher(MODEL_KIND, lambda path: True, _publish_run),
+    Publisher(MODEL_KIND, lambda path: RunDir(path).config_file.is_file(), _publish_run),
 )
 
 
 def publisher_for(path: str | Path) -> Publisher:
     """The publisher of the kind the directory at ``path`` records about itself."""
-    return next(p for p in PUBLISHERS if p.recognises(Path(path)))
+    found = next((p for p in PUBLISHERS if p.recognises(Path(path))), None)
+    if found is None:
+        raise RegistryError(f"{path}: nothing to publish: neither a `seekrec train` run (no config.json) nor a "
+                            "pipeline bundle or `seekrec pipeline train` run (no pipeline.json)")
+    return found
 
 
 def publish_path(registry: ModelRegistry, path: str | Path, *, promote: bool = True) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 from torch import nn
 
 from seekrec.data.vocab import CATALOG_FILE
+from seekrec.models import weights
 
 _VERSION_RE = re.compile(r"v?(\d+)")
 
@@ -97,9 +97,10 @@ def checked_config(model: nn.Module, model_name: str, model_config: Mapping[str,
 
 def load_weights(model: nn.Module, path: Path, what: str) -> None:
     """Load safetensors ``path`` into ``model``; every tensor must fit, else RegistryError naming the file."""
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
-        raise RegistryError(f"{path}: weights do not fit {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        weights.load_weights(model, path)
+    except weights.WeightsError as exc:
+        raise RegistryError(f"{exc}; the model is {what}") from exc
 
 
 def read_run(run_dir: str | Path) -> RunArtifact:

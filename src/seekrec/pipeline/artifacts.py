@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from seekrec.features.batch import FeatureBatch
 from seekrec.features.spec import FeatureSpec
 from seekrec.io import atomic_write_json
 from seekrec.models.calibration import Calibrator
 from seekrec.models.factory import build_feature_model, build_model
+from seekrec.models.weights import WeightsError, load_weights
 from seekrec.pipeline.features import ItemView
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.pipeline.stage_config import StageConfig
@@ -140,8 +140,8 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.exists():
         raise BundleError(path, "missing: the bundle is incomplete")
     try:
-        load_model(model, str(path))
-    except (RuntimeError, SafetensorError) as exc:
+        load_weights(model, path)
+    except WeightsError as exc:
         raise BundleError(path, f"does not fit the model its JSON config describes ({exc})") from exc
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from seekrec.io import atomic_write_bytes
+from seekrec.models.weights import WeightsError, load_weights
 
 LATEST = "LATEST"
 MODEL_FILE = "model.safetensors"
@@ -88,12 +89,14 @@ def load_checkpoint(
     """Restore what was saved into the given objects; returns the JSON state and extra tensors."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
-        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
         tensors = load_file(str(path / OPTIM_FILE))
     except (OSError, json.JSONDecodeError, SafetensorError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back to an older one") from exc
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing}, unexpected {unexpected}")
+    try:
+        load_weights(model, path / MODEL_FILE)
+    except WeightsError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}; delete it to fall back to an older one, "
+                              "or resume with the config it was written with") from exc
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer_meta"]))
     if restore_rng:

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.io import atomic_path, atomic_write_bytes, atomic_write_json
 from seekrec.models.factory import build_model, build_model_config
+from seekrec.models.weights import WeightsError, load_weights
 from seekrec.training.metrics_log import MetricsLog
 
 if TYPE_CHECKING:
@@ -176,17 +177,12 @@ class RunDir:
 
     def load_best(self, model: nn.Module) -> nn.Module:
         """``model`` with the best validation weights loaded; every tensor must fit."""
-        path = self.best_weights
-        if not path.is_file():
-            raise RunDirError(f"{path}: missing; train the run until it validates at least once")
+        if not self.best_weights.is_file():
+            raise RunDirError(f"{self.best_weights}: missing; train the run until it validates at least once")
         try:
-            missing, unexpected = load_model(model, str(path), strict=False)
-        except (RuntimeError, SafetensorError) as exc:
-            raise RunDirError(f"{path}: does not fit the model of {self.path} ({exc})") from exc
-        if missing or unexpected:
-            raise RunDirError(f"{path}: weights do not fit the model of {self.path}: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
-        return model
+            return load_weights(model, self.best_weights)
+        except WeightsError as exc:
+            raise RunDirError(f"{exc}; the model is the one {self.path} describes") from exc
 
     def _legacy_model(self) -> RunModel:
         """The resolution ``train_experiment`` applied before it wrote ``model.json``: ``[model]`` of
