@@ -32,9 +32,10 @@ def serve_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = serve_settings(args)  # a wrong flag fails before the app and its models are imported
     from seekrec.serving.app import serve
 
-    serve(serve_settings(args))
+    serve(settings)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The only name -> class dispatch for models and losses.
 
-Configs arrive as plain dicts (from TOML / checkpoint manifests); the registry turns them into the
-validated config dataclass and the module. Sequence models ("sasrec", "deepseek") are sized by the
+Configs arrive as plain dicts (from TOML / checkpoint manifests); the factory turns them into the
+validated config dataclass and the module. A sequence model's module is imported when it is first
+asked for, so validating or building a SASRec never pays for ``transformers`` (the DeepSeek model's). Sequence models ("sasrec", "deepseek") are sized by the
 data's ``n_items``; feature models ("two_tower", "din") by the fitted feature spec's per-side
 ``FeatureSchema`` and consume ``FeatureBatch`` inputs, so they have their own table and builder.
 """
@@ -9,6 +10,7 @@ data's ``n_items``; feature models ("two_tower", "din") by the fitted feature sp
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from seekrec.features.batch import FeatureBatch, FeatureSchema
-from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig
 from seekrec.models.din import DIN, DINConfig
 from seekrec.models.layers.features import as_feature_schema
 from seekrec.models.losses import (
@@ -28,20 +29,29 @@ from seekrec.models.losses import (
     SampledSoftmaxLoss,
 )
 from seekrec.models.negatives import NegativeSampler
-from seekrec.models.sasrec import SASRec, SASRecConfig
 from seekrec.models.two_tower import TwoTower, TwoTowerConfig
 
 
 @dataclass(frozen=True)
 class _ModelEntry:
-    model_class: type[nn.Module]
-    config_class: type
+    """A sequence model by module and class names: ``<module>.<model_name>`` and its ``<model_name>Config``."""
+
+    module: str
+    model_name: str
     takes_item_features: bool
+
+    @property
+    def model_class(self) -> type[nn.Module]:
+        return getattr(importlib.import_module(self.module), self.model_name)
+
+    @property
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.module), f"{self.model_name}Config")
 
 
 _MODELS: dict[str, _ModelEntry] = {
-    "sasrec": _ModelEntry(SASRec, SASRecConfig, takes_item_features=False),
-    "deepseek": _ModelEntry(DeepSeekRec, DeepSeekRecConfig, takes_item_features=True),
+    "sasrec": _ModelEntry("seekrec.models.sasrec", "SASRec", takes_item_features=False),
+    "deepseek": _ModelEntry("seekrec.models.deepseek_rec", "DeepSeekRec", takes_item_features=True),
 }
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from seekrec.config import from_table, load_config
+from seekrec.config import UnknownKeyError, from_table, load_config
 from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
 from seekrec.data.splits import SPLITS, load_split
@@ -63,8 +63,13 @@ class ModelSection:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from seekrec.models.factory import build_model_config, model_takes_item_features
+        from seekrec.models.factory import build_model_config, model_config_class, model_takes_item_features
 
+        valid = {f.name for f in fields(model_config_class(self.name))} - {"n_items", "n_side_features"}
+        unknown = sorted(set(self.params) - valid - {"n_items", "n_side_features"})
+        if unknown:
+            raise UnknownKeyError(f"model.{unknown[0]}", f"unknown key {unknown[0]!r} in [model] for {self.name}; "
+                                  f"valid: name, use_item_features, {', '.join(sorted(valid))}")
         from_data = sorted({"n_items", "n_side_features"} & set(self.params))
         if from_data:
             raise ValueError(f"model.{from_data[0]} comes from the data; drop it from [model]")
@@ -73,7 +78,7 @@ class ModelSection:
         if self.use_item_features and not model_takes_item_features(self.name):
             raise ValueError(f"model {self.name!r} does not take item features; set model.use_item_features = "
                              "false or pick a model that does")
-        build_model_config(self.name, self.params, n_items=1)  # unknown keys and bad values, named
+        build_model_config(self.name, self.params, n_items=1)  # bad values, named
 
     @classmethod
     def from_dict(cls, raw: Any) -> ModelSection:
