@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seekrec import registry_store
+from seekrec.registry import store as registry_store
 from seekrec.training.experiment import ExperimentConfig
 from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry, RegistryError, format_versions, parse_version
@@ -342,8 +342,8 @@ def test_every_manifest_records_its_kind(tmp_path: Path) -> None:
 
 
 def test_pointer_works_on_the_store_alone(tmp_path: Path) -> None:
-    from seekrec.registry_pointer import VersionPointer
-    from seekrec.registry_store import VersionStore
+    from seekrec.registry.pointer import VersionPointer
+    from seekrec.registry.store import VersionStore
 
     store = VersionStore(tmp_path)
     pointer = VersionPointer(store, keep=1)

@@ -11,7 +11,7 @@ from seekrec.models.factory import model_config_class
 from seekrec.pipeline.artifacts import BundleError
 from seekrec.pipeline.run import load_sequence_run
 from seekrec.registry import ModelRegistry
-from seekrec.registry_artifacts import RegistryError, read_run
+from seekrec.registry.artifacts import RegistryError, read_run
 from seekrec.training import run_dir
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.run_dir import RunDir, RunDirError, RunModel

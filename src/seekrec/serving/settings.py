@@ -15,7 +15,7 @@ from typing import Any
 
 from seekrec.config import from_table, load_config
 from seekrec.online.event_log import TRAINER_CONSUMER
-from seekrec.registry_artifacts import RegistryError, parse_version
+from seekrec.registry.artifacts import RegistryError, parse_version
 
 CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -1,31 +1,4 @@
-"""Model registry: versioned model artifacts that trainers publish and servers load.
-
-Layout under ``root`` (a local directory, or shared storage with POSIX rename and ``flock``)::
-
-    versions/v000001/model.safetensors  weights (safetensors: nothing here is ever pickled)
-    versions/v000001/manifest.json      version, kind, created, model name + resolved config, data spec,
-                                        metrics, parent, extra, sha256 + size of every other file
-    versions/v000001/<extra files>      e.g. an item vocabulary JSON
-    CURRENT                             the promoted version, one line
-    history.json                        promotion stack (rollback targets) and recent events
-    .staging/<host>-<pid>-<hex>/        a publish in progress; readers never look here
-    .trash/                             versions being deleted by retention
-    .lock                               ``flock`` that serialises CURRENT / history / retention
-
-Why readers never see half an artifact: a version is built and fsynced in ``.staging``, then
-renamed into ``versions/`` in one step, and retention renames a version out to ``.trash`` before it
-deletes it. Version ids need no lock: ``os.rename`` of a non-empty directory onto an existing
-version fails (as ``os.mkdir`` would), so of two concurrent publishers the loser retries with the
-next number. ``CURRENT`` is replaced with tempfile + ``os.replace``.
-
-Two parts, composed here: ``registry_store.VersionStore`` owns ``versions/``, ``.staging``,
-``.trash``, manifests, checksums and loading; ``registry_pointer.VersionPointer`` owns ``CURRENT``,
-``history.json``, pins, rollback and retention. Every manifest records its ``kind`` (``model``, or a
-bundle kind such as ``pipeline``), so readers dispatch on what a version says it is.
-
-Hot swap: a server polls :meth:`ModelRegistry.current`, which reads the one small ``CURRENT`` file,
-and calls :meth:`ModelRegistry.load` only when the version it names changes.
-"""
+"""``ModelRegistry``: the store and the pointer composed behind one API (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -37,19 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from seekrec.registry_artifacts import (
+from seekrec.registry.artifacts import (
     RegistryError,
     VersionInfo,
-    format_manifest,
-    format_versions,
     parse_version,
     read_run,
 )
-from seekrec.registry_pointer import VersionPointer
-from seekrec.registry_store import MODEL_KIND, LoadedBundle, LoadedModel, VersionStore
+from seekrec.registry.pointer import VersionPointer
+from seekrec.registry.store import LoadedBundle, LoadedModel, VersionStore
 
-__all__ = ["MODEL_KIND", "LoadedBundle", "LoadedModel", "ModelRegistry", "RegistryError", "VersionInfo",
-           "format_manifest", "format_versions", "parse_version"]
 
 
 class ModelRegistry:
@@ -161,7 +130,7 @@ class ModelRegistry:
         """Publish the best checkpoint of a ``seekrec train`` run directory; returns the version.
 
         Metrics are stored as ``valid/<metric>`` and ``test/<metric>``; see
-        :func:`seekrec.registry_artifacts.read_run` for what is read.
+        :func:`seekrec.registry.artifacts.read_run` for what is read.
         """
         run = read_run(run_dir)
         return self.publish(run.model, model_name=run.model_name, model_config=run.model_config,

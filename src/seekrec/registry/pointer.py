@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from seekrec.io import atomic_write_bytes, atomic_write_json
-from seekrec.registry_artifacts import RegistryError, parse_version
-from seekrec.registry_store import VersionStore, utc_now
+from seekrec.registry.artifacts import RegistryError, parse_version
+from seekrec.registry.store import VersionStore, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Version storage: the ``versions/`` directory, publishing through ``.staging``, manifests,
-checksums and loading. Which version is current is the pointer's business (``registry_pointer``).
+checksums and loading. Which version is current is the pointer's business (``registry.pointer``).
 
 Why readers never see half an artifact: a version is built and fsynced in ``.staging``, then
 renamed into ``versions/`` in one step, and retention renames a version out to ``.trash`` before it
@@ -30,7 +30,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 from seekrec.io import atomic_write_json, sha256_file
-from seekrec.registry_artifacts import (
+from seekrec.registry.artifacts import (
     RegistryError,
     checked_config,
     load_weights,
