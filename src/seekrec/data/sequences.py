@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seekrec.data.splits import UserSequences, _ranges
+from seekrec.data.splits import UserSequences, concat_ranges
 
 
 @dataclass
@@ -56,14 +56,14 @@ class SequenceDataset:
             # window ends: the sequence end, then every `stride` items back while >= min_len items remain
             n_win = 1 + (lengths[users] - min_len) // stride
             win_users = np.repeat(users, n_win)
-            win_ends = np.repeat(seqs.offsets[users + 1], n_win) - _ranges(n_win) * stride
+            win_ends = np.repeat(seqs.offsets[users + 1], n_win) - concat_ranges(n_win) * stride
         starts = np.maximum(win_ends - (max_len + 1), seqs.offsets[win_users])
         take = win_ends - starts
         width = max_len + 1
         windows = np.zeros((len(win_users), width), dtype=np.int64)
         rows = np.repeat(np.arange(len(win_users)), take)
-        cols = width - np.repeat(take, take) + _ranges(take)
-        windows[rows, cols] = seqs.items[np.repeat(starts, take) + _ranges(take)]
+        cols = width - np.repeat(take, take) + concat_ranges(take)
+        windows[rows, cols] = seqs.items[np.repeat(starts, take) + concat_ranges(take)]
         self.windows = torch.from_numpy(windows)  # [E, L + 1]
         self.users = torch.from_numpy(win_users.astype(np.int64))
 

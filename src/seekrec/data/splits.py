@@ -89,8 +89,8 @@ class UserSequences:
         take = np.minimum(lengths, width)
         out = np.zeros((len(users), width), dtype=np.int64)
         rows = np.repeat(np.arange(len(users)), take)
-        cols = width - np.repeat(take, take) + _ranges(take)
-        src = np.repeat(self.offsets[users + 1] - take, take) + _ranges(take)
+        cols = width - np.repeat(take, take) + concat_ranges(take)
+        src = np.repeat(self.offsets[users + 1] - take, take) + concat_ranges(take)
         out[rows, cols] = self.items[src]
         return out
 
@@ -172,7 +172,7 @@ def _first_after(seqs: UserSequences, history: UserSequences, limit: np.ndarray)
     return EvalSet(users, targets, history)
 
 
-def _ranges(counts: np.ndarray) -> np.ndarray:
+def concat_ranges(counts: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(c)`` for every ``c`` in counts, vectorised."""
     total = int(counts.sum())
     if total == 0:

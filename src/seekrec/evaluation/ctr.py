@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seekrec.evaluation.metrics import _binary, auc, logloss
+from seekrec.evaluation.metrics import binary_pairs, auc, logloss
 
 __all__ = ["auc", "ctr_report", "ece", "gauc", "logloss"]
 
@@ -21,7 +21,7 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
     ``users``, ``labels``, ``scores`` are ``[M]`` (one entry per impression, any order).
     """
-    labels, scores = _binary(labels, scores)
+    labels, scores = binary_pairs(labels, scores)
     users = np.asarray(users).ravel()
     if users.shape != labels.shape:
         raise ValueError(f"users {users.shape} and labels {labels.shape} differ in length")
@@ -48,7 +48,7 @@ def ece(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    labels, probs = _binary(labels, probs)
+    labels, probs = binary_pairs(labels, probs)
     if np.any((probs < 0) | (probs > 1)):
         raise ValueError("probabilities must lie in [0, 1]")
     bins = np.clip(np.ceil(probs * n_bins).astype(np.int64) - 1, 0, n_bins - 1)  # [M], bin b = (b/n, (b+1)/n]

@@ -43,7 +43,7 @@ def coverage(top_items: np.ndarray, n_items: int) -> float:
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC via the Mann-Whitney statistic; tied scores count one half."""
-    labels, scores = _binary(labels, scores)
+    labels, scores = binary_pairs(labels, scores)
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -54,7 +54,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy of probabilities (clipped to ``[eps, 1 - eps]``)."""
-    labels, probs = _binary(labels, probs)
+    labels, probs = binary_pairs(labels, probs)
     if np.any((probs < 0) | (probs > 1)):
         raise ValueError("probabilities must lie in [0, 1]")
     p = np.clip(probs, eps, 1 - eps)
@@ -70,7 +70,8 @@ def _ranks(ranks: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _binary(labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def binary_pairs(labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float64 ``(labels, values)`` of a binary task, checked: same length, not empty, labels 0/1, no NaN."""
     labels = np.asarray(labels, dtype=np.float64).ravel()
     values = np.asarray(values, dtype=np.float64).ravel()
     if labels.shape != values.shape:
