@@ -105,3 +105,19 @@ def test_simulate_reads_a_config_file_and_flags_override_it(tmp_path, capsys):
     assert main(["data", "simulate", "--out", str(tmp_path / "sim"), "--config", str(config), "--items", "30",
                  "seed=4"]) == 0
     assert "50 users, 30 items" in capsys.readouterr().out
+
+
+def test_prepare_an_event_log_with_named_columns(tmp_path, capsys):
+    log = tmp_path / "clicks.csv"
+    log.write_text("uid,sku,ts,stars\nu1,a,10,5\nu1,b,20,2\nu2,a,15,4\nu2,c,30,5\n")
+    items = tmp_path / "products.csv"
+    items.write_text("sku,title\na,Alpha\nb,Beta\nc,Gamma\n")
+    out = tmp_path / "shop"
+    assert main(["data", "prepare", "--dataset", "csv", "--raw", str(log), "--out", str(out), "--user-col", "uid",
+                 "--item-col", "sku", "--time-col", "ts", "--value-col", "stars", "--min-rating", "4",
+                 "--items", str(items)]) == 0
+    assert "3 events, 2 users, 2 items" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["user_col"] == "uid" and manifest["options"]["min_value"] == 4
+    assert main(["data", "prepare", "--dataset", "csv", "--raw", str(log), "--out", str(tmp_path / "x")]) == 2
+    assert "user_id" in capsys.readouterr().err  # the default column is not in the file: named
