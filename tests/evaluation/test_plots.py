@@ -1,7 +1,7 @@
 import pytest
 
-from seekrec.evaluation.plots import plot_run
 from seekrec.training.metrics_log import MetricsLog
+from seekrec.training.run_dir import RunDir
 
 
 def test_plot_run_writes_a_png(tmp_path):
@@ -9,14 +9,14 @@ def test_plot_run_writes_a_png(tmp_path):
     for step in range(1, 6):
         log.append({"kind": "train", "step": step, "epoch": 0, "loss": 5.0 / step, "lr": 1e-3})
     log.append({"kind": "valid", "step": 5, "epoch": 1, "ndcg@10": 0.1, "hr@10": 0.2, "mrr": 0.05})
-    path = plot_run(tmp_path)
+    path = RunDir(tmp_path).plot()
     assert path == tmp_path / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
 def test_plot_of_a_non_run_directory_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="training run directory"):
-        plot_run(tmp_path)
+        RunDir(tmp_path).plot()
 
 
 def test_truncated_last_line_is_ignored(tmp_path):

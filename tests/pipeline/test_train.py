@@ -11,14 +11,19 @@ import torch
 
 from seekrec.data.schema import InteractionData
 from seekrec.data.splits import Split
-from seekrec.evaluation.plots import plot_run
 from seekrec.features.examples import build_examples
-from seekrec.pipeline.config import PipelineConfig, RankerTraining, StageConfig, TwoTowerTraining
+from seekrec.pipeline.config import (
+    PipelineConfig,
+    RankerTraining,
+    StageConfig,
+    TwoTowerTraining,
+)
 from seekrec.pipeline.features import held_out
-from seekrec.pipeline.train_din import RetrievedNegatives, train_din
 from seekrec.pipeline.run import TrainedPipeline
+from seekrec.pipeline.train_din import RetrievedNegatives, train_din
 from seekrec.training.config import TrainConfig
 from seekrec.training.metrics_log import MetricsLog
+from seekrec.training.run_dir import RunDir
 from tests.pipeline.helpers import tiny_config
 
 
@@ -56,7 +61,7 @@ def test_ranker_learns_and_calibration_fixes_its_probabilities(trained: TrainedP
 def test_runs_are_plottable(trained: TrainedPipeline) -> None:
     root = Path(trained.record["bundle"]).parent
     for name in ("two_tower", "din"):
-        assert plot_run(root / name).read_bytes()[:4] == b"\x89PNG"
+        assert RunDir(root / name).plot().read_bytes()[:4] == b"\x89PNG"
 
 
 def test_held_out_targets_carry_their_event_times(world: tuple[InteractionData, Split]) -> None:

@@ -6,13 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekrec.evaluation import plots
 from seekrec.models.factory import model_config_class
 from seekrec.pipeline.artifacts import BundleError
 from seekrec.pipeline.run import load_sequence_run
 from seekrec.registry import ModelRegistry
 from seekrec.registry.artifacts import RegistryError, read_run
-from seekrec.training import run_dir
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.run_dir import RunDir, RunDirError, RunModel
 
@@ -126,7 +124,3 @@ def test_sequence_run_checks_the_dataset_and_side_features(sasrec_run: Path, sid
         load_sequence_run(sasrec_run, n_items + 1)
     with pytest.raises(BundleError, match="use_item_features"):
         load_sequence_run(side_run, n_items)
-
-
-def test_plots_read_the_metrics_file_the_run_writes() -> None:
-    assert plots.METRICS_FILE == run_dir.METRICS_FILE

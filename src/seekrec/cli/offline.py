@@ -65,9 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from seekrec.evaluation.plots import plot_run
+    from seekrec.training.run_dir import RunDir
 
-    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    print(f"wrote {RunDir(args.run_dir).plot(args.out)}")
     return 0
 
 

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-
-from seekrec.io import read_jsonl
-
-# the metrics log of a training run directory (seekrec.training.run_dir); read here without importing
-# training, which imports evaluation for validation
-METRICS_FILE = "metrics.jsonl"
+from typing import Any
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Read ``run_dir/metrics.jsonl`` and write ``curves.png`` (or ``out``); returns the path."""
+def plot_curves(records: Sequence[dict[str, Any]], title: str, out: str | Path) -> Path:
+    """Write the curves of a metrics log's ``records`` (``kind`` train / valid) to the PNG ``out``.
+
+    Where a run keeps its log and its curves is the run directory's business (``RunDir.plot``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    run = Path(run_dir)
-    records = read_jsonl(run / METRICS_FILE)
-    if not records:
-        raise FileNotFoundError(f"{run / METRICS_FILE} is missing or empty: is {run} a training run directory?")
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "valid"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -37,9 +32,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(run.name)
+    fig.suptitle(title)
     fig.tight_layout()
-    path = Path(out) if out is not None else run / "curves.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return path
+    return Path(out)

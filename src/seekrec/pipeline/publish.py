@@ -14,8 +14,8 @@ from typing import Any
 
 from seekrec.pipeline.artifacts import BUNDLE_DIR, PIPELINE_FILE, PIPELINE_KIND
 from seekrec.registry import ModelRegistry, RegistryError
+from seekrec.training.run_dir import RunDir
 
-RUN_RESULTS = "results.json"
 STAGES_WITH_METRICS = ("two_tower", "din")
 
 
@@ -37,7 +37,7 @@ def publish_pipeline(registry: ModelRegistry, path: str | Path, *, promote: bool
         raise RegistryError(f"{root}: neither a pipeline bundle nor a pipeline run directory (no {PIPELINE_FILE}); "
                             "write one with `seekrec pipeline train`")
     meta = json.loads((bundle / PIPELINE_FILE).read_text(encoding="utf-8"))
-    metrics = _run_metrics(root / RUN_RESULTS) if bundle != root else {}
+    metrics = _run_metrics(RunDir(root).results_file) if bundle != root else {}
     name = f"pipeline({meta.get('stages', {}).get('retriever', 'two_tower')}->din)"
     return registry.publish_bundle(bundle, kind=PIPELINE_KIND, name=name, metrics=metrics, promote=promote,
                                    data_spec={"feature_spec_version": meta["spec_version"], "n_items": meta["n_items"]})

@@ -22,7 +22,7 @@ import torch
 from seekrec.data.schema import read_manifest
 from seekrec.data.splits import load_split
 from seekrec.features.examples import OfflineRows, build_examples
-from seekrec.io import atomic_write_json, sha256_file
+from seekrec.io import sha256_file
 from seekrec.pipeline.artifacts import BUNDLE_DIR, BundleError, load_bundle, save_bundle
 from seekrec.pipeline.config import PipelineConfig, StageConfig
 from seekrec.pipeline.evaluate import evaluate_pipeline
@@ -51,10 +51,10 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
     if data_dir is None:
         raise ValueError("no dataset: pass --data DIR or set data.path in the config")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {**config.to_dict(), "data_dir": str(data_dir),
-                                            "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
-                                            "data_source": read_manifest(data_dir)["source"]})
+    run = RunDir(out)  # config.json and results.json here; a run directory per model below
+    run.write_config({**config.to_dict(), "data_dir": str(data_dir),
+                      "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
+                      "data_source": read_manifest(data_dir)["source"]})
     data, split = load_split(data_dir, config.data.split)
     spec = config.features.spec_config(data).fit(data, split.train)
     examples = build_examples(spec, data, split.train)
@@ -89,7 +89,7 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
                 "examples_per_second": round(din_fit.examples_per_second, 1), "report": ranker},
         "bundle": str(out / BUNDLE_DIR), "seconds": timings,
     }
-    atomic_write_json(out / "results.json", record)
+    run.write_results(record)
     log.info("pipeline bundle written to %s in %.0fs", out / BUNDLE_DIR, timings["total"])
     return TrainedPipeline(pipeline, record)
 

@@ -7,7 +7,8 @@
       model.json               the model as built: factory name, use_item_features and the full model
                                config (every default, n_items, max_len, n_side_features filled in)
       catalog.json             raw item ids <-> model ids
-      metrics.jsonl            train / valid / test records (``MetricsLog``; ``seekrec plot``)
+      metrics.jsonl            train / valid / test records (``MetricsLog``)
+      curves.png               their plot (``seekrec plot``, ``RunDir.plot``)
       checkpoints/             resumable checkpoints (``training.checkpoint``)
       best/model.safetensors   the weights of the best validation
       best/meta.json           its epoch, step, validation metrics and the trainer's manifest
@@ -31,6 +32,7 @@ from safetensors.torch import save_model
 from torch import Tensor, nn
 
 from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.evaluation.plots import plot_curves
 from seekrec.io import atomic_path, atomic_write_bytes, atomic_write_json
 from seekrec.models.factory import build_model, build_model_config
 from seekrec.models.weights import WeightsError, load_weights
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -135,6 +138,14 @@ class RunDir:
     @property
     def metrics_log(self) -> MetricsLog:
         return MetricsLog(self.path / METRICS_FILE)
+
+    def plot(self, out: str | Path | None = None) -> Path:
+        """Training curves of ``metrics.jsonl`` as a PNG (``curves.png`` in the run unless ``out``)."""
+        records = self.metrics_log.read()
+        if not records:
+            raise FileNotFoundError(f"{self.path / METRICS_FILE} is missing or empty: is {self.path} a training "
+                                    "run directory?")
+        return plot_curves(records, self.path.name, out if out is not None else self.path / CURVES_FILE)
 
     # -- writing ---------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
