@@ -88,3 +88,18 @@ def test_serve_settings_load_their_table_with_nested_arms(tmp_path: Path) -> Non
     settings = ServeSettings.load(path, ["max_batch=8"], port=9001)
     assert settings.registry == Path("reg") and settings.port == 9001 and settings.max_batch == 8
     assert settings.experiment.name == "x" and settings.experiment.arms[0].version == "v000001"
+
+
+def test_shipped_configs_load() -> None:
+    """Every TOML file in configs/ loads as the config class its name says, so none rots silently."""
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        if path.name.startswith("stream-train"):
+            assert load_config(OnlineTrainerConfig, path).publish_every_events >= 1
+        elif path.name.startswith("serve"):
+            assert ServeSettings.load(path).experiment.arms
+        elif path.stem.endswith("pipeline"):
+            assert PipelineConfig.load(path).stages.k >= 1
+        else:
+            assert ExperimentConfig.load(path).model.name in ("sasrec", "deepseek")
