@@ -100,6 +100,8 @@ def test_history_cannot_be_read_without_the_read_role(keyed: TestClient) -> None
 def test_items_need_the_admin_role(keyed: TestClient) -> None:
     body = {"items": [ITEM]}
     assert keyed.post("/items", json=body).status_code == 401
+    # the key is checked before the body's fields: a stranger learns nothing of the schema from a 422
+    assert keyed.post("/items", json={"items": [{"item_id": 1}] * 20_000}).status_code == 401
     for role in ("read", "ingest", "metrics"):
         assert keyed.post("/items", json=body, headers=_auth(role)).status_code == 403, role
     # admin passes the gate; a sequence model then refuses items by content (409), as without keys
@@ -243,3 +245,33 @@ def test_keys_file_path_comes_from_cli_and_toml(tmp_path: Path) -> None:
     assert s.api_keys_file == tmp_path / "keys.txt" and s.metrics_require_key and not s.docs
     with pytest.raises(ValueError, match="metrics_require_key"):
         ServeSettings(registry=tmp_path, event_log="e.db", metrics_require_key="yes")  # type: ignore[arg-type]
+
+
+def test_seekrec_serve_with_a_keys_file(tmp_path: Path, keyed_settings: ServeSettings) -> None:
+    """The real command, as a child process: flags reach the key store and ``serve()`` binds with keys."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from seekrec.serving.process import free_port, wait_ready
+
+    port, logfile = free_port(), tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "seekrec.cli", "serve", "--registry", str(keyed_settings.registry),
+           "--event-log", keyed_settings.event_log, "--data", str(keyed_settings.data_dir), "--port", str(port),
+           "--api-keys-file", str(keyed_settings.api_keys_file), "--metrics-require-key"]
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc, logfile)
+        event = {"events": [{"user_id": "1", "item_id": "2"}]}
+        assert httpx.post(base + "/events", json=event).status_code == 401
+        assert httpx.post(base + "/events", json=event, headers=_auth("ingest")).status_code == 200
+        assert httpx.get(base + "/metrics").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = logfile.read_text()
+    assert "API keys required on 127.0.0.1" in text
+    assert not any(key in text or hash_key(key) in text for key in KEYS.values())  # secrets never logged
