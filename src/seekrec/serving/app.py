@@ -58,7 +58,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
-        return JSONResponse({"detail": f"not ready: {public_detail(str(exc), 'not ready')}"}, status_code=503, headers={"Retry-After": "1"})
+        detail = public_detail(str(exc), "not ready")  # a failed version's reason may name its files
+        return JSONResponse({"detail": f"not ready: {detail}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
