@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from seekrec.cli.data import add_data_commands
+from seekrec.cli.keys import add_keys_command
 from seekrec.cli.live import add_live_commands
 from seekrec.cli.offline import add_offline_commands
 from seekrec.cli.options import HELP_FORMAT, Parser
@@ -38,6 +39,7 @@ def build_parser() -> Parser:
     add_offline_commands(commands)
     add_registry_command(commands)
     add_live_commands(commands)
+    add_keys_command(commands)
     return parser
 
 

@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from seekrec.serving.auth import KeyStore, check_bind
+from seekrec.serving.exposure import public_detail
 from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
 from seekrec.serving.routes import admin, events, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
@@ -38,7 +40,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             app.state.serving = None
             await state.stop()
 
-    app = FastAPI(title="seekrec", summary="real-time sequential recommendations", lifespan=lifespan)
+    app = FastAPI(title="seekrec", summary="real-time sequential recommendations", lifespan=lifespan,
+                  **_docs_urls(settings))
+    _install_perimeter(app, settings)
     app.state.metrics = serving_metrics
     app.state.serving = None
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
@@ -54,7 +58,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
-        return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+        detail = public_detail(str(exc), "not ready")  # a failed version's reason may name its files
+        return JSONResponse({"detail": f"not ready: {detail}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
@@ -65,10 +70,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
+# -- access control and exposure (seekrec.serving.auth) --------------------------------------------
+def _docs_urls(settings: ServeSettings) -> dict[str, str | None]:
+    """Swagger UI and ReDoc load their scripts from a CDN, which an offline or locked-down host cannot
+    reach and which a production API need not offer: off unless ``--docs``."""
+    return {"docs_url": "/docs", "redoc_url": "/redoc"} if settings.docs else {"docs_url": None, "redoc_url": None}
+
+
+def _install_perimeter(app: FastAPI, settings: ServeSettings) -> None:
+    """The API keys every route's ``require(role)`` dependency checks (read now: a bad keys file fails
+    the start, not the first request)."""
+    app.state.keys = KeyStore.from_settings(settings)
+
+
 def serve(settings: ServeSettings, log_level: str = "info", access_log: bool = False) -> None:
     """Run the app with uvicorn (one process, one event loop) until interrupted. The per-request access
     log is off by default: ``/metrics`` counts requests, and a log line per request costs latency."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1, log_level=log_level,
+    app = create_app(settings)
+    check_bind(settings.host, app.state.keys)  # no keys: loopback only
+    uvicorn.run(app, host=settings.host, port=settings.port, workers=1, log_level=log_level,
                 access_log=access_log, lifespan="on", timeout_graceful_shutdown=10)

@@ -102,6 +102,16 @@ class ServeSettings:
         "help": "torch.compile each loaded sequence model's user encoder (less CPU per request; about a "
                 "minute of compilation per version, so for stable versions)"})
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
+    # -- access control and exposure (seekrec.serving.auth) --
+    api_keys_file: Path | None = field(default=None, metadata={
+        "help": "file of 'ROLE SHA256HEX' lines (roles: read, ingest, metrics, admin), re-read when it changes "
+                "so keys rotate without a restart; SEEKREC_API_KEYS='ROLE:SHA256HEX,...' adds keys. "
+                "Without any key the server listens on loopback only"})
+    metrics_require_key: bool = field(default=False, metadata={
+        "help": "with keys configured, GET /metrics needs a key with the metrics (or admin) role"})
+    docs: bool = field(default=False, metadata={
+        "help": "serve the interactive API docs at /docs and /redoc (their scripts load from a CDN; "
+                "/openapi.json is always served)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", Path(self.registry))
@@ -129,6 +139,15 @@ class ServeSettings:
             raise ValueError(f"ServeSettings.compile must be true or false, got {self.compile!r}")
         if not self.trainer_consumer:
             raise ValueError("trainer_consumer must be a non-empty consumer name")
+        self._check_perimeter()
+
+    def _check_perimeter(self) -> None:
+        """The access-control and exposure fields (``serving/auth.py`` reads the keys file itself)."""
+        if self.api_keys_file is not None:
+            object.__setattr__(self, "api_keys_file", Path(self.api_keys_file))
+        for name in ("metrics_require_key", "docs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ServeSettings.{name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ServeSettings:

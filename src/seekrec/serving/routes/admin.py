@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from seekrec.serving.auth import Role, require
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ArmInfo, VersionResponse
 from seekrec.serving.state import ServingState
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], dependencies=[Depends(require(Role.ADMIN))])
 
 
 def _package_version() -> str:

@@ -8,11 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 
 from seekrec.online.event_log import Event
+from seekrec.serving.auth import Role, require
+from seekrec.serving.exposure import public_detail
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ErrorResponse, EventsRequest, EventsResponse
 from seekrec.serving.state import ServingState
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], dependencies=[Depends(require(Role.INGEST))])
 
 
 @router.post("/events", response_model=EventsResponse,
@@ -24,6 +26,6 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
         events = [Event(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.event_type, e.value)
                   for e in body.events]
     except ValueError as exc:  # e.g. text the log cannot store (lone surrogates)
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+        raise HTTPException(status_code=422, detail=public_detail(str(exc), "POST /events refused")) from exc
     offsets = await state.add_events(events)
     return EventsResponse(accepted=len(offsets), offsets=(offsets[0], offsets[-1]))

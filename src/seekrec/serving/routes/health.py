@@ -1,10 +1,13 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (models and histories are loaded)."""
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (models and histories are loaded).
+
+Both answer without a key (load balancers and orchestrators probe them); ``/readyz`` names no paths."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from seekrec.serving.exposure import public_detail
 from seekrec.serving.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -21,7 +24,7 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 once every arm has a model and histories are built, 503 (with the reason) before."""
     state = getattr(request.app.state, "serving", None)
     if state is None or not state.ready:
-        detail = "server is starting" if state is None else state.not_ready_reason()
+        detail = "server is starting" if state is None else public_detail(state.not_ready_reason(), "not ready")
         return JSONResponse(Readiness(status="not_ready", detail=detail).model_dump(), status_code=503)
     versions = {arm: model.predictor.version for arm, model in state.arms.items()}
     return JSONResponse(Readiness(status="ready", versions=versions).model_dump())

@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from seekrec.serving.auth import Role, require
+from seekrec.serving.exposure import public_detail
 from seekrec.serving.predictor import ItemsNotAddableError
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ErrorResponse, ItemsRequest, ItemsResponse
 from seekrec.serving.state import ServingState
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], dependencies=[Depends(require(Role.ADMIN))])
 
 
 @router.post("/items", response_model=ItemsResponse,
@@ -26,5 +28,5 @@ async def post_items(body: ItemsRequest, state: Annotated[ServingState, Depends(
     try:
         added = await state.add_items(records)
     except ItemsNotAddableError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+        raise HTTPException(status_code=409, detail=public_detail(str(exc), "POST /items refused")) from exc
     return ItemsResponse(added=added)

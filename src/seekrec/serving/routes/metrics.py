@@ -1,10 +1,13 @@
-"""``GET /metrics``: Prometheus text exposition of this app instance's registry."""
+"""``GET /metrics``: Prometheus text exposition of this app instance's registry (a ``metrics`` key with
+``metrics_require_key``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-router = APIRouter(tags=["metrics"])
+from seekrec.serving.auth import Role, require
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require(Role.METRICS))])
 
 
 @router.get("/metrics", response_class=Response)

@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from seekrec.serving.auth import Role, require
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import ErrorResponse, RecommendRequest, RecommendResponse, ScoredItem
 from seekrec.serving.state import ServingState
 
-router = APIRouter(tags=["recommend"])
+router = APIRouter(tags=["recommend"], dependencies=[Depends(require(Role.READ))])
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses={503: {"model": ErrorResponse}})
