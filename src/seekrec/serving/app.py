@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from seekrec.serving.batching import QueueFullError
+from seekrec.serving.limits import BodySizeLimit, RateLimit, TokenBuckets
 from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
 from seekrec.serving.routes import admin, events, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
@@ -41,6 +43,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="seekrec", summary="real-time sequential recommendations", lifespan=lifespan)
     app.state.metrics = serving_metrics
     app.state.serving = None
+    # limits (serving/limits.py): the body size inside the rate limit, metrics outermost so refusals count
+    rejected = serving_metrics.rejected
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       on_reject=lambda reason: rejected.labels(reason=reason).inc())
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+                           on_reject=lambda reason: rejected.labels(reason=reason).inc())
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
     for module in (recommend, events, items, health, admin, metrics):
         app.include_router(module.router)
@@ -55,6 +64,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
         return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(QueueFullError)
+    async def overloaded(request: Request, exc: QueueFullError) -> JSONResponse:
+        rejected.labels(reason="overloaded").inc()
+        return JSONResponse({"detail": f"overloaded: {exc}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
