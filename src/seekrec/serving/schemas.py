@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 1000
 MAX_EVENTS_PER_BATCH = 1000
@@ -25,22 +25,24 @@ def _whole_float_to_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_whole_float_to_int)]
 Id = Annotated[str, Field(min_length=1, max_length=256, description="raw id as the client knows it")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 ContextKey = Annotated[str, Field(min_length=1, max_length=MAX_CONTEXT_KEY_CHARS)]
-ContextValue = Annotated[str, Field(max_length=MAX_CONTEXT_VALUE_CHARS)] | Int | Finite | bool | None
+ContextValue = Annotated[str, Field(max_length=MAX_CONTEXT_VALUE_CHARS)] | int | Finite | bool | None
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    # a before-validator here, not in the field's type: there it would hide ge/le from the JSON schema
+    _whole_ints = field_validator("k", "year", mode="before", check_fields=False)(_whole_float_to_int)
 
 
 class RecommendRequest(_Request):
     """``POST /recommend``."""
 
     user_id: Id
-    k: Int | None = Field(None, ge=1, le=MAX_K, description="how many items; default: the server's default_k")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="how many items; default: the server's default_k")
     exclude_seen: bool = Field(True, description="drop items already in the user's history")
     context: dict[ContextKey, ContextValue] | None = Field(
         None, max_length=MAX_CONTEXT_KEYS, description="request context (page, device ...); accepted for clients and logs, "
@@ -82,7 +84,8 @@ class EventsResponse(BaseModel):
     """Sent only after the batch is durable in the event log; ``offsets`` = [first, last]."""
 
     accepted: int
-    offsets: tuple[int, int]
+    # a list, not tuple[int, int]: FastAPI writes a tuple as an OpenAPI 3.0 "items" array, invalid in 3.1
+    offsets: list[int] = Field(min_length=2, max_length=2, description="[first, last]")
 
 
 class NewItem(_Request):
@@ -91,7 +94,7 @@ class NewItem(_Request):
     item_id: Id
     title: Annotated[str, Field(min_length=1, max_length=1000)]
     genres: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=32)
-    year: Int | None = Field(None, ge=0, le=9999)
+    year: int | None = Field(None, ge=0, le=9999)
 
 
 class ItemsRequest(_Request):

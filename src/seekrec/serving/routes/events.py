@@ -33,7 +33,7 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
     except ValueError as exc:  # e.g. text the log cannot store (lone surrogates)
         raise RequestValidationError([{"loc": ["body", "events"], "msg": str(exc), "type": "value_error"}]) from exc
     offsets = await state.add_events(events)
-    return EventsResponse(accepted=len(offsets), offsets=(offsets[0], offsets[-1]))
+    return EventsResponse(accepted=len(offsets), offsets=[offsets[0], offsets[-1]])
 
 
 def _check_known_items(body: EventsRequest, state: ServingState) -> None:
