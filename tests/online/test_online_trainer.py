@@ -131,6 +131,22 @@ def test_clicks_move_scores_and_new_items_become_scorable(config_for: Any) -> No
     assert current.manifest["parent"] == base.version and current.manifest["model_name"] == "sasrec"
 
 
+def test_reject_policy_never_grows_the_item_table(config_for: Any) -> None:
+    """Before the policy, every invented item id grew the model (1,682 -> 18,754 items in 2 minutes)."""
+    config = config_for(unknown_items="reject")
+    base = ModelRegistry(config.registry).load()
+    raw = Catalog.from_bytes((base.directory / CATALOG_FILE).read_bytes()).items.decode([1, 2])
+    flood = [Event(f"u{u}", raw[0] if k == 0 else f"invented-{u}-{k}", 1000.0 + 10 * u + k)
+             for u in range(20) for k in range(3)]
+    _append(config, [*flood, Event("u0", raw[1], 9000.0)])
+    with OnlineTrainer(config) as trainer:
+        summary = trainer.run()
+    assert summary["position"] == len(flood) + 1 and summary["n_items"] == base.model.n_items
+    assert trainer.examples.histories.get("u0")[-2:] == [1, 2]  # known items still train
+    with pytest.raises(ValueError, match="unknown_items must be one of"):
+        config_for(unknown_items="maybe")
+
+
 def test_publishes_every_n_events(config_for: Any) -> None:
     config = config_for(events_per_step=5, publish_every_events=10)
     _append(config, [Event(f"u{k % 7}", str(1 + k % 11), float(k)) for k in range(30)])

@@ -40,6 +40,7 @@ from seekrec.models.factory import build_loss, build_model
 from seekrec.models.task import NextItemTask
 from seekrec.online.event_log import TRAINER_CONSUMER, LoggedEvent
 from seekrec.online.factory import open_event_log
+from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.training.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -91,6 +92,9 @@ class OnlineTrainerConfig:
                                                                    "process (none: run until stopped)"})
     max_seconds: float | None = field(default=None, metadata={"help": "stop after this long (none: until stopped)"})
     stop_when_idle: bool = field(default=False, metadata={"help": "stop once the log is drained"})
+    unknown_items: str = field(default="accept", metadata={
+        "help": "events naming an item outside the catalog: 'accept' grows the item table for it, 'reject' "
+                "skips the event (the server's --unknown-items; keep the two the same)"})
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +113,8 @@ class OnlineTrainerConfig:
         for name in ("max_events", "max_seconds"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, or None to run until stopped")
+        if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
+            raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, got {self.unknown_items!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None (torch's default), got {self.threads}")
 
@@ -202,7 +208,8 @@ class OnlineTrainer:
         if self.max_len > model_max_len:
             raise ValueError(f"max_len {self.max_len} exceeds the model's max_len {model_max_len}")
         self.catalog = Catalog.from_bytes((self.state_dir / BASE_CATALOG_FILE).read_bytes())
-        self.examples = StreamExamples(cfg.dataset, self.catalog, self.max_len, cfg.replay_window)
+        self.examples = StreamExamples(cfg.dataset, self.catalog, self.max_len, cfg.replay_window,
+                                       add_items=cfg.unknown_items == "accept")
         position = int(self.state["position"])
         self.examples.catch_up(self.events, position)
         if "n_items" in self.state and len(self.catalog.items) != self.state["n_items"]:

@@ -34,9 +34,10 @@ def window_row(history: Sequence[int], target: int, width: int) -> np.ndarray:
 
 
 def consume_events(
-    events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int
+    events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int, add_items: bool = True
 ) -> tuple[torch.Tensor, float | None]:
-    """Apply ``events`` (new items join ``catalog``) and return one example row per event.
+    """Apply ``events`` (new items join ``catalog`` when ``add_items``, else their events are skipped)
+    and return one example row per event.
 
     Returns ``rows [E', L + 1]`` (the user's window before the event, then the event's item) and
     the largest timestamp applied. A user's first event has no history to condition on, so it
@@ -47,7 +48,7 @@ def consume_events(
     max_ts: float | None = None
     for event in events:
         before = histories.get(event.user_id)
-        applied = histories.apply([event], catalog, add_items=True)
+        applied = histories.apply([event], catalog, add_items=add_items)
         if not applied:
             continue
         max_ts = event.timestamp if max_ts is None else max(max_ts, event.timestamp)
@@ -126,8 +127,10 @@ class StreamExamples:
     checkpoint), and since that replay is deterministic, new items get the same ids every time.
     """
 
-    def __init__(self, data_dir: str | Path, catalog: Catalog, max_len: int, replay_window: int) -> None:
-        self.catalog, self.width = catalog, max_len + 1
+    def __init__(self, data_dir: str | Path, catalog: Catalog, max_len: int, replay_window: int, *,
+                 add_items: bool = True) -> None:
+        # add_items False: the "reject" unknown-item policy, events for items outside the catalog are skipped
+        self.catalog, self.width, self.add_items = catalog, max_len + 1, add_items
         # max_len + 1 items per user, so replay rows seeded from the dataset have full-length inputs
         self.histories = UserHistories.from_dataset(data_dir, max_len + 1, catalog)
         self.replay = ReplayBuffer(replay_window, self.width)
@@ -149,7 +152,7 @@ class StreamExamples:
 
     def consume(self, events: Sequence[LoggedEvent]) -> tuple[torch.Tensor, float | None]:
         """``consume_events`` on this state: ``rows [E', L + 1]`` and the largest timestamp."""
-        return consume_events(events, self.histories, self.catalog, self.width)
+        return consume_events(events, self.histories, self.catalog, self.width, self.add_items)
 
     def batch(self, rows: torch.Tensor, replay_ratio: float, generator: torch.Generator) -> tuple[SeqBatch, int]:
         """New ``rows`` plus ``replay_ratio`` replayed rows each, as one batch; returns it and the replay count.

@@ -7,6 +7,7 @@ start-up failure surfaces as uvicorn's failed start-up with the error message.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from seekrec.serving.auth import KeyStore, check_bind
+from seekrec.serving.batching import QueueFullError
 from seekrec.serving.exposure import public_detail
+from seekrec.serving.limits import BodySizeLimit, RateLimit, TokenBuckets, client_key
 from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
 from seekrec.serving.routes import admin, events, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
@@ -45,6 +48,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _install_perimeter(app, settings)
     app.state.metrics = serving_metrics
     app.state.serving = None
+    # limits (serving/limits.py): the body size inside the rate limit, metrics outermost so refusals count
+    rejected = serving_metrics.rejected
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       on_reject=lambda reason: rejected.labels(reason=reason).inc())
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+                           key=functools.partial(client_key, keys=app.state.keys),
+                           on_reject=lambda reason: rejected.labels(reason=reason).inc())
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
     for module in (recommend, events, items, health, admin, metrics):
         app.include_router(module.router)
@@ -60,6 +71,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
         detail = public_detail(str(exc), "not ready")  # a failed version's reason may name its files
         return JSONResponse({"detail": f"not ready: {detail}"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(QueueFullError)
+    async def overloaded(request: Request, exc: QueueFullError) -> JSONResponse:
+        rejected.labels(reason="overloaded").inc()
+        return JSONResponse({"detail": f"overloaded: {exc}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

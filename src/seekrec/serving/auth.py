@@ -196,12 +196,17 @@ class KeyStore:
 
 def presented_key(request: Request) -> str | None:
     """The key from ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; None when neither is sent."""
-    header = request.headers.get("authorization")
+    return key_in_headers(request.headers)
+
+
+def key_in_headers(headers: Mapping[str, str]) -> str | None:
+    """``presented_key`` for code below the router (ASGI middleware) that has headers, not a request."""
+    header = headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[None]]:

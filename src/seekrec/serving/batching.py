@@ -10,6 +10,10 @@ thread hand-off plus GIL contention with the event loop (measured: about 2 ms of
 request and a long latency tail). It then runs inline on the loop (``run_in_thread=False``); sockets
 buffer what arrives meanwhile. On a GPU the forward mostly waits for the device with the GIL
 released, so a worker thread lets the loop accept requests during it.
+
+Load shedding: at most ``max_queue`` requests wait. Past it ``submit`` raises ``QueueFullError`` at
+once (HTTP 503 with Retry-After): a request queued behind more work than the server can do before
+the client gives up costs CPU for an answer nobody reads, and makes every later request late too.
 """
 
 from __future__ import annotations
@@ -26,22 +30,30 @@ Q = TypeVar("Q")
 R = TypeVar("R")
 
 
+class QueueFullError(RuntimeError):
+    """``max_queue`` requests are already waiting; the HTTP layer answers 503 with Retry-After."""
+
+
 class MicroBatcher(Generic[Q, R]):
     """Collects ``submit``-ted items for up to ``max_wait_ms`` or ``max_batch`` items, then calls
     ``run(batch) -> results`` (one result per item, same order) in a thread.
 
     ``start()`` and ``stop()`` must be called on the event loop that submits; ``on_batch(size)`` is an
-    optional hook for metrics.
+    optional hook for metrics. At most ``max_queue`` items wait (none: no bound); past it ``submit``
+    raises ``QueueFullError`` without queueing.
     """
 
     def __init__(self, run: Callable[[list[Q]], Sequence[R]], max_batch: int = 64, max_wait_ms: float = 2.0,
-                 on_batch: Callable[[int], None] | None = None, *, run_in_thread: bool = True) -> None:
+                 on_batch: Callable[[int], None] | None = None, *, run_in_thread: bool = True,
+                 max_queue: int | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1 or None (no bound), got {max_queue}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self._run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_ms / 1000
-        self._on_batch, self.run_in_thread = on_batch, run_in_thread
+        self._on_batch, self.run_in_thread, self.max_queue = on_batch, run_in_thread, max_queue
         self._queue: asyncio.Queue[tuple[Q, asyncio.Future[R]]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -71,8 +83,11 @@ class MicroBatcher(Generic[Q, R]):
         """The result of ``item``, computed together with whatever else arrives meanwhile."""
         if self._queue is None or self._worker is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if self.max_queue is not None and self._queue.qsize() >= self.max_queue:
+            raise QueueFullError(f"{self._queue.qsize()} requests already wait for a micro-batch "
+                                 f"(max_queue = {self.max_queue})")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
 
     async def _loop(self) -> None:

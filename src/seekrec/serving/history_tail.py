@@ -28,8 +28,9 @@ class HistoryTail:
     event slips between a model's own replay and the swap (see ``ServingState``)."""
 
     def __init__(self, catalog: Catalog, history_len: int, data_dir: Path | None,
-                 observers: Callable[[], Iterable[Predictor]]) -> None:
+                 observers: Callable[[], Iterable[Predictor]], max_users: int | None = None) -> None:
         self.catalog, self.history_len, self.data_dir, self.observers = catalog, history_len, data_dir, observers
+        self.max_users = max_users  # memory bound: least recently active users beyond it are forgotten
         self.histories: UserHistories | None = None
         self.event_log: EventLog | None = None
         self.lock = asyncio.Lock()
@@ -84,9 +85,9 @@ class HistoryTail:
         assert self.event_log is not None  # opened before any model is installed
         catalog, unknown = Catalog(self.catalog.items, self.catalog.counts.copy()), set()
         if self.data_dir is not None:
-            histories = UserHistories.from_dataset(self.data_dir, self.history_len, catalog)
+            histories = UserHistories.from_dataset(self.data_dir, self.history_len, catalog, self.max_users)
         else:
-            histories = UserHistories(self.history_len)
+            histories = UserHistories(self.history_len, self.max_users)
         replay_log(self.event_log, lambda: histories.offset, lambda chunk: _apply(histories, chunk, catalog, unknown))
         log.info("histories of %d users, event log replayed to offset %d", len(histories), histories.offset)
         return histories, unknown

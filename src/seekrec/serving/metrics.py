@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -52,6 +59,11 @@ class ServingMetrics:
         self.lag = Gauge("seekrec_event_log_lag", "Events the consumer has not committed yet (end - committed)",
                          ["consumer"], registry=r)
         self.ready = Gauge("seekrec_ready", "1 when every arm has a model and histories are loaded", registry=r)
+        self.rejected = Counter("seekrec_requests_rejected", "Requests refused by a limit, by reason (body_too_large, "
+                                "rate_limited, overloaded, unknown_item)", ["reason"], registry=r)
+        self.users = Gauge("seekrec_user_histories", "Users whose recent items the server keeps", registry=r)
+        self.users_evicted = Gauge("seekrec_user_histories_evicted", "Least recently active users forgotten to "
+                                   "stay within max_users, since the histories were last built", registry=r)
 
     def set_versions(self, arms: dict[str, dict[str, Any]]) -> None:
         """Replace the version and freshness series with ``{arm: Predictor.describe()}``."""

@@ -1,25 +1,41 @@
 """Request and response bodies of the HTTP API, with their limits.
 
 Requests are strict (no ``"5"`` -> 5 or ``true`` -> 1 coercion, unknown fields rejected, finite
-numbers only), so a client bug is a 422 naming the field rather than a silently odd answer.
+numbers only), so a client bug is a 422 naming the field rather than a silently odd answer. Every
+string and list has a maximum length, so no field can make a request cost more than its body limit
+says. The one coercion is a whole number written as a float (``633.0`` for an integer): JSON Schema
+counts it as an integer, so a client generated from the OpenAPI schema may send it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 1000
 MAX_EVENTS_PER_BATCH = 1000
+MAX_CONTEXT_KEYS = 64
+MAX_CONTEXT_KEY_CHARS = 64
+MAX_CONTEXT_VALUE_CHARS = 1024
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    """``633.0`` -> ``633`` (an integer in JSON Schema); anything else goes to strict int validation."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 Id = Annotated[str, Field(min_length=1, max_length=256, description="raw id as the client knows it")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-ContextValue = str | int | float | bool | None
+ContextKey = Annotated[str, Field(min_length=1, max_length=MAX_CONTEXT_KEY_CHARS)]
+ContextValue = Annotated[str, Field(max_length=MAX_CONTEXT_VALUE_CHARS)] | int | Finite | bool | None
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    # a before-validator here, not in the field's type: there it would hide ge/le from the JSON schema
+    _whole_ints = field_validator("k", "year", mode="before", check_fields=False)(_whole_float_to_int)
 
 
 class RecommendRequest(_Request):
@@ -28,8 +44,8 @@ class RecommendRequest(_Request):
     user_id: Id
     k: int | None = Field(None, ge=1, le=MAX_K, description="how many items; default: the server's default_k")
     exclude_seen: bool = Field(True, description="drop items already in the user's history")
-    context: dict[str, ContextValue] | None = Field(
-        None, max_length=64, description="request context (page, device ...); accepted for clients and logs, "
+    context: dict[ContextKey, ContextValue] | None = Field(
+        None, max_length=MAX_CONTEXT_KEYS, description="request context (page, device ...); accepted for clients and logs, "
                                          "not used by the sequence models")
 
 
@@ -68,7 +84,8 @@ class EventsResponse(BaseModel):
     """Sent only after the batch is durable in the event log; ``offsets`` = [first, last]."""
 
     accepted: int
-    offsets: tuple[int, int]
+    # a list, not tuple[int, int]: FastAPI writes a tuple as an OpenAPI 3.0 "items" array, invalid in 3.1
+    offsets: list[int] = Field(min_length=2, max_length=2, description="[first, last]")
 
 
 class NewItem(_Request):
@@ -124,3 +141,27 @@ class VersionResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    """One invalid field: where (``["body", "k"]``), what is wrong, and pydantic's error type."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: every invalid field of the request (the input itself is not echoed)."""
+
+    detail: list[FieldError]
+
+
+# the statuses any route with a request body can answer besides its own, as documented in the OpenAPI schema
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not JSON text (e.g. not UTF-8)"},
+    413: {"model": ErrorResponse, "description": "the body is over max_body_bytes"},
+    422: {"model": ValidationErrorResponse, "description": "a field is invalid; each one is named"},
+    429: {"model": ErrorResponse, "description": "the client's rate limit is spent (see Retry-After)"},
+    503: {"model": ErrorResponse, "description": "not ready, or overloaded (see Retry-After)"},
+}

@@ -15,6 +15,7 @@ from typing import Any
 
 from seekrec.config import from_table, load_config
 from seekrec.online.event_log import TRAINER_CONSUMER
+from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.registry.artifacts import RegistryError, parse_version
 
 CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
@@ -101,6 +102,24 @@ class ServeSettings:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile each loaded sequence model's user encoder (less CPU per request; about a "
                 "minute of compilation per version, so for stable versions)"})
+    # -- limits (docs/serving.md "Limits"): each one answers with a status naming the limit, never a slow death
+    max_body_bytes: int = field(default=1_048_576, metadata={
+        "help": "largest request body in bytes; a larger one is refused with 413 before it is parsed"})
+    rate_limit_per_s: float = field(default=0.0, metadata={
+        "help": "requests per second each client may sustain (keyed by client address); past its burst a "
+                "client gets 429 with Retry-After. 0: no rate limit"})
+    rate_limit_burst: int = field(default=1000, metadata={
+        "help": "requests a client may send at once before rate_limit_per_s applies"})
+    max_queue: int = field(default=512, metadata={
+        "help": "requests waiting for a micro-batch; past it /recommend answers 503 with Retry-After at once "
+                "instead of queueing until clients time out"})
+    unknown_items: str = field(default="accept", metadata={
+        "help": "events naming an item no served version knows: 'accept' (logged; the online trainer grows "
+                "its item table for it) or 'reject' (422; only items of the served catalogs, including "
+                "those added by POST /items, are accepted)"})
+    max_users: int = field(default=500_000, metadata={
+        "help": "user histories kept in memory; past it the least recently active user is forgotten "
+                "(seekrec_user_histories_evicted counts them)"})
     experiment: ExperimentSettings = field(default_factory=ExperimentSettings)
     # -- access control and exposure (seekrec.serving.auth) --
     api_keys_file: Path | None = field(default=None, metadata={
@@ -124,17 +143,21 @@ class ServeSettings:
             object.__setattr__(self, "experiment", ExperimentSettings(**self.experiment))
         limits = {"port": (0, 65535), "default_k": (1, 1000), "history_len": (1, 100_000),
                   "candidates": (1, 100_000), "ann_threshold": (0, 10**12), "max_batch": (1, 4096),
-                  "threads": (0, 1024)}
+                  "threads": (0, 1024), "max_body_bytes": (1024, 2**31), "rate_limit_burst": (1, 10**9),
+                  "max_queue": (1, 10**7), "max_users": (1, 10**9)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"ServeSettings.{name} must be an integer in {low}..{high}, got {value!r}")
-        for name in ("max_wait_ms", "poll_interval_s"):
+        for name in ("max_wait_ms", "poll_interval_s", "rate_limit_per_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
                     or (name == "poll_interval_s" and value == 0):
                 raise ValueError(f"ServeSettings.{name} must be a finite number of at least 0 "
                                  f"(poll_interval_s > 0), got {value!r}")
+        if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
+            raise ValueError(f"ServeSettings.unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, "
+                             f"got {self.unknown_items!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"ServeSettings.compile must be true or false, got {self.compile!r}")
         if not self.trainer_consumer:

@@ -56,11 +56,12 @@ class ServingState:
         context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
                               device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir)
         self.table = ArmTable(self.registry, settings.experiment.arms, context, metrics)
-        self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors)
+        self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
+                                max_users=settings.max_users)
         self.event_log: EventLog | None = None
         self.batcher: MicroBatcher[tuple[ArmModel, Query], Recommendation] = MicroBatcher(
             self._run_batch, settings.max_batch, settings.max_wait_ms, on_batch=metrics.batch_size.observe,
-            run_in_thread=settings.device != "cpu")  # see MicroBatcher: inline is cheaper on a CPU
+            run_in_thread=settings.device != "cpu", max_queue=settings.max_queue)  # inline is cheaper on a CPU
         self._swap_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -14,7 +14,10 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require(Role.METRICS)
 async def metrics(request: Request) -> Response:
     """Counters and histograms, with lag and freshness gauges refreshed for this scrape."""
     state = getattr(request.app.state, "serving", None)
+    registry = request.app.state.metrics
     if state is not None:
         await state.update_gauges()
-    registry = request.app.state.metrics
+        if state.histories is not None:
+            registry.users.set(len(state.histories))
+            registry.users_evicted.set(state.histories.evicted)
     return Response(registry.render(), media_type=registry.content_type)

@@ -8,13 +8,18 @@ from fastapi import APIRouter, Depends
 
 from seekrec.serving.auth import Role, require
 from seekrec.serving.routes import get_state
-from seekrec.serving.schemas import ErrorResponse, RecommendRequest, RecommendResponse, ScoredItem
+from seekrec.serving.schemas import (
+    BODY_ERRORS,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+)
 from seekrec.serving.state import ServingState
 
 router = APIRouter(tags=["recommend"], dependencies=[Depends(require(Role.READ))])
 
 
-@router.post("/recommend", response_model=RecommendResponse, responses={503: {"model": ErrorResponse}})
+@router.post("/recommend", response_model=RecommendResponse, responses=BODY_ERRORS)
 async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depends(get_state)]) -> RecommendResponse:
     """Personalised items (or popular ones, ``fallback: true``, for users with no usable history)."""
     k = body.k if body.k is not None else state.settings.default_k
