@@ -25,5 +25,8 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
                   for e in body.events]
     except ValueError as exc:  # e.g. text the log cannot store (lone surrogates)
         raise HTTPException(status_code=422, detail=str(exc)) from exc
-    offsets = await state.add_events(events)
+    try:
+        offsets = await state.add_events(events, body.idempotency_key)
+    except ValueError as exc:  # an idempotency key reused for a different batch
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
     return EventsResponse(accepted=len(offsets), offsets=(offsets[0], offsets[-1]))
