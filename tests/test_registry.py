@@ -157,6 +157,22 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         reg.load()
 
 
+@pytest.mark.parametrize("escape", ["../outside.bin", "sub/../../outside.bin", "ABSOLUTE"])
+def test_verify_refuses_manifest_names_outside_the_version(tmp_path: Path, escape: str) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    version = _publish(reg)
+    outside = tmp_path / "reg" / "versions" / "outside.bin"
+    outside.write_bytes(b"secret")
+    name = str(outside) if escape == "ABSOLUTE" else escape
+    manifest_path = tmp_path / "reg" / "versions" / version / "manifest.json"
+    doc = json.loads(manifest_path.read_text())
+    # a well-formed entry (right size and sha256) for a file that is not the version's own
+    doc["files"][name] = {"sha256": registry_store.sha256_file(outside), "bytes": outside.stat().st_size}
+    manifest_path.write_text(json.dumps(doc))
+    with pytest.raises(RegistryError, match="not inside|outside"):
+        reg.verify(version)
+
+
 def test_publish_refuses_what_could_not_be_loaded(tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path)
     with pytest.raises(RegistryError, match="does not match sasrec"):

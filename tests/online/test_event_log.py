@@ -232,3 +232,42 @@ numbers = st.floats(allow_nan=False, allow_infinity=False)
 def test_any_valid_event_round_trips_exactly(log, batch):
     offsets = log.append(batch)
     assert [e.event() for e in log.read(offsets[0] - 1, limit=len(batch))] == batch
+
+
+def test_a_retried_batch_with_the_same_idempotency_key_is_written_once(target, log):
+    assert log.append(events(3), idempotency_key="batch-a") == [1, 2, 3]
+    assert log.append(events(3), idempotency_key="batch-a") == [1, 2, 3]  # the client's retry
+    assert log.append(events(2, start=3), idempotency_key="batch-b") == [4, 5]
+    assert log.append(events(1, start=5)) == [6]  # no key: always appended
+    assert log.end_offset() == 6 and [e.event() for e in read_all(log)] == events(6)
+    reopened = target.open()
+    try:  # the key is durable with its batch: a retry reaching a restarted server is still recognised
+        assert reopened.append(events(2, start=3), idempotency_key="batch-b") == [4, 5]
+        assert reopened.end_offset() == 6
+    finally:
+        reopened.close()
+
+
+def test_an_idempotency_key_reused_for_another_batch_or_malformed_is_refused(log):
+    log.append(events(2), idempotency_key="k")
+    with pytest.raises(ValueError, match="idempotency_key 'k' was used for a batch of 2"):
+        log.append(events(3), idempotency_key="k")
+    for bad in ("", "x" * 201, 7):
+        with pytest.raises(ValueError, match="idempotency_key"):
+            log.append(events(1), idempotency_key=bad)
+    assert log.end_offset() == 2
+
+
+def test_idempotency_keys_expire_after_the_window(target):
+    from seekrec.online.redis_log import RedisEventLog
+    from seekrec.online.sqlite_log import SqliteEventLog
+
+    if target.backend == "sqlite":
+        opened: EventLog = SqliteEventLog(target.url.split("://", 1)[1], idempotency_window_s=1.0)
+    else:
+        url, _, stream = target.url.partition("?stream=")
+        opened = RedisEventLog(url, stream, idempotency_window_s=1.0)
+    with opened:
+        assert opened.append(events(1), idempotency_key="k") == [1]
+        time.sleep(2.2)  # Redis expiry has one-second resolution
+        assert opened.append(events(1), idempotency_key="k") == [2]  # remembered only within the window

@@ -278,3 +278,29 @@ def test_refuses_unsafe_starts(config_for: Any, tmp_path: Path) -> None:
         OnlineTrainer(config_for(state_dir=tmp_path / "other", consumer="other"))
     with pytest.raises(ValueError, match="holds no checkpoint"):
         OnlineTrainer(config_for(state_dir=tmp_path / "lost"))
+
+
+def test_a_redis_outage_pauses_training_instead_of_killing_it(config_for: Any, throwaway_redis: Any) -> None:
+    import threading
+
+    url = f"{throwaway_redis.url}?stream=faults:events&socket_timeout=0.5"
+    config = config_for(event_log=url, stop_when_idle=False, block_ms=100, max_events=16)
+    with open_event_log(url) as event_log:
+        event_log.append([Event(f"u{k}", "1", 1000.0 + k) for k in range(8)])
+    result: dict[str, Any] = {}
+    with OnlineTrainer(config) as trainer:
+        runner = threading.Thread(target=lambda: result.update(trainer.run()))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while trainer.position < 8:
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        throwaway_redis.pause()  # reads time out ...
+        time.sleep(2.0)
+        throwaway_redis.resume()
+        assert runner.is_alive()  # ... and the trainer waits them out
+        with open_event_log(url) as event_log:
+            event_log.append([Event(f"v{k}", "2", 2000.0 + k) for k in range(8)])
+        runner.join(60)
+    assert not runner.is_alive() and result["position"] == 16 and result["events_this_run"] == 16
+    assert _records(config, "outage") and _records(config, "recovered")

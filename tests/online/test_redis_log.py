@@ -97,3 +97,34 @@ def test_an_unreachable_server_raises_a_connection_error_saying_how_to_start_one
 def test_passwords_are_redacted_from_urls():
     assert redact("redis://:s3cret@db.example:6380/2") == "redis://:***@db.example:6380/2"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_paused_redis_times_out_and_a_restarted_one_serves_again(throwaway_redis):
+    from seekrec.online.event_log import EventLogUnavailableError
+
+    with RedisEventLog(throwaway_redis.url, "faults:events", timeout_s=0.5) as log:
+        log.append(events(2))
+        throwaway_redis.pause()
+        try:
+            for call in (lambda: log.append(events(1), idempotency_key="retry-me"), log.end_offset,
+                         lambda: log.read(0), lambda: log.commit("c", 1), lambda: log.read(0, block_ms=100)):
+                start = time.monotonic()
+                with pytest.raises(EventLogUnavailableError, match="unavailable"):
+                    call()
+                assert time.monotonic() - start < 3  # the timeout, not a hang (nor redis-py's backoff retries)
+        finally:
+            throwaway_redis.resume()
+        # the append that timed out may have landed (it did not here: the server was frozen); the
+        # client's retry with its key writes it at most once
+        assert log.append(events(1), idempotency_key="retry-me") == [3]
+        assert log.append(events(1), idempotency_key="retry-me") == [3]
+        throwaway_redis.stop()
+        with pytest.raises(EventLogUnavailableError):
+            log.end_offset()
+
+
+def test_blocking_reads_longer_than_the_socket_timeout_still_wait(throwaway_redis):
+    with RedisEventLog(throwaway_redis.url, "faults:events", timeout_s=0.3) as log:
+        start = time.monotonic()
+        assert log.read(0, block_ms=800) == [] and log.read_group("g", block_ms=800) == []
+        assert 1.4 < time.monotonic() - start < 4

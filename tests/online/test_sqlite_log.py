@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from seekrec.online.event_log import Event
+from seekrec.online.event_log import Event, EventLogUnavailableError
 from seekrec.online.sqlite_log import SqliteEventLog
 
 
@@ -50,3 +50,31 @@ def test_another_applications_database_is_refused(tmp_path):
     conn.close()
     with pytest.raises(ValueError, match="app.db is not a seekrec event log.*users"):
         SqliteEventLog(path)
+
+
+def test_a_locked_database_raises_unavailable_not_a_bare_operational_error(tmp_path):
+
+    path = tmp_path / "events.db"
+    with SqliteEventLog(path, busy_timeout_ms=50) as log:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock for too long
+        try:
+            with pytest.raises(EventLogUnavailableError, match="database is locked"):
+                log.append([Event("u", "i", 1.0)])
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert log.append([Event("u", "i", 1.0)]) == [1]
+
+
+def test_a_schema_1_log_is_upgraded_in_place_keeping_its_events(tmp_path):
+    path = tmp_path / "events.db"
+    with SqliteEventLog(path) as log:
+        log.append([Event("u", "i", 1.0)])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE idempotency")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with SqliteEventLog(path) as log:
+        assert log.end_offset() == 1
+        assert log.append([Event("u", "j", 2.0)], idempotency_key="k") == [2]

@@ -54,7 +54,7 @@ def registry(tmp_path: Path, trained_run: Path) -> ModelRegistry:
 @pytest.fixture
 def settings(tmp_path: Path, registry: ModelRegistry, sim_data_dir: Path) -> ServeSettings:
     return ServeSettings(registry=registry.root, event_log=str(tmp_path / "events.db"), data_dir=sim_data_dir,
-                         poll_interval_s=0.05, max_wait_ms=1.0)
+                         poll_interval_s=0.05, max_wait_ms=1.0, background_start=False)
 
 
 def publish_variant(registry: ModelRegistry, seed: int, promote: bool = True, base: str | None = None) -> str:

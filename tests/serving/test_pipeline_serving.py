@@ -19,7 +19,7 @@ def ab_client(tmp_path: Path, registry: ModelRegistry, pipeline_bundle: Path, si
     version = registry.publish_bundle(pipeline_bundle, kind="pipeline", name="two-tower+din")
     assert version == "v000002"
     settings = ServeSettings(registry=registry.root, event_log=str(tmp_path / "events.db"), data_dir=sim_data_dir,
-                             poll_interval_s=0.05, max_wait_ms=1.0,
+                             poll_interval_s=0.05, max_wait_ms=1.0, background_start=False,
                              experiment=ExperimentSettings("seq-vs-pipeline", (ArmSettings("sequence", "v000001", 0.5),
                                                                                ArmSettings("pipeline", "current", 0.5))))
     with TestClient(create_app(settings)) as client:

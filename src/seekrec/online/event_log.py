@@ -16,6 +16,15 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 _LogT = TypeVar("_LogT", bound="EventLog")
 TRAINER_CONSUMER = "online-trainer"  # the online trainer's consumer name: keys its committed position
+IDEMPOTENCY_WINDOW_S = 3600.0  # how long a batch's idempotency key is remembered (a client's retry horizon)
+MAX_IDEMPOTENCY_KEY_LEN = 200
+
+
+class EventLogUnavailableError(OSError):
+    """The log's storage cannot be reached or written right now (Redis down, paused or timing out;
+    SQLite locked or its disk full). Transient by nature: the caller retries later (the server answers
+    503 with Retry-After, the online trainer backs off). A batch that raised this may or may not have
+    been written (a timeout after the write): retry it with the same idempotency key."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,27 @@ def check_batch(events: Sequence[Event]) -> list[Event]:
     return batch
 
 
+def check_idempotency_key(key: str | None) -> None:
+    """Keys are short non-empty strings chosen by the client (a UUID per batch is the usual choice)."""
+    if key is None:
+        return
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LEN:
+        raise ValueError(f"idempotency_key must be a string of 1..{MAX_IDEMPOTENCY_KEY_LEN} characters, got {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"idempotency_key is not valid unicode text: {key!r}") from exc
+
+
+def check_replay(key: str, offsets: list[int], size: int) -> list[int]:
+    """The offsets remembered for ``key``, if the retried batch has the same size; a key reused for a
+    different batch is a client bug, refused rather than silently answered with someone else's offsets."""
+    if len(offsets) != size:
+        raise ValueError(f"idempotency_key {key!r} was used for a batch of {len(offsets)} events, now for {size}; "
+                         "use a new key per batch")
+    return offsets
+
+
 def check_read_args(after: int, limit: int, block_ms: int, limit_name: str = "limit") -> None:
     """Shared argument checks for the read calls, so both backends reject the same calls."""
     if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -137,14 +167,19 @@ class EventLog(Protocol):
       durable when the call returns, and atomic (all of it is written or none).
     * ``read(after)`` returns events with offset > ``after`` in offset order, at most ``limit``;
       with ``block_ms > 0`` it waits up to that long when nothing is available yet.
+    * ``append(events, idempotency_key=k)``: when a batch with key ``k`` was appended within the
+      backend's window (``IDEMPOTENCY_WINDOW_S`` by default), nothing is written and that batch's
+      offsets are returned again, so a client that retries after a timeout does not duplicate events.
+    * Transient storage failures raise ``EventLogUnavailableError``; every Redis call has a timeout.
     * ``commit(consumer, offset)`` records that the consumer processed everything <= ``offset``;
       positions never go backwards and never pass ``end_offset()`` (``ValueError`` otherwise).
 
     Backends subclass this protocol to inherit ``lag`` and the context manager.
     """
 
-    def append(self, events: Sequence[Event]) -> list[int]:
-        """Append a batch atomically and durably; return its offsets in order."""
+    def append(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
+        """Append a batch atomically and durably; return its offsets in order (the first batch's
+        offsets again when ``idempotency_key`` was already used within the window)."""
         ...
 
     def read(self, after: int, limit: int = 1000, block_ms: int = 0) -> list[LoggedEvent]:

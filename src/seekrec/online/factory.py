@@ -24,8 +24,9 @@ def open_event_log(url: str | Path) -> EventLog:
       ``sqlite://relative/events.db``, or a plain path without a scheme: ``SqliteEventLog``.
       Query option: ``?synchronous=FULL`` (default ``NORMAL``).
     * ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS) or ``unix:///path/redis.sock``:
-      ``RedisEventLog``. Query option ``?stream=<key>`` (default ``seekrec:events``); the other query
-      options go to the redis client (``socket_timeout`` ...).
+      ``RedisEventLog``. Query options ``?stream=<key>`` (default ``seekrec:events``) and
+      ``?socket_timeout=<seconds>`` (every Redis call's timeout, default 5); the others go to the redis
+      client.
 
     Unknown schemes raise ``ValueError`` listing the known ones.
     """
@@ -70,7 +71,15 @@ def _open_redis(url: str) -> EventLog:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     streams = [value for key, value in query if key == "stream"]
-    client_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "stream"])))
-    if len(streams) > 1:
-        raise ValueError(f"event log url {url!r} names ?stream= more than once")
-    return RedisEventLog(client_url, streams[0]) if streams else RedisEventLog(client_url)
+    timeouts = [value for key, value in query if key == "socket_timeout"]
+    own = ("stream", "socket_timeout")  # read here: the log cuts blocking reads into slices of its timeout
+    client_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
+    if len(streams) > 1 or len(timeouts) > 1:
+        raise ValueError(f"event log url {url!r} names ?stream= or ?socket_timeout= more than once")
+    options: dict[str, float] = {}
+    if timeouts:
+        try:
+            options["timeout_s"] = float(timeouts[0])
+        except ValueError as exc:
+            raise ValueError(f"event log url {url!r}: socket_timeout must be seconds, got {timeouts[0]!r}") from exc
+    return RedisEventLog(client_url, *streams, **options)

@@ -9,26 +9,56 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from seekrec.online.event_log import (
+    IDEMPOTENCY_WINDOW_S,
     Event,
     EventLog,
+    EventLogUnavailableError,
     LoggedEvent,
     check_batch,
     check_commit,
     check_consumer,
+    check_idempotency_key,
     check_offset,
     check_read_args,
+    check_replay,
 )
 
 logger = logging.getLogger(__name__)
 
 MIN_REDIS_VERSION = (6, 2)  # exclusive XRANGE starts, XPENDING ranges and XGROUP ... MKSTREAM
+# replies that mean "this Redis cannot serve right now" (loading a dump, out of memory, cannot persist)
+_TRANSIENT_REPLIES = ("LOADING", "OOM", "MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _unavailable_on_outage(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn a Redis outage (refused, reset, timed out, loading, OOM) into ``EventLogUnavailableError``;
+    other errors (a bug, a foreign stream) pass through unchanged."""
+
+    @wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith(_TRANSIENT_REPLIES):
+                raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
+            raise
+
+    return wrapper
 
 # Offsets live in the stream ids ("0-<offset>"), and the stream's own last-generated-id is the
 # counter: a single source of truth that no separate key can contradict.
@@ -48,16 +78,29 @@ local function end_offset(stream)
 end
 """
 
-# KEYS: stream. ARGV: five fields per event. Returns the first offset of the batch. Checks run before
-# the first write and XADD with a larger id cannot fail, so the batch lands whole or not at all.
+# KEYS: stream, then the idempotency key's Redis key when the batch has one. ARGV: the key's lifetime
+# in seconds, then five fields per event. Returns {first offset, count}: a new batch's, or the batch
+# that first used the key. Checks run before the first write and XADD with a larger id cannot fail, so
+# the batch (and its key) land whole or not at all.
 _APPEND = _LUA_HELPERS + """
+if #KEYS > 1 then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then
+    local first, count = string.match(seen, '^(%d+):(%d+)$')
+    return {tonumber(first), tonumber(count)}
+  end
+end
 local last = end_offset(KEYS[1])
-for i = 0, #ARGV / 5 - 1 do
-  local b = i * 5
+local n = (#ARGV - 1) / 5
+for i = 0, n - 1 do
+  local b = 1 + i * 5
   redis.call('XADD', KEYS[1], string.format('0-%d', last + 1 + i),
              'u', ARGV[b + 1], 'i', ARGV[b + 2], 't', ARGV[b + 3], 'e', ARGV[b + 4], 'v', ARGV[b + 5])
 end
-return last + 1
+if #KEYS > 1 then
+  redis.call('SET', KEYS[2], string.format('%d:%d', last + 1, n), 'EX', ARGV[1])
+end
+return {last + 1, n}
 """
 
 _END = _LUA_HELPERS + "return end_offset(KEYS[1])"
@@ -144,16 +187,29 @@ class RedisEventLog(EventLog):
         stream: str = "seekrec:events",
         *,
         connect_timeout_s: float = 5.0,
+        timeout_s: float = 5.0,
+        idempotency_window_s: float = IDEMPOTENCY_WINDOW_S,
     ) -> None:
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"stream must be a non-empty key name, got {stream!r}")
+        if not timeout_s > 0 or not connect_timeout_s > 0:
+            raise ValueError(f"timeout_s and connect_timeout_s must be > 0 seconds, got {timeout_s}, {connect_timeout_s}")
+        if not idempotency_window_s >= 1:
+            raise ValueError(f"idempotency_window_s must be >= 1 second, got {idempotency_window_s}")
         self.url = redact(url)
         self.stream = stream
         self.positions_key = f"{stream}:committed"
-        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=connect_timeout_s)
+        self.timeout_s = timeout_s
+        self.idempotency_window_s = idempotency_window_s
+        # Every call has a socket timeout, so a paused or unreachable Redis cannot hang a request or the
+        # trainer; no automatic retries: re-sending an append after a timeout could write it twice (callers
+        # retry with an idempotency key instead), and a fast failure lets the server answer 503 at once.
+        # Blocking reads wait in slices shorter than the timeout (see ``_block_slices``).
+        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=connect_timeout_s,
+                                           socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
         try:
             version_text = str(self._redis.info("server")["redis_version"])
-        except redis.exceptions.ConnectionError as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             self._redis.close()
             raise ConnectionError(
                 f"cannot reach Redis at {self.url}: {exc}. Start one "
@@ -192,27 +248,45 @@ class RedisEventLog(EventLog):
             )
         return events
 
-    def append(self, events: Sequence[Event]) -> list[int]:
-        """Append a batch atomically (one Lua script) and return its offsets."""
+    @_unavailable_on_outage
+    def append(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
+        """Append a batch atomically (one Lua script) and return its offsets; the idempotency key is
+        checked and stored by the same script (``<stream>:idem:<key>``, expiring after the window)."""
         batch = check_batch(events)
+        check_idempotency_key(idempotency_key)
         if not batch:
             return []
-        args: list[str] = []
+        args: list[str] = [str(int(self.idempotency_window_s))]
         for e in batch:
             # repr() of a float round-trips exactly, so timestamps read back bit-identical
             args += [e.user_id, e.item_id, repr(e.timestamp), e.event_type, repr(e.value)]
-        first = int(self._append_script(keys=[self.stream], args=args, client=self._client()))
-        return list(range(first, first + len(batch)))
+        keys = [self.stream] if idempotency_key is None else [self.stream, f"{self.stream}:idem:{idempotency_key}"]
+        first, count = (int(x) for x in self._append_script(keys=keys, args=args, client=self._client()))
+        offsets = list(range(first, first + count))
+        return offsets if idempotency_key is None else check_replay(idempotency_key, offsets, len(batch))
 
+    @_unavailable_on_outage
     def read(self, after: int, limit: int = 1000, block_ms: int = 0) -> list[LoggedEvent]:
         """Events with offset > ``after``; XREAD BLOCK waits up to ``block_ms`` when none are there."""
         check_read_args(after, limit, block_ms)
         client = self._client()
         if block_ms == 0:  # XREAD BLOCK 0 would wait forever, so non-blocking reads use XRANGE
             return self._parse(client.xrange(self.stream, min=f"(0-{after}", max="+", count=limit))
-        reply: Any = client.xread({self.stream: f"0-{after}"}, count=limit, block=block_ms)
-        return self._parse(reply[0][1]) if reply else []
+        for block in self._block_slices(block_ms):
+            reply: Any = client.xread({self.stream: f"0-{after}"}, count=limit, block=block)
+            if reply:
+                return self._parse(reply[0][1])
+        return []
 
+    def _block_slices(self, block_ms: int) -> Iterator[int]:
+        """``block_ms`` cut into waits of at most half the socket timeout, so a blocking read never
+        looks like a dead connection; the slices stop when the whole wait is spent."""
+        deadline = time.monotonic() + block_ms / 1000
+        longest = max(1, int(self.timeout_s * 500))
+        while (remaining := int((deadline - time.monotonic()) * 1000)) > 0:
+            yield min(remaining, longest)
+
+    @_unavailable_on_outage
     def read_group(
         self, consumer: str, count: int = 1000, block_ms: int = 0, *, member: str = "main"
     ) -> list[LoggedEvent]:
@@ -238,9 +312,16 @@ class RedisEventLog(EventLog):
                 self._pending[(consumer, member)] = history[-1][0] if history else None
             if history:
                 return self._parse(history)
-        reply = client.xreadgroup(consumer, member, {self.stream: ">"}, count=count, block=block_ms or None)
-        return self._parse(reply[0][1]) if reply else []
+        if block_ms == 0:
+            reply = client.xreadgroup(consumer, member, {self.stream: ">"}, count=count)
+            return self._parse(reply[0][1]) if reply else []
+        for block in self._block_slices(block_ms):
+            reply = client.xreadgroup(consumer, member, {self.stream: ">"}, count=count, block=block)
+            if reply:
+                return self._parse(reply[0][1])
+        return []
 
+    @_unavailable_on_outage
     def commit(self, consumer: str, offset: int) -> None:
         """Compare-and-set the position, acknowledging the group's deliveries up to ``offset``."""
         check_consumer(consumer)
@@ -251,11 +332,13 @@ class RedisEventLog(EventLog):
         if not ok:
             check_commit(consumer, offset, int(current), int(end))
 
+    @_unavailable_on_outage
     def committed(self, consumer: str) -> int:
         check_consumer(consumer)
         position = self._client().hget(self.positions_key, consumer)
         return 0 if position is None else int(position)
 
+    @_unavailable_on_outage
     def end_offset(self) -> int:
         return int(self._end_script(keys=[self.stream], client=self._client()))
 

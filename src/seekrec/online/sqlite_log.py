@@ -11,25 +11,36 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from seekrec.online.event_log import (
+    IDEMPOTENCY_WINDOW_S,
     Event,
     EventLog,
+    EventLogUnavailableError,
     LoggedEvent,
     check_batch,
     check_commit,
     check_consumer,
+    check_idempotency_key,
     check_offset,
     check_read_args,
+    check_replay,
 )
 
 logger = logging.getLogger(__name__)
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
-SCHEMA_VERSION = 1  # stored in PRAGMA user_version; bump it when the tables change
+SCHEMA_VERSION = 2  # stored in PRAGMA user_version; bump it when the tables change (2: idempotency keys)
+# SQLite primary result codes that mean "storage unavailable right now", not a bug: busy, locked,
+# out of memory, I/O error, disk full, cannot open, lock protocol
+_TRANSIENT_CODES = {5, 6, 7, 10, 13, 14, 15}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -42,6 +53,33 @@ _SCHEMA = (
     )""",
     "CREATE TABLE IF NOT EXISTS consumers (consumer TEXT PRIMARY KEY, committed INTEGER NOT NULL)",
 )
+# version 2: idempotency keys of recent batches (pruned past the window at each keyed append)
+_SCHEMA_2 = (
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY,
+        first_offset INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        created REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created)",
+)
+
+
+def _unavailable_on_storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn SQLite's transient failures (locked past the busy timeout, disk full, I/O errors) into
+    ``EventLogUnavailableError``; other errors (a bug, a corrupt file) pass through unchanged."""
+
+    @wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _TRANSIENT_CODES:
+                raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
+            raise
+
+    return wrapper
 _SELECT = (
     "SELECT event_offset, user_id, item_id, timestamp, event_type, value FROM events "
     "WHERE event_offset > ? ORDER BY event_offset LIMIT ?"
@@ -82,6 +120,7 @@ class SqliteEventLog(EventLog):
         *,
         busy_timeout_ms: int = 10_000,
         poll_interval_s: float = 0.01,
+        idempotency_window_s: float = IDEMPOTENCY_WINDOW_S,
     ) -> None:
         mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
         if mode not in SYNCHRONOUS_MODES:
@@ -93,6 +132,7 @@ class SqliteEventLog(EventLog):
         self.path = Path(path)
         self.synchronous = mode
         self.poll_interval_s = poll_interval_s
+        self.idempotency_window_s = idempotency_window_s
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -125,7 +165,11 @@ class SqliteEventLog(EventLog):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0 and not tables - {"events", "consumers"}:
-                for statement in _SCHEMA:
+                for statement in _SCHEMA + _SCHEMA_2:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # a log written before idempotency keys: add their table, events stay
+                for statement in _SCHEMA_2:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -153,14 +197,24 @@ class SqliteEventLog(EventLog):
             raise RuntimeError(f"the event log {self.path} is closed; open a new SqliteEventLog")
         return self._conn
 
-    def append(self, events: Sequence[Event]) -> list[int]:
-        """Append a batch in one transaction and return its offsets; durable when it returns."""
+    @_unavailable_on_storage_errors
+    def append(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
+        """Append a batch in one transaction and return its offsets; durable when it returns. The
+        idempotency key is stored in the same transaction, so a batch and its key land together."""
         batch = check_batch(events)
+        check_idempotency_key(idempotency_key)
         if not batch:
             return []
         with self._lock:
             conn = self._connection()
             with self._transaction(conn):
+                if idempotency_key is not None:
+                    now = time.time()
+                    conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self.idempotency_window_s,))
+                    row = conn.execute("SELECT first_offset, count FROM idempotency WHERE key = ?",
+                                       (idempotency_key,)).fetchone()
+                    if row is not None:
+                        return check_replay(idempotency_key, list(range(row[0], row[0] + row[1])), len(batch))
                 # Offsets are allocated explicitly (max + 1 ...) under the write lock rather than
                 # left to rowid allocation, so they are gap-free and known without a read-back.
                 (end,) = conn.execute("SELECT COALESCE(MAX(event_offset), 0) FROM events").fetchone()
@@ -172,8 +226,12 @@ class SqliteEventLog(EventLog):
                         for offset, e in zip(offsets, batch)
                     ],
                 )
+                if idempotency_key is not None:
+                    conn.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?)",
+                                 (idempotency_key, offsets[0], len(offsets), now))
         return offsets
 
+    @_unavailable_on_storage_errors
     def read(self, after: int, limit: int = 1000, block_ms: int = 0) -> list[LoggedEvent]:
         """Events with offset > ``after`` (at most ``limit``); polls up to ``block_ms`` if none yet."""
         check_read_args(after, limit, block_ms)
@@ -189,6 +247,7 @@ class SqliteEventLog(EventLog):
                 ]
             time.sleep(min(self.poll_interval_s, remaining))
 
+    @_unavailable_on_storage_errors
     def commit(self, consumer: str, offset: int) -> None:
         """Record the consumer's position; raises ``ValueError`` going backwards or past the end."""
         check_consumer(consumer)
@@ -205,6 +264,7 @@ class SqliteEventLog(EventLog):
                     (consumer, offset),
                 )
 
+    @_unavailable_on_storage_errors
     def committed(self, consumer: str) -> int:
         check_consumer(consumer)
         with self._lock:
@@ -213,6 +273,7 @@ class SqliteEventLog(EventLog):
             ).fetchone()
         return 0 if row is None else int(row[0])
 
+    @_unavailable_on_storage_errors
     def end_offset(self) -> int:
         with self._lock:
             (end,) = self._connection().execute("SELECT COALESCE(MAX(event_offset), 0) FROM events").fetchone()

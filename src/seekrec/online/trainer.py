@@ -24,11 +24,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -38,7 +38,7 @@ from seekrec.io import atomic_write_bytes
 from seekrec.models.losses import LossConfig
 from seekrec.models.factory import build_loss, build_model
 from seekrec.models.task import NextItemTask
-from seekrec.online.event_log import TRAINER_CONSUMER, LoggedEvent
+from seekrec.online.event_log import TRAINER_CONSUMER, EventLogUnavailableError, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
@@ -50,6 +50,8 @@ from seekrec.training.metrics_log import MetricsLog
 from seekrec.training.step import TrainStep, build_optimizer
 
 log = logging.getLogger(__name__)
+RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S = 0.5, 30.0  # backoff while the event log is unavailable
+_T = TypeVar("_T")
 
 CHECKPOINT_DIR = "checkpoints"
 BASE_CATALOG_FILE = "base_catalog.json"  # the catalog before any online event, pinned at first start
@@ -270,10 +272,38 @@ class OnlineTrainer:
                 limit = min(limit, cfg.max_events - self.events_this_run)
             if limit <= 0 or (cfg.max_seconds is not None and time.monotonic() - start >= cfg.max_seconds):
                 return
-            batch = self.events.read(self.position, limit=limit, block_ms=cfg.block_ms)
+            batch = self._through_outages(
+                "read", lambda: self.events.read(self.position, limit=limit, block_ms=cfg.block_ms))
+            if batch is None:  # stopped while the log was unavailable
+                return
             if not batch and cfg.stop_when_idle:
                 return
             yield batch
+
+    def _through_outages(self, what: str, call: Callable[[], _T]) -> _T | None:
+        """``call()``, retried with exponential backoff (0.5 s doubling to ``RETRY_MAX_DELAY_S``) while
+        the event log is unavailable (Redis down, paused or timing out; SQLite locked or full), so an
+        outage pauses training instead of killing it with a traceback. The outage is logged when it
+        starts and when it ends. ``None`` when a stop is requested meanwhile."""
+        delay, failures, since = RETRY_FIRST_DELAY_S, 0, time.monotonic()
+        while True:
+            try:
+                result = call()
+            except EventLogUnavailableError as exc:
+                if failures == 0:
+                    log.error("event log unavailable during %s: %s; retrying with backoff", what, exc)
+                    self.metrics.append({"kind": "outage", "time": time.time(), "during": what, "error": str(exc)})
+                failures += 1
+                if self._stop.wait(delay):
+                    log.warning("stop requested while the event log is unavailable (%s not done)", what)
+                    return None
+                delay = min(delay * 2, RETRY_MAX_DELAY_S)
+                continue
+            if failures:
+                log.warning("event log available again after %.1f s (%d failed attempts at %s)",
+                            time.monotonic() - since, failures, what)
+                self.metrics.append({"kind": "recovered", "time": time.time(), "during": what, "failures": failures})
+            return result
 
     def run(self) -> dict[str, Any]:
         """The shared step over ``stream()``, plus publishing; returns ``summary()`` once stopped."""
@@ -365,7 +395,11 @@ class OnlineTrainer:
             extras["task_generator"] = task_state
         save_checkpoint(self.state_dir / CHECKPOINT_DIR, self.state["checkpoint_index"], self.model,
                         self.optimizer, self.state, extras)
-        self.events.commit(self.config.consumer, self.position)
+        # the checkpoint holds the position, so a commit given up on at a stop is redone from it at restart
+        position = self.position
+        if self._through_outages("commit", lambda: self.events.commit(self.config.consumer, position) or True) is None \
+                and self._stop.is_set():
+            return time.perf_counter() - t0
         self.metrics.append({"kind": "commit", "time": time.time(), "position": self.position})
         return time.perf_counter() - t0
 
@@ -374,8 +408,15 @@ class OnlineTrainer:
         return {"position": self.position, "events_trained": self.events_trained,
                 "events_this_run": self.events_this_run, "steps": self.state["steps"],
                 "versions_published": list(self.published), "current_version": self.state["published_version"],
-                "n_items": self.model.n_items, "lag": self.events.end_offset() - self.position,
+                "n_items": self.model.n_items, "lag": self._lag(),
                 "last_loss": self.last_loss}
+
+    def _lag(self) -> int | None:
+        """Events in the log past the position; ``None`` while the log is unavailable."""
+        try:
+            return self.events.end_offset() - self.position
+        except EventLogUnavailableError:
+            return None
 
     def close(self) -> None:
         """Close the event log and release the ``state_dir`` lock (idempotent)."""

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -123,7 +123,7 @@ class VersionStore:
         doc = self.manifest(version)
         directory = self.directory(doc["version"])
         for name, meta in doc["files"].items():
-            path = directory / name
+            path = _inside(directory, name, doc["version"])
             if not path.is_file():
                 raise RegistryError(f"{path}: missing, but the manifest of {doc['version']} lists it; the artifact "
                                     "is incomplete and will not be loaded: promote another version")
@@ -323,3 +323,17 @@ def _pid_alive(pid: int) -> bool:
 def utc_now() -> str:
     """Now, as ISO 8601 UTC with milliseconds (manifests and history events)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _inside(directory: Path, name: str, version: str) -> Path:
+    """``directory / name``, refusing names that leave the version directory (``../x``, absolute paths,
+    symlinks out): a tampered manifest must not make verification or loading read files elsewhere."""
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts or "\\" in name:
+        raise RegistryError(f"manifest of {version} lists file {name!r}, which is not inside {directory}; the "
+                            "manifest is corrupt or tampered with: promote another version")
+    path = directory / name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise RegistryError(f"manifest of {version} lists file {name!r}, which resolves outside {directory}; "
+                            "promote another version")
+    return path

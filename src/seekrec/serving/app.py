@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from seekrec.online.event_log import EventLogUnavailableError
 from seekrec.serving.auth import KeyStore, check_bind
 from seekrec.serving.batching import QueueFullError
 from seekrec.serving.exposure import public_detail
@@ -76,6 +77,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def overloaded(request: Request, exc: QueueFullError) -> JSONResponse:
         rejected.labels(reason="overloaded").inc()
         return JSONResponse({"detail": f"overloaded: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+    # -- event-log faults: 503 + Retry-After through Starlette's ExceptionMiddleware, which answers and
+    # keeps the connection; the catch-all below runs in ServerErrorMiddleware, which re-raises after
+    # its 500, and uvicorn then drops the keep-alive connection (resets for the client's other requests).
+    # The outage itself is logged once by ``ServingState.outage``, not per request.
+    @app.exception_handler(EventLogUnavailableError)
+    async def event_log_unavailable(request: Request, exc: EventLogUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": f"event log unavailable, retry later: {exc}"}, status_code=503,
+                            headers={"Retry-After": str(settings.retry_after_s)})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from seekrec.data.vocab import Catalog, Vocab
-from seekrec.registry import ModelRegistry
+from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.serving.loading import load_predictor
 from seekrec.serving.metrics import ServingMetrics
 from seekrec.serving.predictor import LoadContext, Predictor
@@ -51,22 +51,67 @@ class ArmTable:
         self.arms: dict[str, ArmModel] = {}  # replaced whole on every swap, never mutated
         self.current_version: str | None = None
         self.failed_versions: dict[str, str] = {}  # version -> error, so a broken one is not reloaded each poll
+        self.pointer_error: str | None = None  # why CURRENT could not be read at start-up, if it could not
 
     # -- loading -----------------------------------------------------------------------------
     def wants_current(self) -> bool:
         return any(a.version == CURRENT for a in self.settings)
 
     async def load_initial(self) -> tuple[dict[str, Predictor], str | None]:
-        """Pinned versions first (errors propagate: start-up fails), then CURRENT (may be absent or
-        broken: counted, and the poller retries); returns the predictors and the CURRENT they hold."""
+        """Pinned versions first (errors propagate: start-up fails), then CURRENT; returns the
+        predictors and the version the ``current`` arms serve.
+
+        A CURRENT that cannot be loaded (corrupt files, an unreadable pointer) must not leave a
+        restarted server answering 503 until someone rolls back by hand: the newest version that
+        loads serves instead, and the bad one is reported (``failed_versions``, the ``model_load``
+        error count, ``/readyz``'s detail, the log). The poller keeps skipping the bad version and
+        swaps in the next one published."""
         pinned = {a.version for a in self.settings if a.version != CURRENT}
         loaded = {v: await asyncio.to_thread(self.load, v) for v in sorted(pinned)}
-        current = await asyncio.to_thread(self.registry.current)
-        if current is not None and self.wants_current():
+        if not self.wants_current():
+            return loaded, None
+        try:
+            current = await asyncio.to_thread(self.registry.current)
+        except RegistryError as exc:  # CURRENT itself is garbage: any good version beats none
+            self.pointer_error = str(exc)
+            self.metrics.errors.labels(kind="model_load").inc()
+            log.error("cannot read the registry's CURRENT: %s", exc)
+            current = None
+        if current is not None:
             predictor = loaded.get(current) or await self.try_load(current)
             if predictor is not None:
                 loaded[current] = predictor
-        return loaded, current if current in loaded else None
+                return loaded, current
+        if current is None and self.pointer_error is None:
+            return loaded, None  # nothing promoted yet: not ready until something is
+        fallback = await self._newest_good(loaded)
+        if fallback is None:
+            return loaded, None
+        version, predictor = fallback
+        loaded[version] = predictor
+        log.error("CURRENT %s cannot be served (%s); serving %s, the newest version that loads, until a good "
+                  "version is promoted", current, self.failed_versions.get(current or "", self.pointer_error), version)
+        return loaded, version
+
+    async def _newest_good(self, loaded: dict[str, Predictor]) -> tuple[str, Predictor] | None:
+        """The newest published version that loads (skipping known-bad ones), or ``None``."""
+        for version in reversed(await asyncio.to_thread(self.registry.store.published)):
+            if version in self.failed_versions:
+                continue
+            predictor = loaded.get(version) or await self.try_load(version)
+            if predictor is not None:
+                return version, predictor
+        return None
+
+    def degraded(self) -> str | None:
+        """Why the ``current`` arms do not serve the registry's CURRENT (``None`` when they do)."""
+        if self.pointer_error is not None:
+            return f"CURRENT is unreadable ({self.pointer_error}); serving {self.current_version}"
+        serving = -1 if self.current_version is None else int(self.current_version[1:])
+        bad = {v: e for v, e in self.failed_versions.items() if int(v[1:]) > serving}
+        if not bad:
+            return None
+        return "; ".join(f"{v} failed to load: {e}" for v, e in bad.items()) + f"; serving {self.current_version}"
 
     def load(self, version: str) -> Predictor:
         """Worker thread: the predictor of ``version``, whatever its kind."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from seekrec.online.histories import UserHistories
 from seekrec.serving.predictor import REPLAY_CHUNK, Predictor, replay_log
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # how often a long start-up replay logs its progress
 
 
 class HistoryTail:
@@ -35,6 +37,7 @@ class HistoryTail:
         self.event_log: EventLog | None = None
         self.lock = asyncio.Lock()
         self._unknown_items: set[str] = set()  # raw ids in applied events that no loaded version knew
+        self.resets = 0  # times the log was seen going backwards (restarted empty)
 
     def get(self, user_id: str) -> list[int]:
         """The user's recent items as server ids, oldest first (call only once ``histories`` exist)."""
@@ -54,12 +57,39 @@ class HistoryTail:
             if own and own[0].offset == histories.offset + 1:
                 self._apply(own)
                 return
-            end = own[-1].offset if own else await asyncio.to_thread(log_.end_offset)
+            if own:
+                end = own[-1].offset
+                if end <= histories.offset and not await asyncio.to_thread(self._holds, own[-1]):
+                    self._restarted(end)  # our new event got an offset already applied: the log started again
+            else:
+                end = await asyncio.to_thread(log_.end_offset)
+                if end < histories.offset:
+                    self._restarted(end)
             while histories.offset < end:
                 chunk = await asyncio.to_thread(log_.read, histories.offset, REPLAY_CHUNK)
                 if not chunk:
                     break
                 self._apply(chunk)
+
+    def _holds(self, event: LoggedEvent) -> bool:
+        """Worker thread: whether the log still holds ``event`` at its offset (a retried batch: yes;
+        a log restarted empty that reused the offset for someone else's event: no)."""
+        assert self.event_log is not None
+        found = self.event_log.read(event.offset - 1, 1)
+        same = ("user_id", "item_id", "event_type", "value")  # not the timestamp: a retry may be stamped anew
+        return bool(found) and all(getattr(found[0], f) == getattr(event, f) for f in same)
+
+    def _restarted(self, end: int) -> None:
+        """The log's end fell below the position applied (Redis restarted without its data, a log file
+        replaced): its offsets start again at 1. Histories keep what they learned and follow the new
+        log from its start; without this every new event would be skipped as already applied."""
+        assert self.histories is not None
+        self.resets += 1
+        log.error("event log %s went backwards (end offset %d, histories at %d): it was reset or restarted "
+                  "empty; histories keep their items and follow the new log from offset 1. Events acknowledged "
+                  "before the reset are gone from the log (restart the online trainer from its checkpoint)",
+                  self.event_log, end, self.histories.offset)
+        self.histories.offset = 0
 
     def needs_rebuild(self, new_raws: Iterable[str]) -> bool:
         """On first start, or when items that skipped clicks were about have become known."""
@@ -88,8 +118,19 @@ class HistoryTail:
             histories = UserHistories.from_dataset(self.data_dir, self.history_len, catalog, self.max_users)
         else:
             histories = UserHistories(self.history_len, self.max_users)
-        replay_log(self.event_log, lambda: histories.offset, lambda chunk: _apply(histories, chunk, catalog, unknown))
-        log.info("histories of %d users, event log replayed to offset %d", len(histories), histories.offset)
+        end, started, reported = self.event_log.end_offset(), time.monotonic(), time.monotonic()
+
+        def apply(chunk: list[LoggedEvent]) -> None:
+            nonlocal reported
+            _apply(histories, chunk, catalog, unknown)
+            if time.monotonic() - reported >= PROGRESS_EVERY_S:  # a long replay says how far it is
+                reported = time.monotonic()
+                log.info("replaying the event log: offset %d of %d (%.0f%%, %.0f s)", histories.offset, end,
+                         100 * histories.offset / max(end, 1), reported - started)
+
+        replay_log(self.event_log, lambda: histories.offset, apply)
+        log.info("histories of %d users, event log replayed to offset %d in %.1f s", len(histories),
+                 histories.offset, time.monotonic() - started)
         return histories, unknown
 
 

@@ -78,6 +78,9 @@ class EventsRequest(_Request):
     """``POST /events``: 1..1000 events, appended atomically (all or none)."""
 
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="a client-chosen id of this batch (a UUID): a retry with the same key within an hour "
+                          "is answered with the first offsets and written once")
 
 
 class EventsResponse(BaseModel):

@@ -131,6 +131,15 @@ class ServeSettings:
     docs: bool = field(default=False, metadata={
         "help": "serve the interactive API docs at /docs and /redoc (their scripts load from a CDN; "
                 "/openapi.json is always served)"})
+    # -- faults and start-up ------------------------------------------------------------------
+    background_start: bool = field(default=True, metadata={
+        "help": "answer /healthz at once and load models, histories and the event log in the background "
+                "(/readyz turns 200 when done); off: start-up waits for them and fails on the first error"})
+    retry_after_s: int = field(default=2, metadata={
+        "help": "Retry-After seconds of the 503 answered while the event log is unavailable"})
+    items_journal: Path | None = field(default=None, metadata={
+        "help": "file journaling items added by POST /items, replayed at start-up "
+                "(default: added_items.jsonl in the registry)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", Path(self.registry))
@@ -158,6 +167,13 @@ class ServeSettings:
         if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
             raise ValueError(f"ServeSettings.unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, "
                              f"got {self.unknown_items!r}")
+        if self.items_journal is not None:
+            object.__setattr__(self, "items_journal", Path(self.items_journal))
+        if not isinstance(self.background_start, bool):
+            raise ValueError(f"ServeSettings.background_start must be true or false, got {self.background_start!r}")
+        if isinstance(self.retry_after_s, bool) or not isinstance(self.retry_after_s, int) \
+                or not 1 <= self.retry_after_s <= 3600:
+            raise ValueError(f"ServeSettings.retry_after_s must be an integer in 1..3600, got {self.retry_after_s!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"ServeSettings.compile must be true or false, got {self.compile!r}")
         if not self.trainer_consumer:
@@ -171,6 +187,11 @@ class ServeSettings:
         for name in ("metrics_require_key", "docs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ServeSettings.{name} must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def items_journal_path(self) -> Path:
+        """Where added items are journaled: beside the registry's versions unless configured."""
+        return self.items_journal if self.items_journal is not None else self.registry / "added_items.jsonl"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ServeSettings:

@@ -15,20 +15,27 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import torch
 
-from seekrec.online.event_log import Event, EventLog, LoggedEvent
+from seekrec.online.event_log import (
+    Event,
+    EventLog,
+    EventLogUnavailableError,
+    LoggedEvent,
+)
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UserHistories
-from seekrec.registry import ModelRegistry
+from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.history_tail import HistoryTail
+from seekrec.serving.item_journal import ItemJournal
 from seekrec.serving.metrics import ServingMetrics
 from seekrec.serving.predictor import (
     ItemsNotAddableError,
@@ -37,13 +44,37 @@ from seekrec.serving.predictor import (
     Query,
     Recommendation,
 )
-from seekrec.serving.settings import ServeSettings
+from seekrec.serving.settings import CURRENT, ServeSettings
 
 log = logging.getLogger(__name__)
 
 
 class NotReadyError(RuntimeError):
     """No model (or no histories) yet for this request; the HTTP layer answers 503."""
+
+
+class OutageLog:
+    """Reports an event-log outage once when it starts and once when it ends, not once per failed
+    request or poll: in a storm of retries the log stays readable and the disk does not fill.
+    Every failure is still counted (``seekrec_errors{kind="event_log_unavailable"}``)."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self.metrics = metrics
+        self.since: float | None = None  # monotonic time of the first failure of the present outage
+        self.failures = 0
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        self.metrics.errors.labels(kind="event_log_unavailable").inc()
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error("event log unavailable (%s): %s; answering 503 with Retry-After until it is back", where, exc)
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning("event log available again after %.1f s (%d failed calls)",
+                        time.monotonic() - self.since, self.failures)
+            self.since, self.failures = None, 0
 
 
 class ServingState:
@@ -64,6 +95,11 @@ class ServingState:
             run_in_thread=settings.device != "cpu", max_queue=settings.max_queue)  # inline is cheaper on a CPU
         self._swap_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.outage = OutageLog(metrics)
+        self.journal = ItemJournal(settings.items_journal_path)
+        self._journaled: dict[str, dict[str, Any]] = {}  # items of the journal, replayed into new versions
+        self.failure: str | None = None  # why a background start-up gave up (liveness then fails)
+        self._starting: asyncio.Task[None] | None = None
 
     @property
     def arms(self) -> dict[str, ArmModel]:
@@ -79,33 +115,87 @@ class ServingState:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the log, load pinned versions (errors abort start-up) and CURRENT (errors are counted
-        and retried with the next version), build histories, then start polling."""
+        """Check the pinned versions exist (cheap: a mistyped one fails start-up at once), then load.
+
+        With ``background_start`` (the default) loading runs as a task and this returns at once, so
+        ``/healthz`` answers while a long event log replays and ``/readyz`` turns 200 when done; a
+        failure there is logged and turns ``/healthz`` to 503 so the orchestrator restarts the process.
+        Without it, start-up waits for the load and fails on its first error."""
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
             set_search_threads(self.settings.threads)  # FAISS's own OpenMP pool: 2 threads cost 60x CPU per search
-        self.event_log = await asyncio.to_thread(open_event_log, self.settings.event_log)
+        for arm in self.table.settings:
+            if arm.version != CURRENT:
+                await asyncio.to_thread(self.registry.manifest, arm.version)  # RegistryError naming it
+        self.batcher.start()
+        if not self.settings.background_start:
+            try:
+                await self._load()
+            except BaseException:
+                await self.stop()  # a failed start-up must not leave the log open or the batcher running
+                raise
+            return
+        self._starting = asyncio.create_task(self._load_in_background(), name="start-up")
+
+    async def _load_in_background(self) -> None:
+        try:
+            await self._load()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported through /healthz and the log, not a dead task
+            self.failure = f"start-up failed: {type(exc).__name__}: {exc}"
+            self.metrics.errors.labels(kind="startup").inc()
+            log.critical("%s; /healthz answers 503 so that the process is restarted", self.failure, exc_info=exc)
+
+    async def _load(self) -> None:
+        """Open the log (waiting out an outage when in the background), load pinned versions and
+        CURRENT (falling back to the newest good version), build histories, then start polling."""
+        started = time.monotonic()
+        self.event_log = await self._open_event_log()
         self.tail.event_log = self.event_log
         self.table.context = dataclasses.replace(self.table.context, event_log=self.event_log)
-        self.batcher.start()
-        try:
-            loaded, current = await self.table.load_initial()
-            if loaded:
-                await self._install(loaded, current)
-            else:
-                log.warning("no model in %s yet: not ready until one is published", self.settings.registry)
-        except BaseException:
-            await self.stop()  # a failed start-up must not leave the log open or the batcher running
-            raise
+        self._journaled = await asyncio.to_thread(self.journal.load)
+        if self._journaled:
+            log.info("%d items added by POST /items are journaled in %s; replaying them into each version",
+                     len(self._journaled), self.journal.path)
+        loaded, current = await self.table.load_initial()
+        if loaded:
+            await self._install(loaded, current)
+        else:
+            log.warning("no model in %s yet: not ready until one is published", self.settings.registry)
         self._tasks = [asyncio.create_task(self._every(self.refresh, "model_load"), name="registry-poller"),
                        asyncio.create_task(self._every(self.tail.catch_up, "event_tail"), name="event-log-tail")]
+        log.info("start-up done in %.1f s (ready: %s)", time.monotonic() - started, self.ready)
         # models, catalogs and histories live as long as the process: moved out of the collector's
         # generations, full collections stop walking them, which would pause requests at scale
         gc.collect()
         gc.freeze()
 
+    async def _open_event_log(self) -> EventLog:
+        """The event log; in the background an unreachable one is retried with backoff (Redis still
+        starting, say) rather than failing the process."""
+        delay = 0.5
+        while True:
+            try:
+                event_log = await asyncio.to_thread(open_event_log, self.settings.event_log)
+            except (EventLogUnavailableError, ConnectionError) as exc:
+                if not self.settings.background_start:
+                    raise
+                self.outage.failed(exc, "opening the event log")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.outage.ok()
+            return event_log
+
     async def stop(self) -> None:
-        """Stop pollers and the batcher, then close the event log."""
+        """Stop the start-up task, pollers and the batcher, then close the event log."""
+        if self._starting is not None:
+            self._starting.cancel()
+            try:
+                await self._starting
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -122,6 +212,10 @@ class ServingState:
         return self.tail.histories is not None and not self.table.missing()
 
     def not_ready_reason(self) -> str:
+        if self.failure is not None:
+            return self.failure
+        if self.event_log is None:
+            return "opening the event log" + (" (unavailable, retrying)" if self.outage.since is not None else "")
         missing = self.table.missing()
         if missing:
             failed = "; ".join(f"{v}: {e}" for v, e in self.table.failed_versions.items())
@@ -144,12 +238,19 @@ class ServingState:
                                             fallback=str(rec.fallback).lower()).inc()
         return rec, arm.name
 
-    async def add_events(self, events: Sequence[Event]) -> list[int]:
+    async def add_events(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
         """Append durably (the offsets are returned only after the log's ``append`` returned), then apply
-        to histories at once so the user's next recommendation already excludes the item."""
+        to histories at once so the user's next recommendation already excludes the item. A retried
+        batch (same ``idempotency_key``) gets its first offsets back and is not written again.
+        ``EventLogUnavailableError`` (HTTP 503) while the log's storage is down."""
         if self.event_log is None:
             raise NotReadyError("event log is not open yet")
-        offsets = await asyncio.to_thread(self.event_log.append, list(events))
+        try:
+            offsets = await asyncio.to_thread(self.event_log.append, list(events), idempotency_key)
+        except EventLogUnavailableError as exc:
+            self.outage.failed(exc, "POST /events")
+            raise
+        self.outage.ok()
         self.metrics.events.inc(len(offsets))
         logged = [LoggedEvent(e.user_id, e.item_id, e.timestamp, e.event_type, e.value, offset=o)
                   for e, o in zip(events, offsets)]
@@ -172,7 +273,10 @@ class ServingState:
                 raise ItemsNotAddableError("no arm can add items by their content: "
                                            + ("; ".join(refusals) or "no model is loaded yet"))
             if any(added.values()):
-                await self._install(adders, self.table.current_version)
+                # durable before the answer: replayed into every version installed from now on
+                await asyncio.to_thread(self.journal.append, records)
+                self._journaled.update(records)
+                await self._install(adders, self.table.current_version, replay_items=False)
         return added
 
     def _run_batch(self, batch: list[tuple[ArmModel, Query]]) -> list[Recommendation]:
@@ -193,7 +297,13 @@ class ServingState:
         if not self.table.wants_current():
             return False
         async with self._swap_lock:
-            version = await asyncio.to_thread(self.registry.current)
+            try:
+                version = await asyncio.to_thread(self.registry.current)
+            except RegistryError:
+                if self.table.pointer_error is not None:
+                    return False  # still the unreadable CURRENT reported at start-up: no error per poll
+                raise
+            self.table.pointer_error = None
             if version is None or version == self.table.current_version or version in self.table.failed_versions:
                 return False
             predictor = await self.table.try_load(version)
@@ -204,8 +314,17 @@ class ServingState:
             log.info("hot-swapped CURRENT to %s", version)
             return True
 
-    async def _install(self, predictors: dict[str, Predictor], current: str | None) -> None:
-        """Map the new versions' ids, rebuild histories if they must, then swap the arms in."""
+    async def _install(self, predictors: dict[str, Predictor], current: str | None, replay_items: bool = True) -> None:
+        """Replay journaled items into the new versions, map their ids, rebuild histories if they must,
+        then swap the arms in."""
+        if replay_items and self._journaled:
+            for predictor in predictors.values():
+                try:
+                    added = await asyncio.to_thread(predictor.add_items, self._journaled)
+                except ItemsNotAddableError:
+                    continue  # a sequence model learns new items from their events instead
+                if added:
+                    log.info("%s: %d journaled items replayed", predictor.version, len(added))
         arms, new_raws = await self.table.build(predictors, current)
         if self.tail.needs_rebuild(new_raws):
             await self.tail.rebuild()
@@ -239,6 +358,8 @@ class ServingState:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
                 await job()
+            except EventLogUnavailableError as exc:  # an outage: reported once, not every poll
+                self.outage.failed(exc, f"{kind} poll")
             except Exception:  # noqa: BLE001 - a poller must survive a bad poll (disk hiccup, log outage)
                 self.metrics.errors.labels(kind=kind).inc()
                 log.exception("%s poll failed", kind)

@@ -35,7 +35,11 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
     except ValueError as exc:  # e.g. text the log cannot store (lone surrogates)
         raise RequestValidationError([{"loc": ["body", "events"], "type": "value_error",
                                        "msg": public_detail(str(exc), "POST /events refused")}]) from exc
-    offsets = await state.add_events(events)
+    try:
+        offsets = await state.add_events(events, body.idempotency_key)
+    except ValueError as exc:  # an idempotency key reused for a different batch
+        raise RequestValidationError([{"loc": ["body", "idempotency_key"], "type": "value_error",
+                                       "msg": public_detail(str(exc), "POST /events refused")}]) from exc
     return EventsResponse(accepted=len(offsets), offsets=[offsets[0], offsets[-1]])
 
 

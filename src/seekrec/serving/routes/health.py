@@ -13,9 +13,13 @@ from seekrec.serving.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    """Liveness: answers whenever the event loop runs, even while models load."""
+@router.get("/healthz", response_model=Health, responses={503: {"model": Readiness}})
+async def healthz(request: Request) -> Health | JSONResponse:
+    """Liveness: answers whenever the event loop runs, even while models load in the background;
+    503 only when a background start-up gave up (restart the process)."""
+    state = getattr(request.app.state, "serving", None)
+    if state is not None and state.failure is not None:
+        return JSONResponse(Readiness(status="not_ready", detail=state.failure).model_dump(), status_code=503)
     return Health()
 
 
@@ -27,4 +31,5 @@ async def readyz(request: Request) -> JSONResponse:
         detail = "server is starting" if state is None else public_detail(state.not_ready_reason(), "not ready")
         return JSONResponse(Readiness(status="not_ready", detail=detail).model_dump(), status_code=503)
     versions = {arm: model.predictor.version for arm, model in state.arms.items()}
-    return JSONResponse(Readiness(status="ready", versions=versions).model_dump())
+    # ready, but say so when CURRENT could not be loaded and an older good version serves instead
+    return JSONResponse(Readiness(status="ready", versions=versions, detail=state.table.degraded()).model_dump())
