@@ -88,6 +88,12 @@ def _help(argv):
     (["demo", "--workers", "0"], "workers >= 1"),
     (["data", "simulate", "--out", "x", "--users", "0"], "n_users"),
     (["serve", "--port", "eighty"], "invalid int value: 'eighty'"),
+    (["train", "train.lr=abc"], "command line: train.lr must be a number, got 'abc'"),
+    (["train", "model.name=sasrec", "model.dim=true"], "model.dim must be an integer, got True"),
+    (["evaluate", "--data", "d", "--model", "ease", "--param", "l3=5"], "--param l3: ease has no parameter 'l3'; valid: l2"),
+    (["evaluate", "--data", "d", "--model", "ease", "--param", "l2=big"], "--param l2 must be a number, got 'big'"),
+    (["registry", "--root", "nowhere", "list"], "nowhere: no such registry directory; check --root"),
+    (["serve", "--registry", "nowhere", "--event-log", "e.db"], "nowhere: no such registry directory; check --registry"),
 ])
 def test_user_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -121,3 +127,44 @@ def test_prepare_an_event_log_with_named_columns(tmp_path, capsys):
     assert manifest["options"]["user_col"] == "uid" and manifest["options"]["min_value"] == 4
     assert main(["data", "prepare", "--dataset", "csv", "--raw", str(log), "--out", str(tmp_path / "x")]) == 2
     assert "user_id" in capsys.readouterr().err  # the default column is not in the file: named
+
+
+def test_a_wrongly_typed_toml_value_is_named_with_its_file(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text('[model]\nname = "sasrec"\ndim = "sixty-four"\n')
+    assert main(["train", "--config", str(config), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"seekrec: error: {config}: model.dim must be an integer, got 'sixty-four'\n"
+
+
+def test_version_and_usage_of_the_command_on_unknown_flags_or_missing_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip().startswith("seekrec 0.")
+    for argv, message in ((["evaluate", "--data", "d", "--model", "pop", "--bogus"], "unrecognized arguments: --bogus"),
+                          (["evaluate"], "the following arguments are required: --data, --model"),
+                          (["data", "prepare", "--out", "x", "--colour"], "--dataset")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        usage, error = capsys.readouterr().err.splitlines()
+        assert exc.value.code == 2 and message in error and error.startswith("seekrec: error:")
+        assert usage.startswith(f"usage: seekrec {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]} [options]")
+
+
+def test_a_closed_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "registry").mkdir()
+    cli = f"{sys.executable} -m seekrec.cli"
+    cmd = f"{cli} registry --root {tmp_path / 'registry'} list | head -0; {cli} data prepare --help | head -0"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert out.stderr == "", out.stderr
+
+
+def test_third_party_info_lines_are_silenced(tmp_path):
+    import logging
+
+    assert main(["registry", "--root", str(tmp_path), "list"]) == 0
+    assert all(logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+               for name in ("faiss.loader", "matplotlib.font_manager", "httpx"))

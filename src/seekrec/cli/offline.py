@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,37 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any] | None:
     return params
 
 
+def _baseline_params(model: str, pairs: Sequence[str]) -> dict[str, Any] | None:
+    """``--param`` values checked against the baseline's fields, so ``l3=5`` is named, not a TypeError."""
+    import dataclasses
+    import typing
+
+    from seekrec.config import check_types
+    from seekrec.evaluation.baselines import BASELINES
+
+    params = _parse_params(pairs)
+    if not params:
+        return params
+    cls = BASELINES[model]
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init and hints[f.name] in (int, float, bool, str)]
+    for key in params:
+        if key not in valid:
+            raise ValueError(f"--param {key}: {model} has no parameter {key!r}; "
+                             f"{'valid: ' + ', '.join(valid) if valid else 'it takes none'}")
+    try:
+        check_types(cls, params)
+    except ValueError as exc:
+        raise ValueError(f"--param {exc}") from exc
+    return params
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seekrec.evaluation.report import format_table, write_results
     from seekrec.evaluation.runner import evaluate_baseline
 
     record = evaluate_baseline(
-        args.data, args.model, args.split, split=args.split_kind, params=_parse_params(args.param),
+        args.data, args.model, args.split, split=args.split_kind, params=_baseline_params(args.model, args.param),
         mask_history=not args.no_mask_history, progress=sys.stderr.isatty(),
     )
     if record["validation"]:
@@ -54,6 +80,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seekrec.training.experiment import ExperimentConfig, train_experiment
 
     config = ExperimentConfig.load(args.config, args.overrides)
+    if args.config is None:  # a newcomer should know what they are training, and where to change it
+        from seekrec.models.factory import build_model_config
+
+        model = build_model_config(config.model.name, config.model.params, n_items=1)
+        logging.getLogger("seekrec.cli").info(
+            "no --config: using the ExperimentConfig defaults (model %s, dim %s, train.max_epochs %d, train.lr %g, "
+            "train.batch_size %d, data.max_len %d); the run's config.json records them all; configs/*.toml are "
+            "tuned per dataset", config.model.name, getattr(model, "dim", "-"), config.train.max_epochs,
+            config.train.lr, config.train.batch_size, config.data.max_len)
     out = args.out if args.out is not None else Path("runs") / config.name
     record = train_experiment(config, args.data, out)
     if record.get("world_size", 1) == 1 or _rank() == 0:
