@@ -168,3 +168,36 @@ def test_third_party_info_lines_are_silenced(tmp_path):
     assert main(["registry", "--root", str(tmp_path), "list"]) == 0
     assert all(logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
                for name in ("faiss.loader", "matplotlib.font_manager", "httpx"))
+
+
+def test_a_stopped_run_says_how_to_resume_publishes_its_best_and_resumes(sim_data_dir, tmp_path, capsys, caplog,
+                                                                          monkeypatch):
+    import logging
+
+    from seekrec.training.trainer import Trainer
+
+    run, registry = tmp_path / "run", tmp_path / "registry"
+    argv = ["train", "--data", str(sim_data_dir), "--out", str(run), "model.name=sasrec", "model.dim=16",
+            "model.n_layers=1", "data.max_len=12", "train.batch_size=32", "train.max_epochs=2",
+            "train.eval_batch_size=64"]
+    validation = Trainer._validation
+
+    def stop_at_epoch_2(self, epoch, *rest):
+        if epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first epoch's best/ and checkpoint were saved
+        return validation(self, epoch, *rest)
+
+    monkeypatch.setattr(Trainer, "_validation", stop_at_epoch_2)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and f"seekrec registry publish {run}" in err
+    assert main(["registry", "--root", str(registry), "publish", str(run)]) == 0
+    assert "published model v000001" in capsys.readouterr().out
+    from seekrec.registry import ModelRegistry
+
+    manifest = ModelRegistry(registry).manifest("v000001")
+    assert manifest["extra"]["unfinished"] and all(k.startswith("valid/") for k in manifest["metrics"])
+    monkeypatch.setattr(Trainer, "_validation", validation)
+    with caplog.at_level(logging.INFO, logger="seekrec.training.trainer"):
+        assert main(argv) == 0
+    assert "resumed from" in caplog.text and (run / "results.json").is_file()

@@ -90,7 +90,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             "tuned per dataset", config.model.name, getattr(model, "dim", "-"), config.train.max_epochs,
             config.train.lr, config.train.batch_size, config.data.max_len)
     out = args.out if args.out is not None else Path("runs") / config.name
-    record = train_experiment(config, args.data, out)
+    try:
+        record = train_experiment(config, args.data, out)
+    except KeyboardInterrupt:
+        from seekrec.training.run_dir import RunDir
+
+        print(f"seekrec: interrupted; {RunDir(out).resume_hint() or 'nothing was saved yet'}", file=sys.stderr)
+        return 130
     if record.get("world_size", 1) == 1 or _rank() == 0:
         print(f"best validation {config.train.select_metric} {record['valid'].get(config.train.select_metric, 0):.4f} "
               f"at epoch {record['best_epoch']}; test metrics of that checkpoint:")

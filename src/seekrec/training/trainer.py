@@ -174,7 +174,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ctx.is_main:
             self.log.truncate_after(state["global_step"])
-        log.info("resumed from %s (epoch %d, batch %d)", path.name, state["epoch"], state["batch"])
+        log.info("resumed from %s (epoch %d, batch %d): %s had checkpoints; use a new run directory to start over",
+                 path, state["epoch"], state["batch"], self.run_dir.path)
         return state
 
     # -- validation ------------------------------------------------------------------------
