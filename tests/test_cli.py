@@ -126,7 +126,10 @@ def test_prepare_an_event_log_with_named_columns(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["user_col"] == "uid" and manifest["options"]["min_value"] == 4
     assert main(["data", "prepare", "--dataset", "csv", "--raw", str(log), "--out", str(tmp_path / "x")]) == 2
-    assert "user_id" in capsys.readouterr().err  # the default column is not in the file: named
+    err = capsys.readouterr().err
+    assert "user_id" in err and "--user-col" in err  # the default column is not in the file: named, with its flag
+    help_text = _help(["data", "prepare"])
+    assert "event-log schema" in help_text and "--event-type-col" in help_text and "ISO 8601" in help_text
 
 
 def test_a_wrongly_typed_toml_value_is_named_with_its_file(tmp_path, capsys):
