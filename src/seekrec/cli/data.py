@@ -14,7 +14,6 @@ from seekrec.cli.options import (
     config_from_args,
 )
 
-
 EVENT_LOG_SCHEMA = """\
 event-log schema (--dataset csv | parquet): one row per interaction; a CSV needs a header line
 (comma-separated; tab for .tsv). Other columns are ignored.
