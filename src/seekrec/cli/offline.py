@@ -1,4 +1,4 @@
-"""Offline commands: ``seekrec evaluate``, ``train``, ``plot`` and ``pipeline train | evaluate``."""
+"""Offline commands: ``seekrec evaluate``, ``train``, ``recommend``, ``plot`` and ``pipeline train | evaluate``."""
 
 from __future__ import annotations
 
@@ -105,6 +105,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from seekrec.api import export_all, load
+
+    recommender = load(args.model, args.version, data=args.data, device=args.device)
+    if args.all:
+        if args.out is None:
+            raise ValueError("--all writes a file: pass --out FILE.csv or FILE.parquet")
+        users = export_all(recommender, args.out, args.k, args.batch_size, not args.include_seen,
+                           progress=sys.stderr.isatty())
+        print(f"wrote {args.out}: top {args.k} of {users:,} users from {recommender.version}")
+        return 0
+    target = args.user if args.user is not None else [i for i in (args.history or "").split(",") if i]
+    if not target:
+        raise ValueError("say whose recommendations: --user ID, --history ITEM,ITEM,... or --all --out FILE")
+    for rank, (item, score) in enumerate(recommender.recommend(target, args.k, not args.include_seen), 1):
+        print(f"{rank}\t{item}\t{score:.4f}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from seekrec.training.run_dir import RunDir
 
@@ -191,6 +210,7 @@ def add_offline_commands(commands: argparse._SubParsersAction) -> None:
     _add_evaluate(commands)
     _add_train(commands)
     _add_plot(commands)
+    _add_recommend(commands)
     _add_pipeline_commands(commands)
 
 
@@ -225,6 +245,30 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     tr.set_defaults(func=cmd_train)
+
+
+def _add_recommend(commands: argparse._SubParsersAction) -> None:
+    rc = commands.add_parser(
+        "recommend", help="top-K items of a user, a history, or every user of a dataset (to CSV / Parquet)",
+        formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec recommend --model runs/sasrec --data data/ml-100k --user 196\n"
+        "  seekrec recommend --model runs/sasrec --history 50,172,181 --k 5\n"
+        "  seekrec recommend --model registry --data data/ml-100k --all --out recs.parquet   # CURRENT version\n"
+        "--all writes columns user_id, rank, item_id, score (raw ids). In Python: seekrec.api.load(...).\n",
+    )
+    rc.add_argument("--model", type=Path, required=True, help="a `seekrec train` run directory or a model registry")
+    rc.add_argument("--version", help="registry version (default: CURRENT)")
+    rc.add_argument("--data", type=Path, help="prepared dataset whose user histories --user and --all read")
+    who = rc.add_mutually_exclusive_group()
+    who.add_argument("--user", help="a raw user id of --data")
+    who.add_argument("--history", metavar="ITEM,ITEM,...", help="raw item ids, oldest first")
+    who.add_argument("--all", action="store_true", help="every user of --data, written to --out")
+    rc.add_argument("--out", type=Path, help="with --all: FILE.csv or FILE.parquet")
+    rc.add_argument("--k", type=int, default=10, help="items per user (default: %(default)s)")
+    rc.add_argument("--batch-size", type=int, default=256, help="users per forward pass (default: %(default)s)")
+    rc.add_argument("--include-seen", action="store_true", help="do not exclude items already in the history")
+    rc.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    rc.set_defaults(func=cmd_recommend)
 
 
 def _add_plot(commands: argparse._SubParsersAction) -> None:
