@@ -88,6 +88,12 @@ def _help(argv):
     (["demo", "--workers", "0"], "workers >= 1"),
     (["data", "simulate", "--out", "x", "--users", "0"], "n_users"),
     (["serve", "--port", "eighty"], "invalid int value: 'eighty'"),
+    (["train", "train.lr=abc"], "command line: train.lr must be a number, got 'abc'"),
+    (["train", "model.name=sasrec", "model.dim=true"], "model.dim must be an integer, got True"),
+    (["evaluate", "--data", "d", "--model", "ease", "--param", "l3=5"], "--param l3: ease has no parameter 'l3'; valid: l2"),
+    (["evaluate", "--data", "d", "--model", "ease", "--param", "l2=big"], "--param l2 must be a number, got 'big'"),
+    (["registry", "--root", "nowhere", "list"], "nowhere: no such registry directory; check --root"),
+    (["serve", "--registry", "nowhere", "--event-log", "e.db"], "nowhere: no such registry directory; check --registry"),
 ])
 def test_user_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -120,4 +126,81 @@ def test_prepare_an_event_log_with_named_columns(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["user_col"] == "uid" and manifest["options"]["min_value"] == 4
     assert main(["data", "prepare", "--dataset", "csv", "--raw", str(log), "--out", str(tmp_path / "x")]) == 2
-    assert "user_id" in capsys.readouterr().err  # the default column is not in the file: named
+    err = capsys.readouterr().err
+    assert "user_id" in err and "--user-col" in err  # the default column is not in the file: named, with its flag
+    help_text = _help(["data", "prepare"])
+    assert "event-log schema" in help_text and "--event-type-col" in help_text and "ISO 8601" in help_text
+
+
+def test_a_wrongly_typed_toml_value_is_named_with_its_file(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text('[model]\nname = "sasrec"\ndim = "sixty-four"\n')
+    assert main(["train", "--config", str(config), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"seekrec: error: {config}: model.dim must be an integer, got 'sixty-four'\n"
+
+
+def test_version_and_usage_of_the_command_on_unknown_flags_or_missing_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip().startswith("seekrec 0.")
+    for argv, message in ((["evaluate", "--data", "d", "--model", "pop", "--bogus"], "unrecognized arguments: --bogus"),
+                          (["evaluate"], "the following arguments are required: --data, --model"),
+                          (["data", "prepare", "--out", "x", "--colour"], "--dataset")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        usage, error = capsys.readouterr().err.splitlines()
+        assert exc.value.code == 2 and message in error and error.startswith("seekrec: error:")
+        assert usage.startswith(f"usage: seekrec {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]} [options]")
+
+
+def test_a_closed_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "registry").mkdir()
+    cli = f"{sys.executable} -m seekrec.cli"
+    cmd = f"{cli} registry --root {tmp_path / 'registry'} list | head -0; {cli} data prepare --help | head -0"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert out.stderr == "", out.stderr
+
+
+def test_third_party_info_lines_are_silenced(tmp_path):
+    import logging
+
+    assert main(["registry", "--root", str(tmp_path), "list"]) == 0
+    assert all(logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+               for name in ("faiss.loader", "matplotlib.font_manager", "httpx"))
+
+
+def test_a_stopped_run_says_how_to_resume_publishes_its_best_and_resumes(sim_data_dir, tmp_path, capsys, caplog,
+                                                                          monkeypatch):
+    import logging
+
+    from seekrec.training.trainer import Trainer
+
+    run, registry = tmp_path / "run", tmp_path / "registry"
+    argv = ["train", "--data", str(sim_data_dir), "--out", str(run), "model.name=sasrec", "model.dim=16",
+            "model.n_layers=1", "data.max_len=12", "train.batch_size=32", "train.max_epochs=2",
+            "train.eval_batch_size=64"]
+    validation = Trainer._validation
+
+    def stop_at_epoch_2(self, epoch, *rest):
+        if epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first epoch's best/ and checkpoint were saved
+        return validation(self, epoch, *rest)
+
+    monkeypatch.setattr(Trainer, "_validation", stop_at_epoch_2)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and f"seekrec registry publish {run}" in err
+    assert main(["registry", "--root", str(registry), "publish", str(run)]) == 0
+    assert "published model v000001" in capsys.readouterr().out
+    from seekrec.registry import ModelRegistry
+
+    manifest = ModelRegistry(registry).manifest("v000001")
+    assert manifest["extra"]["unfinished"] and all(k.startswith("valid/") for k in manifest["metrics"])
+    monkeypatch.setattr(Trainer, "_validation", validation)
+    with caplog.at_level(logging.INFO, logger="seekrec.training.trainer"):
+        assert main(argv) == 0
+    assert "resumed from" in caplog.text and (run / "results.json").is_file()

@@ -277,8 +277,12 @@ def test_publish_run_from_a_training_run(sim_data_dir: Path, tmp_path: Path) -> 
     history = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
     with torch.inference_mode():
         assert torch.equal(reg.load().model.score_all(history), reference.eval().score_all(history))
-    (run / "results.json").unlink()
-    with pytest.raises(RegistryError, match="results.json: missing"):
+    (run / "results.json").unlink()  # a run stopped before its end: best/ publishes, with validation metrics
+    unfinished = reg.manifest(reg.publish_run(run))
+    assert unfinished["extra"]["unfinished"] and unfinished["model_config"]["n_items"] == record["n_items"]
+    assert unfinished["metrics"] == {k: v for k, v in manifest["metrics"].items() if k.startswith("valid/")}
+    (run / "best" / "model.safetensors").unlink()
+    with pytest.raises(RegistryError, match="best/model.safetensors: missing"):
         reg.publish_run(run)
 
 

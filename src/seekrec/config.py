@@ -160,4 +160,38 @@ def _convert(hint: Any, value: Any, where: str, default: Any) -> Any:
             return {**(default or {}), **value}
         if origin is Path and isinstance(value, str) and len(options) == 1:
             return Path(value)
+    _check_scalar(options, value, where)
     return value
+
+
+def check_types(cls: type, table: Mapping[str, Any], section: str = "") -> None:
+    """Raise a ``ValueError`` naming the key when a value of ``table`` has the wrong type for its field of
+    ``cls`` (a str where a float is declared); keys ``cls`` lacks are left to the caller. For tables that
+    are not built through ``from_table`` (a model's params, a baseline's ``--param``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    for key, value in table.items():
+        if key in fields:
+            _convert(hints[key], value, f"{section}.{key}" if section else key, _default(fields[key], None))
+
+
+_SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+
+
+def _check_scalar(options: list[Any], value: Any, where: str) -> None:
+    """A field typed only with scalars (``float``, ``int | None``, ``str``, ``Path``) must get one of them:
+    ``lr = "abc"`` fails here, naming the key, instead of deep inside a comparison. Other hints (tuples,
+    dicts, literals, ``Any``) are not checked here."""
+    if not options or any(option not in _SCALAR_NAMES for option in options):
+        return
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if option in (str, Path) and isinstance(value, (str, Path)):
+            return
+    wanted = " or ".join(_SCALAR_NAMES[o] for o in options)
+    raise ValueError(f"{where} must be {wanted}, got {value!r}")

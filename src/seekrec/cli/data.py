@@ -14,6 +14,19 @@ from seekrec.cli.options import (
     config_from_args,
 )
 
+EVENT_LOG_SCHEMA = """\
+event-log schema (--dataset csv | parquet): one row per interaction; a CSV needs a header line
+(comma-separated; tab for .tsv). Other columns are ignored.
+  user_id     (--user-col)       required  string or integer id
+  item_id     (--item-col)       required  string or integer id
+  timestamp   (--time-col)       required  unix seconds (int or float) or ISO 8601 (naive = UTC)
+  VALUE       (--value-col)      optional  number (rating, watch time); --min-rating keeps rows >= it
+  EVENT_TYPE  (--event-type-col) optional  text (click, purchase, ...); default 'interaction'
+items file (--items, CSV or Parquet): the item id column (named as --item-col), optional title,
+genres ('|'-separated or a list) and year.
+A missing column is named with the flag that sets it.
+"""
+
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from seekrec.data.log_import import EventLogColumns
@@ -56,7 +69,8 @@ def _add_prepare(data_cmds: argparse._SubParsersAction) -> None:
         "  seekrec data prepare --dataset ml-20m --raw raw/ml-20m --out data/ml-20m --download\n"
         "  seekrec data prepare --dataset csv --raw events.csv --out data/mylog\n"
         "  seekrec data prepare --dataset parquet --raw clicks.parquet --out data/shop --user-col uid --item-col sku \\\n"
-        "      --time-col ts --items products.parquet\n",
+        "      --time-col ts --items products.parquet\n"
+        "\n" + EVENT_LOG_SCHEMA,
     )
     prep.add_argument("--dataset", required=True, help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-latest, "
                       "ml-latest-small, or csv/parquet for a generic event log")

@@ -32,7 +32,10 @@ def serve_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from seekrec.cli.registry import require_registry
+
     settings = serve_settings(args)  # a wrong flag fails before the app and its models are imported
+    require_registry(settings.registry, "--registry")
     from seekrec.serving.app import serve
 
     serve(settings)

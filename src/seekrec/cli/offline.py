@@ -1,9 +1,10 @@
-"""Offline commands: ``seekrec evaluate``, ``train``, ``plot`` and ``pipeline train | evaluate``."""
+"""Offline commands: ``seekrec evaluate``, ``train``, ``recommend``, ``plot`` and ``pipeline train | evaluate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,37 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any] | None:
     return params
 
 
+def _baseline_params(model: str, pairs: Sequence[str]) -> dict[str, Any] | None:
+    """``--param`` values checked against the baseline's fields, so ``l3=5`` is named, not a TypeError."""
+    import dataclasses
+    import typing
+
+    from seekrec.config import check_types
+    from seekrec.evaluation.baselines import BASELINES
+
+    params = _parse_params(pairs)
+    if not params:
+        return params
+    cls = BASELINES[model]
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init and hints[f.name] in (int, float, bool, str)]
+    for key in params:
+        if key not in valid:
+            raise ValueError(f"--param {key}: {model} has no parameter {key!r}; "
+                             f"{'valid: ' + ', '.join(valid) if valid else 'it takes none'}")
+    try:
+        check_types(cls, params)
+    except ValueError as exc:
+        raise ValueError(f"--param {exc}") from exc
+    return params
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seekrec.evaluation.report import format_table, write_results
     from seekrec.evaluation.runner import evaluate_baseline
 
     record = evaluate_baseline(
-        args.data, args.model, args.split, split=args.split_kind, params=_parse_params(args.param),
+        args.data, args.model, args.split, split=args.split_kind, params=_baseline_params(args.model, args.param),
         mask_history=not args.no_mask_history, progress=sys.stderr.isatty(),
     )
     if record["validation"]:
@@ -54,13 +80,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seekrec.training.experiment import ExperimentConfig, train_experiment
 
     config = ExperimentConfig.load(args.config, args.overrides)
+    if args.config is None:  # a newcomer should know what they are training, and where to change it
+        from seekrec.models.factory import build_model_config
+
+        model = build_model_config(config.model.name, config.model.params, n_items=1)
+        logging.getLogger("seekrec.cli").info(
+            "no --config: using the ExperimentConfig defaults (model %s, dim %s, train.max_epochs %d, train.lr %g, "
+            "train.batch_size %d, data.max_len %d); the run's config.json records them all; configs/*.toml are "
+            "tuned per dataset", config.model.name, getattr(model, "dim", "-"), config.train.max_epochs,
+            config.train.lr, config.train.batch_size, config.data.max_len)
     out = args.out if args.out is not None else Path("runs") / config.name
-    record = train_experiment(config, args.data, out)
+    try:
+        record = train_experiment(config, args.data, out)
+    except KeyboardInterrupt:
+        from seekrec.training.run_dir import RunDir
+
+        print(f"seekrec: interrupted; {RunDir(out).resume_hint() or 'nothing was saved yet'}", file=sys.stderr)
+        return 130
     if record.get("world_size", 1) == 1 or _rank() == 0:
         print(f"best validation {config.train.select_metric} {record['valid'].get(config.train.select_metric, 0):.4f} "
               f"at epoch {record['best_epoch']}; test metrics of that checkpoint:")
         print(format_table([record]))
         print(f"run directory: {out}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from seekrec.api import export_all, load
+
+    recommender = load(args.model, args.version, data=args.data, device=args.device)
+    if args.all:
+        if args.out is None:
+            raise ValueError("--all writes a file: pass --out FILE.csv or FILE.parquet")
+        users = export_all(recommender, args.out, args.k, args.batch_size, not args.include_seen,
+                           progress=sys.stderr.isatty())
+        print(f"wrote {args.out}: top {args.k} of {users:,} users from {recommender.version}")
+        return 0
+    target = args.user if args.user is not None else [i for i in (args.history or "").split(",") if i]
+    if not target:
+        raise ValueError("say whose recommendations: --user ID, --history ITEM,ITEM,... or --all --out FILE")
+    for rank, (item, score) in enumerate(recommender.recommend(target, args.k, not args.include_seen), 1):
+        print(f"{rank}\t{item}\t{score:.4f}")
     return 0
 
 
@@ -150,6 +210,7 @@ def add_offline_commands(commands: argparse._SubParsersAction) -> None:
     _add_evaluate(commands)
     _add_train(commands)
     _add_plot(commands)
+    _add_recommend(commands)
     _add_pipeline_commands(commands)
 
 
@@ -184,6 +245,30 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     tr.set_defaults(func=cmd_train)
+
+
+def _add_recommend(commands: argparse._SubParsersAction) -> None:
+    rc = commands.add_parser(
+        "recommend", help="top-K items of a user, a history, or every user of a dataset (to CSV / Parquet)",
+        formatter_class=HELP_FORMAT,
+        epilog="examples:\n  seekrec recommend --model runs/sasrec --data data/ml-100k --user 196\n"
+        "  seekrec recommend --model runs/sasrec --history 50,172,181 --k 5\n"
+        "  seekrec recommend --model registry --data data/ml-100k --all --out recs.parquet   # CURRENT version\n"
+        "--all writes columns user_id, rank, item_id, score (raw ids). In Python: seekrec.api.load(...).\n",
+    )
+    rc.add_argument("--model", type=Path, required=True, help="a `seekrec train` run directory or a model registry")
+    rc.add_argument("--version", help="registry version (default: CURRENT)")
+    rc.add_argument("--data", type=Path, help="prepared dataset whose user histories --user and --all read")
+    who = rc.add_mutually_exclusive_group()
+    who.add_argument("--user", help="a raw user id of --data")
+    who.add_argument("--history", metavar="ITEM,ITEM,...", help="raw item ids, oldest first")
+    who.add_argument("--all", action="store_true", help="every user of --data, written to --out")
+    rc.add_argument("--out", type=Path, help="with --all: FILE.csv or FILE.parquet")
+    rc.add_argument("--k", type=int, default=10, help="items per user (default: %(default)s)")
+    rc.add_argument("--batch-size", type=int, default=256, help="users per forward pass (default: %(default)s)")
+    rc.add_argument("--include-seen", action="store_true", help="do not exclude items already in the history")
+    rc.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    rc.set_defaults(func=cmd_recommend)
 
 
 def _add_plot(commands: argparse._SubParsersAction) -> None:

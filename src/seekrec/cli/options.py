@@ -19,6 +19,9 @@ _SCALARS = (bool, int, float, str)
 HELP_FORMAT = argparse.RawDescriptionHelpFormatter  # keeps the examples' line breaks
 
 
+_USAGE_ERRORS = ("unrecognized arguments", "the following arguments are required", "expected one argument")
+
+
 class Parser(argparse.ArgumentParser):
     """The CLI's parser: a user's mistake is one ``seekrec: error:`` line, and options ``defer``red to
     parse time, so building the whole CLI imports no command's config class (some import torch)."""
@@ -32,10 +35,25 @@ class Parser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         for add in self.__dict__.pop("_deferred", []):
             add(self)
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:
+            # a command (not a group) reports its own unknown flags, so the usage shown is the command's
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"seekrec: error: {message} (see {self.prog} --help)\n")
+        """One error line; for an unknown flag or a missing argument the command's usage line first,
+        since the fix is usually in its spelling."""
+        usage = self.short_usage() + "\n" if message.startswith(_USAGE_ERRORS) else ""
+        self.exit(2, f"{usage}seekrec: error: {message} (see {self.prog} --help)\n")
+
+    def short_usage(self) -> str:
+        """``usage: PROG [options] REQUIRED...``: the command's required flags and positionals only
+        (argparse's full usage of a command with thirty flags fills a screen)."""
+        formatter = self._get_formatter()
+        formatter.add_usage(None, [a for a in self._actions if a.required or not a.option_strings], [])
+        prog, _, rest = formatter.format_help().strip().partition(self.prog)
+        return " ".join(f"{prog}{self.prog} [options] {' '.join(rest.split())}".split())
 
 
 def add_config_options(parser: argparse.ArgumentParser, what: str, example: str) -> None:

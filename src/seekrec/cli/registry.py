@@ -11,6 +11,8 @@ from seekrec.cli.options import HELP_FORMAT
 def cmd_registry(args: argparse.Namespace) -> int:
     from seekrec.registry import ModelRegistry, format_manifest, format_versions, parse_version
 
+    if args.action != "publish":  # publishing creates the registry; every other action reads one
+        require_registry(args.root, "--root")
     reg = ModelRegistry(args.root)
     if args.action == "list":
         print(format_versions(reg.versions()))
@@ -33,6 +35,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
         version = publish_path(reg, args.target, promote=not args.no_promote)
         print(f"published {reg.kind(version)} {version}")
     return 0
+
+
+def require_registry(root: Path, flag: str) -> None:
+    """A registry directory that does not exist is a mistyped path, not an empty registry: say so."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such registry directory; check {flag}, or create it with "
+                         f"`seekrec registry --root {root} publish RUN_DIR`")
 
 
 def add_registry_command(commands: argparse._SubParsersAction) -> None:

@@ -280,7 +280,8 @@ def _require_columns(path: Path, names: list[str], wanted: list[str], line: int 
     for name in wanted:
         if name not in names:
             raise DataFormatError(path, f"has no column {name!r} (its columns: {', '.join(names)}); "
-                                  "name the right one with the matching *_col argument", line)
+                                  "name the right one with --user-col, --item-col, --time-col, --value-col or "
+                                  "--event-type-col (seekrec data prepare; the *_col arguments in Python)", line)
 
 
 def _read_csv(path: Path, wanted: list[str], delimiter: str) -> tuple[pa.Table, bytes]:

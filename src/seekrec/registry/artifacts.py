@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch import nn
 from seekrec.data.vocab import CATALOG_FILE
 from seekrec.models import weights
 
+log = logging.getLogger(__name__)
 _VERSION_RE = re.compile(r"v?(\d+)")
 
 
@@ -109,7 +111,8 @@ def read_run(run_dir: str | Path) -> RunArtifact:
     Reads, through :class:`seekrec.training.run_dir.RunDir`, the resolved model, ``config.json`` (data
     manifest sha256), ``best/meta.json`` (validation metrics, stored as ``valid/<metric>``) and
     ``results.json`` (test metrics as ``test/<metric>``); the run's config.json travels along as the
-    extra file ``run_config.json``, its catalog as ``catalog.json``.
+    extra file ``run_config.json``, its catalog as ``catalog.json``. A run stopped before its end (no
+    results.json) publishes its ``best/`` weights with validation metrics only, marked ``unfinished``.
     """
     from seekrec.training.run_dir import (  # lazy: keeps torch models off `list`
         RunDir,
@@ -118,11 +121,15 @@ def read_run(run_dir: str | Path) -> RunArtifact:
 
     run = RunDir(Path(run_dir))
     try:
-        config, meta, results = run.read_config(), run.read_best_meta(), run.read_results()
-        spec = run.read_model()
+        config, meta = run.read_config(), run.read_best_meta()
+        spec = run.read_model()  # n_items from model.json: results.json is not needed
         model = run.load_best(spec.build())
         metrics = {f"valid/{k}": v for k, v in required(meta, "valid", run.best_meta_file).items()}
-        metrics.update({f"test/{k}": v for k, v in required(results, "metrics", run.results_file).items()})
+        if run.finished:
+            metrics.update({f"test/{k}": v for k, v in required(run.read_results(), "metrics", run.results_file).items()})
+        else:
+            log.warning("%s: no results.json (the run stopped before its end): publishing best/ from epoch %s with "
+                        "validation metrics only", run.path, meta.get("epoch"))
         data_spec = {"data_manifest_sha256": required(config, "data_manifest_sha256", run.config_file),
                      "data_source": config.get("data_source")}
     except ValueError as exc:  # RunDirError included: a missing file or field, weights that do not fit
@@ -134,7 +141,7 @@ def read_run(run_dir: str | Path) -> RunArtifact:
         metrics=metrics,
         data_spec=data_spec,
         extra={"run_dir": str(run.path.resolve()), "experiment": config.get("name"), "best_epoch": meta.get("epoch"),
-               "best_step": meta.get("step")},
+               "best_step": meta.get("step"), **({} if run.finished else {"unfinished": True})},
         extra_files={"run_config.json": run.config_file.read_bytes(),
                      **({CATALOG_FILE: run.catalog_file.read_bytes()} if run.catalog_file.is_file() else {})},
     )

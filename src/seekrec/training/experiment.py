@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seekrec.config import UnknownKeyError, from_table, load_config
+from seekrec.config import UnknownKeyError, check_types, from_table, load_config
 from seekrec.data.schema import InteractionData, read_manifest
 from seekrec.data.sequences import SequenceDataset
 from seekrec.data.splits import SPLITS, load_split
@@ -78,6 +78,7 @@ class ModelSection:
         if self.use_item_features and not model_takes_item_features(self.name):
             raise ValueError(f"model {self.name!r} does not take item features; set model.use_item_features = "
                              "false or pick a model that does")
+        check_types(model_config_class(self.name), self.params, "model")  # `dim = "64"` named, not a TypeError
         build_model_config(self.name, self.params, n_items=1)  # bad values, named
 
     @classmethod

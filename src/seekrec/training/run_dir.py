@@ -177,6 +177,21 @@ class RunDir:
     def read_best_meta(self) -> dict[str, Any]:
         return read_json(self.best_meta_file)
 
+    @property
+    def finished(self) -> bool:
+        """Whether training ran to its end (results.json is written last)."""
+        return self.results_file.is_file()
+
+    def resume_hint(self) -> str | None:
+        """What a stopped run still offers, for the message a user sees when it stops: rerunning the same
+        command resumes from ``checkpoints/`` and ``best/`` can be published already. None: nothing to offer."""
+        offers = []
+        if (self.checkpoints / "LATEST").is_file():
+            offers.append("rerun the same command to resume from its last checkpoint")
+        if self.best_weights.is_file():
+            offers.append(f"`seekrec registry publish {self.path}` publishes its best validation weights")
+        return f"{self.path} is unfinished: {'; '.join(offers)}" if offers else None
+
     def read_model(self) -> RunModel:
         """``model.json``, or for a run written before it existed, the model its config resolved to."""
         if not self.model_file.exists():

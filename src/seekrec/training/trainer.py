@@ -32,6 +32,7 @@ from seekrec.training.distributed import (
     resolve_device,
     wrap_ddp,
 )
+from seekrec.training.progress import progress_log
 from seekrec.training.run_dir import RunDir
 from seekrec.training.step import (
     LossTask,
@@ -174,7 +175,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ctx.is_main:
             self.log.truncate_after(state["global_step"])
-        log.info("resumed from %s (epoch %d, batch %d)", path.name, state["epoch"], state["batch"])
+        log.info("resumed from %s (epoch %d, batch %d): %s had checkpoints; use a new run directory to start over",
+                 path, state["epoch"], state["batch"], self.run_dir.path)
         return state
 
     # -- validation ------------------------------------------------------------------------
@@ -230,14 +232,18 @@ class Trainer:
             best, bad = self._validation(epoch, step, elapsed0 + time.perf_counter() - t0, best, bad)
         stop = bad >= cfg.patience
         while epoch < cfg.max_epochs and not stop:
+            total = self.batches.steps_per_epoch - start_batch
             bar = tqdm(self.batches.epoch(epoch, start_batch), desc=f"epoch {epoch}", unit="step",
-                       total=self.batches.steps_per_epoch - start_batch, disable=not ctx.is_main or None, leave=False)
+                       total=total, disable=not ctx.is_main or None, leave=False)
+            progress = progress_log(f"epoch {epoch + 1}/{cfg.max_epochs}", total, ctx.is_main)  # not a terminal
             for k, group in enumerate(bar, start=start_batch):
                 stats = self.step_fn(group)
                 step += 1
                 examples, tokens = examples + stats.sequences, tokens + stats.tokens
                 train_seconds += stats.seconds
                 bar.set_postfix(loss=f"{stats.loss:.4f}", per_s=f"{stats.sequences / stats.seconds:.0f}")
+                if progress is not None:
+                    progress.update(loss=f"{stats.loss:.4f}")
                 if ctx.is_main:
                     self._log_step(stats, step, epoch)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
