@@ -106,7 +106,7 @@ def test_a_retried_batch_with_its_idempotency_key_is_logged_once(client_settings
         assert first.status_code == retry.status_code == 200 and first.json() == retry.json()
         assert client.app.state.serving.event_log.end_offset() == 2
         reused = client.post("/events", json={**batch, "events": batch["events"][:1]})
-        assert reused.status_code == 422 and "idempotency_key" in reused.text
+        assert reused.status_code == 409 and "idempotency_key" in reused.text
 
 
 @pytest.fixture

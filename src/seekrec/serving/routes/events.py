@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from seekrec.online.event_log import Event
@@ -14,6 +14,7 @@ from seekrec.serving.exposure import public_detail
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import (
     BODY_ERRORS,
+    ErrorResponse,
     EventsRequest,
     EventsResponse,
 )
@@ -23,7 +24,7 @@ router = APIRouter(tags=["events"], dependencies=[Depends(require(Role.INGEST))]
 
 
 @router.post("/events", response_model=EventsResponse,
-             responses=BODY_ERRORS)
+             responses={**BODY_ERRORS, 409: {"model": ErrorResponse}})
 async def post_events(body: EventsRequest, state: Annotated[ServingState, Depends(get_state)]) -> EventsResponse:
     """Append the batch atomically; the response comes only after the log made it durable."""
     if state.settings.unknown_items == "reject":
@@ -37,9 +38,8 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
                                        "msg": public_detail(str(exc), "POST /events refused")}]) from exc
     try:
         offsets = await state.add_events(events, body.idempotency_key)
-    except ValueError as exc:  # an idempotency key reused for a different batch
-        raise RequestValidationError([{"loc": ["body", "idempotency_key"], "type": "value_error",
-                                       "msg": public_detail(str(exc), "POST /events refused")}]) from exc
+    except ValueError as exc:  # an idempotency key reused for a different batch: the request is valid, the key taken
+        raise HTTPException(status_code=409, detail=public_detail(str(exc), "POST /events refused")) from exc
     return EventsResponse(accepted=len(offsets), offsets=[offsets[0], offsets[-1]])
 
 
