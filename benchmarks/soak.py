@@ -97,7 +97,8 @@ async def traffic(base: str, args: argparse.Namespace, users: list[str], items: 
     """Open-loop mixed traffic with the outage in the middle; returns counts, acknowledged events, memory."""
     rng = np.random.default_rng(1)
     n = int(args.rate * args.seconds)
-    codes: collections.Counter[str] = collections.Counter()
+    codes: collections.Counter[str] = collections.Counter()  # "<path> <status>"
+    phases: collections.Counter[str] = collections.Counter()  # "<before|during|after the outage> <status>"
     acknowledged: set[tuple[str, str, float]] = set()
     memory: list[dict] = []
     outage = {"kill_at_s": args.outage_at * args.seconds, "restart_at_s": args.outage_at * args.seconds
@@ -113,14 +114,19 @@ async def traffic(base: str, args: argparse.Namespace, users: list[str], items: 
                 body, path = {"events": [{"user_id": event[0], "item_id": event[1], "timestamp": event[2]}]}, "/events"
             else:
                 event, body, path = None, {"user_id": user, "k": 10}, "/recommend"
+            sent = time.perf_counter() - t0
+            phase = ("before" if sent < outage["kill_at_s"] else "during" if sent < outage["restart_at_s"]
+                     else "after")
             try:
                 async with client.post(path, json=body) as resp:
                     await resp.read()
-                    codes[str(resp.status)] += 1
+                    codes[f"{path} {resp.status}"] += 1
+                    phases[f"{phase} {resp.status}"] += 1
                     if resp.status == 200 and event is not None:
                         acknowledged.add(event)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                codes[type(exc).__name__] += 1
+                codes[f"{path} {type(exc).__name__}"] += 1
+                phases[f"{phase} {type(exc).__name__}"] += 1
 
         async def monitor() -> None:
             killed = restarted = False
@@ -141,7 +147,8 @@ async def traffic(base: str, args: argparse.Namespace, users: list[str], items: 
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
         await watcher
-    return {"requests": n, "codes": dict(sorted(codes.items())), "acknowledged": acknowledged,
+    return {"requests": n, "codes": dict(sorted(codes.items())), "by_phase": dict(sorted(phases.items())),
+            "acknowledged": acknowledged,
             "memory_samples": memory, "outage": outage}
 
 
@@ -212,8 +219,10 @@ def main() -> None:
                        "acknowledged_missing_from_log": len(acknowledged - logged),
                        "in_log_not_acknowledged": len(logged - acknowledged)},
             "trainer": {"alive_at_end": trainer_alive, "exit_code": trainer.returncode,
-                        "versions_published": len(reg.versions()) - 1,
-                        "traceback_in_log": "Traceback" in trainer_log},
+                        # CURRENT's number: v000001 is the offline model, retention keeps only the newest
+                        "versions_published": int(reg.current()[1:]) - 1,
+                        "traceback_in_log": "Traceback" in trainer_log,
+                        "last_log_lines": trainer_log.strip().splitlines()[-3:] if not trainer_alive else []},
             "memory": {k: memory_summary(result["memory_samples"], k) for k in ("server", "trainer")},
             "wall_seconds": round(time.time() - started, 1),
             "memory_samples": result["memory_samples"],

@@ -22,7 +22,7 @@ import torch
 
 from seekrec.training.experiment import ExperimentConfig
 from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.online.event_log import Event
+from seekrec.online.event_log import Event, EventLogUnavailableError
 from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import (
     BASE_CATALOG_FILE,
@@ -304,3 +304,19 @@ def test_a_redis_outage_pauses_training_instead_of_killing_it(config_for: Any, t
         runner.join(60)
     assert not runner.is_alive() and result["position"] == 16 and result["events_this_run"] == 16
     assert _records(config, "outage") and _records(config, "recovered")
+
+
+def test_an_outage_between_reads_does_not_stop_training(config_for: Any) -> None:
+    """The log can go away after a read succeeded, while the step is logged (the soak found this: the
+    step's lag figure asked the log for its end and the trainer died with exit code 2)."""
+    config = config_for(stop_when_idle=True, max_events=8)
+    with open_event_log(config.event_log) as event_log:
+        event_log.append([Event(f"u{k}", "1", 1000.0 + k) for k in range(8)])
+    with OnlineTrainer(config) as trainer:
+        def unavailable() -> int:
+            raise EventLogUnavailableError("the log is down between two reads")
+
+        trainer.events.end_offset = unavailable  # type: ignore[method-assign]
+        result = trainer.run()
+    assert result["position"] == 8 and result["lag"] is None
+    assert all(r.get("lag") is None for r in _records(config, "train"))

@@ -7,6 +7,7 @@ share a GIL with the simulated users); the simulated users run here and speak HT
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from seekrec.io import atomic_write_json
 from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import METRICS_FILE
 from seekrec.registry import ModelRegistry
+from seekrec.serving.auth import ENV_VAR as API_KEYS_ENV
 from seekrec.serving.process import free_port, wait_ready
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.metrics_log import MetricsLog
@@ -69,7 +71,9 @@ class DemoConfig:
 
 def _start(cmd: list[str], logfile: Path, stack: ExitStack) -> subprocess.Popen:
     fh = stack.enter_context(open(logfile, "w"))
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    # the demo's own users send no API key: keys exported for a real server must not lock them out
+    env = {k: v for k, v in os.environ.items() if k != API_KEYS_ENV}
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
     def stop() -> None:
         if proc.poll() is None:

@@ -348,7 +348,7 @@ class OnlineTrainer:
             self.state["trained_through_timestamp"] = max_ts if prev is None else max(prev, max_ts)
         self.events_this_run += len(events)
         seconds = time.perf_counter() - t0
-        record.update(seconds=seconds, events_per_s=len(events) / seconds, lag=self.events.end_offset() - self.position)
+        record.update(seconds=seconds, events_per_s=len(events) / seconds, lag=self._lag())
         self.metrics.append(record)
         return seconds
 
