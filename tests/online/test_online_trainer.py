@@ -320,3 +320,21 @@ def test_an_outage_between_reads_does_not_stop_training(config_for: Any) -> None
         result = trainer.run()
     assert result["position"] == 8 and result["lag"] is None
     assert all(r.get("lag") is None for r in _records(config, "train"))
+
+
+def test_a_trainer_started_before_redis_waits_for_it(config_for: Any, throwaway_redis: Any) -> None:
+    import threading
+
+    url = f"{throwaway_redis.url}?stream=start:events&socket_timeout=0.5"
+    with open_event_log(url) as event_log:
+        event_log.append([Event(f"u{k}", "1", 1000.0 + k) for k in range(4)])
+    throwaway_redis.pause()  # down when the trainer starts
+    result: dict[str, Any] = {}
+    config = config_for(event_log=url, stop_when_idle=True, block_ms=100, max_events=4)
+    runner = threading.Thread(target=lambda: result.update(run_online_trainer(config)))
+    runner.start()
+    time.sleep(2.0)
+    assert runner.is_alive() and not result, "it waits instead of exiting"
+    throwaway_redis.resume()
+    runner.join(60)
+    assert not runner.is_alive() and result["position"] == 4

@@ -433,7 +433,7 @@ def run_online_trainer(config: OnlineTrainerConfig) -> dict[str, Any]:
     """Entry point of ``seekrec stream-train``: run until a stop condition; SIGTERM / SIGINT stop cleanly."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    with OnlineTrainer(config) as trainer:
+    with _start_through_outages(config) as trainer:
         if threading.current_thread() is not threading.main_thread():
             return trainer.run()
 
@@ -447,6 +447,28 @@ def run_online_trainer(config: OnlineTrainerConfig) -> dict[str, Any]:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _start_through_outages(config: OnlineTrainerConfig) -> OnlineTrainer:
+    """``OnlineTrainer(config)``, retried with backoff while the event log cannot be reached (a trainer
+    started before Redis, or during an outage, waits for it instead of exiting); gives up after
+    ``max_seconds`` when that is set."""
+    delay, failures, started = RETRY_FIRST_DELAY_S, 0, time.monotonic()
+    while True:
+        try:
+            trainer = OnlineTrainer(config)
+        except (EventLogUnavailableError, ConnectionError) as exc:
+            if config.max_seconds is not None and time.monotonic() - started + delay > config.max_seconds:
+                raise
+            if failures == 0:
+                log.error("event log unavailable at start-up: %s; retrying with backoff", exc)
+            failures += 1
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+            continue
+        if failures:
+            log.warning("event log reachable after %.1f s (%d failed starts)", time.monotonic() - started, failures)
+        return trainer
 
 
 def _lock(path: Path) -> int:
