@@ -115,6 +115,16 @@ def test_logged_events_are_applied_once(make_store, ml_like_spec):
     assert store.apply([Event("u", "i", T0 + 5)]) == 1 and store.offset() == 4  # plain events carry no offset
 
 
+def test_a_restarted_log_is_followed_from_its_start_keeping_what_was_learned(make_store, ml_like_spec):
+    store = make_store(ml_like_spec)
+    assert store.apply([LoggedEvent("u", "i", T0 + k, offset=k + 1) for k in range(4)]) == 4
+    restarted = [LoggedEvent("u", "i", T0 + 10, offset=1)]  # the log began again at offset 1
+    assert store.apply(restarted) == 0, "without being told, the store skips it as already applied"
+    store.follow_restarted_log()
+    assert store.offset() == 0 and store.apply(restarted) == 1 and store.offset() == 1
+    assert store.user_rows(["u"], T0 + 11)["counts"].tolist() == [[5, 5]]  # the four before the reset stay
+
+
 def test_sequences_keep_the_last_events_and_windows_slide(make_store, ml_like_spec, ml_like):
     store = make_store(ml_like_spec)
     raw = [str(r) for r in ml_like.item_ids.raw[:10].tolist()]

@@ -224,6 +224,12 @@ class FeatureStore:
     def offset(self) -> int:
         return self.backend.offset()
 
+    def follow_restarted_log(self) -> None:
+        """The event log started again at offset 1 (reset, or Redis restarted without its data): keep every
+        feature learned so far and apply the new log from its start, which would otherwise be skipped as
+        already applied."""
+        self.backend.append([], [], [], 0)
+
     def close(self) -> None:
         self.backend.close()
 

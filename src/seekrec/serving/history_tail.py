@@ -59,8 +59,10 @@ class HistoryTail:
                 return
             if own:
                 end = own[-1].offset
-                if end <= histories.offset and not await asyncio.to_thread(self._holds, own[-1]):
-                    self._restarted(end)  # our new event got an offset already applied: the log started again
+                # our batch got offsets already applied: an idempotent retry (the log still reaches past
+                # them), or a log that started again (its end is below what was applied)
+                if end <= histories.offset and await asyncio.to_thread(log_.end_offset) < histories.offset:
+                    self._restarted(end)
             else:
                 end = await asyncio.to_thread(log_.end_offset)
                 if end < histories.offset:
@@ -70,14 +72,6 @@ class HistoryTail:
                 if not chunk:
                     break
                 self._apply(chunk)
-
-    def _holds(self, event: LoggedEvent) -> bool:
-        """Worker thread: whether the log still holds ``event`` at its offset (a retried batch: yes;
-        a log restarted empty that reused the offset for someone else's event: no)."""
-        assert self.event_log is not None
-        found = self.event_log.read(event.offset - 1, 1)
-        same = ("user_id", "item_id", "event_type", "value")  # not the timestamp: a retry may be stamped anew
-        return bool(found) and all(getattr(found[0], f) == getattr(event, f) for f in same)
 
     def _restarted(self, end: int) -> None:
         """The log's end fell below the position applied (Redis restarted without its data, a log file
@@ -90,6 +84,8 @@ class HistoryTail:
                   "before the reset are gone from the log (restart the online trainer from its checkpoint)",
                   self.event_log, end, self.histories.offset)
         self.histories.offset = 0
+        for predictor in self.observers():  # e.g. a pipeline's feature store, which skips offsets it applied
+            predictor.follow_restarted_log()
 
     def needs_rebuild(self, new_raws: Iterable[str]) -> bool:
         """On first start, or when items that skipped clicks were about have become known."""

@@ -128,6 +128,11 @@ class PipelinePredictor:
         """Apply every logged event past the store's offset; returns how many were read."""
         return replay_log(event_log, self.store.offset, self.observe)
 
+    def follow_restarted_log(self) -> None:
+        """The feature store keeps its sequences and counts and applies the new log from offset 1."""
+        with self._lock:
+            self.store.follow_restarted_log()
+
     def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Cold start: add items by raw id with their attributes (title, genres, ...); returns the ids added
         (ones already known are skipped). They are embedded from that content and retrievable at once."""

@@ -100,6 +100,10 @@ class Predictor(Protocol):
         """Catch up with the log past what this predictor has seen; returns how many events were read."""
         ...
 
+    def follow_restarted_log(self) -> None:
+        """The log's offsets started again at 1: state kept per offset must follow the new log."""
+        ...
+
     def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Cold start: add items by raw id with their content; returns the ids added (known ones are
         skipped). Raises ``ItemsNotAddableError`` when this kind cannot add items by content."""

@@ -157,6 +157,9 @@ class SequencePredictor:
         """Nothing to catch up with (see ``observe``); reads no event."""
         return 0
 
+    def follow_restarted_log(self) -> None:
+        """Nothing kept per offset (see ``observe``)."""
+
     def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Refused: an item table row is learnt from interactions, not from a title."""
         raise ItemsNotAddableError(f"{self.version} is a sequence model: it learns new items from their first "
