@@ -14,7 +14,15 @@ pytest.importorskip("transformers")
 
 from seekrec.config import from_table  # noqa: E402
 from seekrec.data.schema import IdMap, InteractionData, build_events  # noqa: E402
-from seekrec.llm.prompts import DAY, History, ItemTexts, PromptBuilder, PromptConfig, recency_text  # noqa: E402
+from seekrec.llm.prompts import (  # noqa: E402
+    DAY,
+    History,
+    ItemTexts,
+    PromptBuilder,
+    PromptConfig,
+    document_text,
+    recency_text,
+)
 from seekrec.llm.tokenizer import train_tokenizer  # noqa: E402
 
 ALL_FIELDS = ("title", "year", "genres", "rating", "recency")
@@ -147,6 +155,17 @@ def test_document_ids_hold_the_whole_history(tiny) -> None:
     builder = PromptBuilder(tokenizer, items, PromptConfig(max_history=1))
     doc = builder.document_ids(History(np.array([1, 2, 3, 4, 1])))
     assert tokenizer.decode(doc).count("\n- ") == 5 and doc[-1] == tokenizer.eos_token_id
+
+
+def test_document_text_is_the_text_of_document_ids(ml100k) -> None:
+    _, items, tokenizer = ml100k
+    config = PromptConfig(history_fields=ALL_FIELDS)
+    builder = PromptBuilder(tokenizer, items, config)
+    for n in (0, 1, 40):
+        h = History(np.arange(500, 500 + n), values=np.full(n, 3.0), timestamps=np.arange(n) * DAY, now=n * DAY)
+        ids = builder.document_ids(h)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == document_text(items, config, h)
+        assert tokenizer(document_text(items, config, h), add_special_tokens=False)["input_ids"] == ids[1:-1]
 
 
 def test_unknown_items_are_refused(tiny) -> None:

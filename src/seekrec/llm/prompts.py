@@ -166,7 +166,7 @@ class PromptBuilder:
         self.items = items
         self.config = config
         fields = config.item_fields
-        self._line_texts = ["\n- " + items.text(i, fields) for i in range(1, items.n_items + 1)]
+        self._line_texts = [line_text(items, config, i) for i in range(1, items.n_items + 1)]
         self._candidate_texts = ["\n" + config.question.format(item=items.text(i, fields)) + config.answer_cue
                                  for i in range(1, items.n_items + 1)]
         self._line_ids = self._encode_many(self._line_texts)  # [N] per-item history line ids
@@ -256,23 +256,11 @@ class PromptBuilder:
 
     def _lines(self, history: History, positions: range) -> Any:
         """Yield ``(position, (text, ids))`` for the history lines at ``positions``, in that order."""
-        fields = self.config.history_fields
-        rating, recency = "rating" in fields, "recency" in fields
-        if rating and history.values is None:
-            raise ValueError("prompt.history_fields has 'rating' but the history has no values; pass "
-                             "History(values=...) or drop 'rating'")
-        if recency and (history.timestamps is None or history.now is None):
-            raise ValueError("prompt.history_fields has 'recency' but the history lacks timestamps or now; pass "
-                             "History(timestamps=..., now=...) or drop 'recency'")
+        check_context(self.config, history)
         for position in positions:
             item = self.items.check(history.items[position])
             text, ids = self._line_texts[item - 1], self._line_ids[item - 1]
-            extras = []
-            if rating:
-                extras.append(f"; rated {float(history.values[position]):g}")  # type: ignore[index]
-            if recency:
-                extras.append("; " + recency_text(int(history.now) - int(history.timestamps[position])))  # type: ignore[arg-type, index]
-            for extra in extras:
+            for extra in line_extras(self.config, history, position):
                 text, ids = text + extra, ids + self._extra(extra)
             yield position, (text, ids)
 
@@ -287,6 +275,41 @@ class PromptBuilder:
 
     def _encode_many(self, texts: list[str]) -> list[list[int]]:
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def line_text(items: ItemTexts, config: PromptConfig, item: int) -> str:
+    """The history line of ``item`` without rating or recency: ``"\\n- Toy Story (1995) - ..."``."""
+    return "\n- " + items.text(item, config.item_fields)
+
+
+def line_extras(config: PromptConfig, history: History, position: int) -> list[str]:
+    """What follows the item on its line: ``"; rated 4"``, ``"; 3 days ago"`` as the config asks."""
+    extras = []
+    if "rating" in config.history_fields:
+        extras.append(f"; rated {float(history.values[position]):g}")  # type: ignore[index]
+    if "recency" in config.history_fields:
+        ago = int(history.now) - int(history.timestamps[position])  # type: ignore[arg-type, index]
+        extras.append("; " + recency_text(ago))
+    return extras
+
+
+def check_context(config: PromptConfig, history: History) -> None:
+    """``ValueError`` when the config renders ratings or recency the history cannot supply."""
+    if "rating" in config.history_fields and history.values is None:
+        raise ValueError("prompt.history_fields has 'rating' but the history has no values; pass "
+                         "History(values=...) or drop 'rating'")
+    if "recency" in config.history_fields and (history.timestamps is None or history.now is None):
+        raise ValueError("prompt.history_fields has 'recency' but the history lacks timestamps or now; pass "
+                         "History(timestamps=..., now=...) or drop 'recency'")
+
+
+def document_text(items: ItemTexts, config: PromptConfig, history: History) -> str:
+    """The text of ``PromptBuilder.document_ids`` without ``<s>`` / ``</s>``, made without a tokenizer:
+    the text a domain tokenizer is trained on before any ``PromptBuilder`` exists."""
+    check_context(config, history)
+    lines = [line_text(items, config, items.check(history.items[p])) + "".join(line_extras(config, history, p))
+             for p in range(len(history))]
+    return config.header + ("".join(lines) if lines else "\n" + config.empty_history)
 
 
 def recency_text(seconds: int) -> str:
