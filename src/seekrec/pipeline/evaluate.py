@@ -6,6 +6,9 @@ items masked, as in ``evaluate``). The pipeline's list is what ``Pipeline.recomm
 user's features and every item's features as of the target's time, with the visible history as
 ``seen``; its NDCG@10 / HR@10 count the target's position in that list, 0 when it is absent.
 Stage settings are chosen on validation only (``select_stages``); test is scored once.
+
+With an LLM stage (``stages.llm_run``), each retriever's list is also reported re-ranked by the LLM
+(``<retriever>->llm``), from each user's visible history with its ratings and times.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,8 +35,13 @@ from seekrec.features.batch import FeatureBatch
 from seekrec.features.examples import OfflineRows
 from seekrec.models.layers.features import with_item_ids
 from seekrec.pipeline.features import HeldOut, held_out
+from seekrec.pipeline.llm_stage import eval_histories
 from seekrec.pipeline.pipeline import CandidateFeatures, Pipeline
+from seekrec.pipeline.stage_config import StageConfig
 from seekrec.pipeline.train_two_tower import TwoTowerScorer, retrieval_metrics
+
+if TYPE_CHECKING:
+    from seekrec.llm.prompts import History
 
 log = logging.getLogger(__name__)
 LIST_K = 10
@@ -44,18 +52,25 @@ STAGE_GRID: dict[str, list[Any]] = {"n_candidates": [20, 50, 100, 200, 400],
 
 @dataclass
 class EvalUsers:
-    """One evaluation set prepared once: targets with times, offline rows, user features as of each target."""
+    """One evaluation set prepared once: targets with times, offline rows, user features as of each target
+    and, for a pipeline with an LLM stage, each user's history as the LLM reads it."""
 
     which: str
     held: HeldOut
     rows: OfflineRows
     user: FeatureBatch  # [M] rows, in ``held.users`` order
+    histories: list[History] | None = None  # [M], in ``held.users`` order
 
     @classmethod
     def build(cls, pipeline: Pipeline, data: InteractionData, split: Split, which: str) -> EvalUsers:
         held = held_out(data, split, which)
         rows = held.rows(pipeline.spec, data)
-        return cls(which, held, rows, rows.features("user", held.users, held.as_of))
+        histories = eval_histories(data, held) if pipeline.llm is not None else None
+        return cls(which, held, rows, rows.features("user", held.users, held.as_of), histories)
+
+    def history_rows(self, lo: int, hi: int) -> list[History] | None:
+        """The histories of users ``lo..hi - 1`` (None without an LLM stage)."""
+        return None if self.histories is None else self.histories[lo:hi]
 
 
 def offline_item_features(rows: OfflineRows, as_of: np.ndarray, n_items: int) -> CandidateFeatures:
@@ -81,7 +96,8 @@ def list_positions(pipeline: Pipeline, users: EvalUsers, *, batch_size: int = 64
                    leave=False):
         rows = torch.arange(lo, min(lo + batch_size, len(held)))
         recs = pipeline.recommend(users.user.index(rows), seen[lo:lo + len(rows)],
-                                  item_features=offline_item_features(users.rows, held.as_of[rows.numpy()], n))
+                                  item_features=offline_item_features(users.rows, held.as_of[rows.numpy()], n),
+                                  histories=users.history_rows(lo, lo + len(rows)))
         targets = torch.from_numpy(held.targets[rows.numpy()])[:, None]
         positions.append(_position(recs.ids, targets))
         found.append((recs.candidates == targets).any(dim=1).numpy())
@@ -96,7 +112,7 @@ class ScoredCandidates:
 
     candidates: Tensor  # [M, R] ids, best retrieval score first
     retrieval: Tensor  # [M, R] retrieval logits
-    ranker: Tensor  # [M, R] calibrated DIN log-odds
+    ranker: Tensor  # [M, R] calibrated DIN log-odds (LLM scores with reranker = "llm")
     exclude: Tensor  # [M, N' + 1] seen items
 
 
@@ -112,7 +128,8 @@ def score_candidates(pipeline: Pipeline, users: EvalUsers, n_candidates: int, *,
         user = users.user.index(rows)
         exclude = pipeline.exclusions(seen[lo:lo + len(rows)])
         candidates, retrieval = pipeline.retrieve(user, exclude, n_candidates)
-        ranker = pipeline.rank(user, candidates, offline_item_features(users.rows, held.as_of[rows.numpy()], n))
+        ranker = pipeline.rank(user, candidates, offline_item_features(users.rows, held.as_of[rows.numpy()], n),
+                               histories=users.history_rows(lo, lo + len(rows)))
         parts.append((candidates, retrieval, ranker, exclude))
     return ScoredCandidates(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
@@ -199,14 +216,24 @@ def select_stages(pipeline: Pipeline, valid: EvalUsers, grid: dict[str, list[Any
     return best, table
 
 
+def stage_grid(grid: dict[str, list[Any]], stages: StageConfig) -> dict[str, list[Any]]:
+    """``grid`` as searched for ``stages``: with the LLM re-ranker, R only up to ``stages.n_candidates``
+    (scoring a candidate costs a language-model pass over its text, so the configured R is the budget)."""
+    if stages.reranker != "llm" or "n_candidates" not in grid:
+        return grid
+    within = [r for r in grid["n_candidates"] if r <= stages.n_candidates]
+    return {**grid, "n_candidates": within or [stages.n_candidates]}
+
+
 def evaluate_pipeline(pipeline: Pipeline, data: InteractionData, split: Split, which: str = "test", *,
                       grid: dict[str, list[Any]] | None = None, baselines: Sequence[str] = ("ease",),
                       batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
-    """One report: retrieval recall of each retriever, the pipeline list with each retriever, and the
-    single-stage models (the bundled SASRec's own ranking; EASE tuned on validation) on ``which``.
+    """One report: retrieval recall of each retriever, the pipeline list with each retriever (re-ranked
+    by DIN under the retriever's name, and by the LLM stage, when there is one, as ``<retriever>->llm``),
+    and the single-stage models (the bundled SASRec's own ranking; EASE tuned on validation) on ``which``.
 
-    With ``grid``, stage settings are first chosen on validation (per retriever) and ``which`` is
-    scored with the chosen ones.
+    With ``grid``, stage settings are first chosen on validation (per retriever and re-ranker; see
+    ``stage_grid``) and ``which`` is scored with the chosen ones.
     """
     start = time.perf_counter()
     users = EvalUsers.build(pipeline, data, split, which)
@@ -215,15 +242,20 @@ def evaluate_pipeline(pipeline: Pipeline, data: InteractionData, split: Split, w
                               "single_stage": {}, "selection": {}}
     retrievers = ["two_tower"] + (["sasrec"] if pipeline.sequence is not None else [])
     valid = EvalUsers.build(pipeline, data, split, "valid") if grid else None
+    rerankers = ["din"] + (["llm"] if pipeline.llm is not None else [])
     for retriever in retrievers:
-        variant = pipeline.with_stages(dataclasses.replace(pipeline.stages, retriever=retriever))
-        if valid is not None and grid:
-            variant, table = select_stages(variant, valid, grid, batch_size=batch_size, progress=progress)
-            report["selection"][retriever] = {"chosen": variant.stages.to_dict(), "grid": table}
-        report["pipeline"][retriever] = {
-            "stages": variant.stages.to_dict(),
-            **pipeline_metrics(variant, users, batch_size=batch_size, progress=progress),
-        }
+        for reranker in rerankers:
+            name = retriever if reranker == "din" else f"{retriever}->{reranker}"
+            variant = pipeline.with_stages(dataclasses.replace(pipeline.stages, retriever=retriever,
+                                                               reranker=reranker))
+            if valid is not None and grid:
+                variant, table = select_stages(variant, valid, stage_grid(grid, variant.stages),
+                                               batch_size=batch_size, progress=progress)
+                report["selection"][name] = {"chosen": variant.stages.to_dict(), "grid": table}
+            report["pipeline"][name] = {
+                "stages": variant.stages.to_dict(),
+                **pipeline_metrics(variant, users, batch_size=batch_size, progress=progress),
+            }
     if "sasrec" in report["retrieval"]:
         report["single_stage"]["sasrec"] = report["retrieval"]["sasrec"]
     if "ease" in baselines:
@@ -240,8 +272,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [header, "-" * len(header)]
     for name, m in report["retrieval"].items():
         lines.append(f"{'retrieval: ' + name:<36}{m['recall@100']:>11.4f}{m['recall@500']:>11.4f}{'':>9}{'':>8}")
-    for name, m in report["pipeline"].items():
-        label = f"pipeline: {name} -> din (R={m['stages']['n_candidates']})"
+    for m in report["pipeline"].values():
+        stages = m["stages"]
+        label = f"pipeline: {stages['retriever']} -> {stages.get('reranker', 'din')} (R={stages['n_candidates']})"
         lines.append(f"{label:<36}{'':>11}{'':>11}{m['ndcg@10']:>9.4f}{m['hr@10']:>8.4f}")
     for name, m in report["single_stage"].items():
         lines.append(f"{'single stage: ' + name:<36}{'':>11}{'':>11}{m['ndcg@10']:>9.4f}{m['hr@10']:>8.4f}")

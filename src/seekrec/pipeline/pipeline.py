@@ -13,9 +13,11 @@ thread always sees one consistent catalog.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from seekrec.models.din import DIN
 from seekrec.models.layers.features import cat_feature_batches, with_item_ids
 from seekrec.models.two_tower import TwoTower
 from seekrec.pipeline.features import ITEM_ID_COLUMN, ItemView
+from seekrec.pipeline.llm_stage import LLMStage, item_histories
 from seekrec.pipeline.stage_config import StageConfig
 from seekrec.pipeline.stages import (
     Ranker,
@@ -42,6 +45,9 @@ from seekrec.pipeline.stages import (
 )
 from seekrec.retrieval.index import ItemIndex
 
+if TYPE_CHECKING:
+    from seekrec.llm.prompts import History
+
 log = logging.getLogger(__name__)
 
 CandidateFeatures = Callable[[Tensor], FeatureBatch]
@@ -52,7 +58,8 @@ window counts as of the request time; the default reads the pipeline's catalog."
 @dataclass
 class Recommendations:
     """Per user: ``ids [B, K]`` (0 = empty slot), ``scores [B, K]`` calibrated click probabilities
-    (-inf at empty slots), and ``candidates [B, R]`` the retrieved ids before ranking."""
+    (the sigmoid of the LLM's scores with ``reranker = "llm"``; -inf at empty slots), and ``candidates
+    [B, R]`` the retrieved ids before ranking."""
 
     ids: Tensor
     scores: Tensor
@@ -90,13 +97,14 @@ class Pipeline:
     ``sequence_model`` / ``sequence_max_len``: a next-item model for ``stages.retriever = "sasrec"``
     (``sequence_name``: its model-registry name, for saving). ``retriever`` is the two-tower stage
     (it also embeds the catalog); ``active_retriever`` the one ``stages`` picked, chosen when the
-    pipeline is built or its stages change.
+    pipeline is built or its stages change. ``llm``: the LLM re-ranking stage, loaded from
+    ``stages.llm_run`` when not given (``with_llm`` attaches one).
     """
 
     def __init__(self, spec: FeatureSpec, stages: StageConfig, two_tower: TwoTower, view: ItemView, din: DIN,
                  calibrator: Calibrator, catalog: FeatureBatch, *, sequence_model: torch.nn.Module | None = None,
                  sequence_max_len: int | None = None, sequence_name: str = "sasrec",
-                 new_raw_ids: Sequence[str] = ()) -> None:
+                 new_raw_ids: Sequence[str] = (), llm: LLMStage | None = None) -> None:
         if len(catalog) != spec.n_items + 1 + len(new_raw_ids):
             raise ValueError(f"the catalog has {len(catalog)} rows; expected ids 0..{spec.n_items} plus "
                              f"{len(new_raw_ids)} added items")
@@ -111,13 +119,15 @@ class Pipeline:
             if self.sequence.n_items != spec.n_items:
                 raise ValueError(f"the sequence model knows {self.sequence.n_items} items, the feature spec "
                                  f"{spec.n_items}: both must come from the same dataset")
-        self.stages, self.active_retriever = self._check_stages(stages)
+        self.llm = llm
+        self.stages, self.active_retriever, self.llm = self._check_stages(stages)
         with torch.inference_mode():
             self._state = self._build_state(catalog, tuple(str(r) for r in new_raw_ids))
 
     # -- configuration ---------------------------------------------------------------------------------
-    def _check_stages(self, stages: StageConfig) -> tuple[StageConfig, Retriever]:
-        """Validate ``stages`` against this pipeline and pick the retriever they name (once, not per call)."""
+    def _check_stages(self, stages: StageConfig) -> tuple[StageConfig, Retriever, LLMStage | None]:
+        """Validate ``stages`` against this pipeline, pick the retriever they name and load the LLM stage
+        they name unless it is the one held (once, not per call)."""
         if stages.retriever == "sasrec" and self.sequence is None:
             raise ValueError("stages.retriever='sasrec' but this pipeline has no sequence model; train the bundle "
                              "with sasrec_run set, or use retriever='two_tower'")
@@ -127,12 +137,30 @@ class Pipeline:
                              f"feature spec ({sorted(columns)}); name one or set stages.diversity='none'")
         retriever: Retriever = self.sequence if stages.retriever == "sasrec" and self.sequence is not None \
             else self.retriever
-        return stages, retriever
+        llm = self.llm
+        if stages.llm_run is None:
+            llm = None
+        elif llm is None or llm.run != stages.llm_run:
+            llm = LLMStage.load(stages.llm_run, device=stages.llm_device)
+        if llm is not None and llm.n_items != self.spec.n_items:
+            raise ValueError(f"the LLM run {llm.run} has texts of {llm.n_items} items, the feature spec "
+                             f"{self.spec.n_items}: fine-tune it on the dataset the pipeline was trained on")
+        return stages, retriever, llm
 
     def with_stages(self, stages: StageConfig) -> Pipeline:
-        """The same models and catalog run with other stage settings (retriever, R, K, diversity)."""
+        """The same models and catalog run with other stage settings (retriever, R, K, diversity,
+        re-ranker); an LLM stage is loaded only when ``stages.llm_run`` names another run."""
         other = copy.copy(self)
-        other.stages, other.active_retriever = self._check_stages(stages)
+        other.stages, other.active_retriever, other.llm = self._check_stages(stages)
+        return other
+
+    def with_llm(self, llm: LLMStage, reranker: str = "llm") -> Pipeline:
+        """The same pipeline with ``llm`` as its LLM stage (``stages.llm_run = llm.run``), re-ranking with
+        ``reranker``."""
+        other = copy.copy(self)
+        other.llm = llm
+        other.stages, other.active_retriever, other.llm = other._check_stages(
+            dataclasses.replace(self.stages, reranker=reranker, llm_run=llm.run))
         return other
 
     @property
@@ -151,19 +179,24 @@ class Pipeline:
     # -- the serving entry point -----------------------------------------------------------------------
     @torch.inference_mode()
     def recommend(self, user: FeatureBatch, seen: Sequence[Sequence[int] | np.ndarray], *, k: int | None = None,
-                  item_features: CandidateFeatures | None = None) -> Recommendations:
-        """Top-K items for B users: retrieve R candidates, rank them with DIN, re-rank.
+                  item_features: CandidateFeatures | None = None,
+                  histories: Sequence[History] | None = None) -> Recommendations:
+        """Top-K items for B users: retrieve R candidates, rank them with DIN (or the LLM), re-rank.
 
         ``user``: B user rows of the spec (``FeatureStore.user_features`` or ``OfflineRows.features``).
         ``seen``: per user, the dataset item ids already consumed; they are never returned when
         ``stages.filter_seen``. ``k`` defaults to ``stages.k``. ``item_features`` supplies fresh item
         rows for the candidates (see ``CandidateFeatures``); by default the catalog's rows are used.
+        ``histories``: what the LLM stage reads of each user (``reranker = "llm"`` only); by default
+        ``seen`` in the order given, as item ids without ratings or times.
         """
         if len(seen) != len(user):
             raise ValueError(f"seen has {len(seen)} rows for {len(user)} users; pass one id list per user")
+        if histories is None and self.stages.reranker == "llm":
+            histories = item_histories(seen)
         exclude = self.exclusions(seen)
         candidates, retrieval_logits = self.retrieve(user, exclude)
-        ranker_logits = self.rank(user, candidates, item_features)
+        ranker_logits = self.rank(user, candidates, item_features, histories=histories)
         return self.finish(candidates, retrieval_logits, ranker_logits, exclude, k)
 
     def exclusions(self, seen: Sequence[Sequence[int] | np.ndarray]) -> Tensor:
@@ -183,8 +216,14 @@ class Pipeline:
         return candidates, scores * retriever.logit_scale
 
     @torch.inference_mode()
-    def rank(self, user: FeatureBatch, candidates: Tensor, item_features: CandidateFeatures | None = None) -> Tensor:
-        """Stage 2: ``[B, R]`` calibrated DIN log-odds of each candidate (-inf at empty slots)."""
+    def rank(self, user: FeatureBatch, candidates: Tensor, item_features: CandidateFeatures | None = None, *,
+             histories: Sequence[History] | None = None) -> Tensor:
+        """Stage 2: ``[B, R]`` calibrated DIN log-odds of each candidate (-inf at empty slots), or with
+        ``reranker = "llm"`` the LLM's scores of them from ``histories`` (one per user)."""
+        if self.stages.reranker == "llm":
+            if histories is None or self.llm is None:
+                raise ValueError("the llm re-ranker reads each user's history: pass histories= (one per user)")
+            return self.llm.logits(histories, candidates)
         rows = item_features(candidates) if item_features is not None else \
             self._state.features.index(candidates.flatten())
         return self.ranker.logits(user, rows).masked_fill(candidates == 0, -torch.inf)
@@ -192,7 +231,8 @@ class Pipeline:
     def finish(self, candidates: Tensor, retrieval_logits: Tensor, ranker_logits: Tensor, exclude: Tensor,
                k: int | None = None) -> Recommendations:
         """Stage 3: order by the ranker (and ``retrieval_weight`` times the retrieval logit), drop seen items
-        and repeats, diversify, keep K; scores are calibrated click probabilities."""
+        and repeats, diversify, keep K; scores are the sigmoid of the ranker's logits (DIN: calibrated
+        click probabilities)."""
         k = self.stages.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -96,9 +97,15 @@ def train_pipeline(config: PipelineConfig, data_dir: str | Path | None, out_dir:
 
 def evaluate_bundle(bundle: str | Path, data_dir: str | Path, which: str = "test", *,
                     stages: StageConfig | None = None, grid: dict[str, list[Any]] | None = None,
-                    ease: bool = True, split: str = "leave_one_out", progress: bool = False) -> dict[str, Any]:
-    """Load a bundle and evaluate it end to end on a prepared dataset (the one it was trained on)."""
+                    ease: bool = True, split: str = "leave_one_out", progress: bool = False,
+                    llm_run: str | Path | None = None, llm_device: str = "cpu") -> dict[str, Any]:
+    """Load a bundle and evaluate it end to end on a prepared dataset (the one it was trained on).
+
+    ``llm_run``: a fine-tuned LLM run whose re-ranking of each retriever's candidates is reported too."""
     pipeline = load_bundle(bundle, stages=stages)
+    if llm_run is not None:
+        pipeline = pipeline.with_stages(dataclasses.replace(pipeline.stages, llm_run=str(llm_run),
+                                                            llm_device=llm_device))
     data, data_split = load_split(data_dir, split)
     if data.n_items != pipeline.spec.n_items:
         raise ValueError(f"{data_dir} has {data.n_items} items but the bundle's spec {pipeline.spec.n_items}; "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 RETRIEVERS = ("two_tower", "sasrec")
+RERANKERS = ("din", "llm")
 DIVERSITY_KINDS = ("none", "max_per_genre", "mmr")
 
 
@@ -28,6 +29,13 @@ class StageConfig:
     by ``sigmoid(ranker log-odds + w * retrieval logit)``, a product of the two models' evidence; 0
     (default) orders by the calibrated DIN probability alone. Returned scores are always the DIN's
     calibrated click probabilities.
+
+    ``reranker``: what scores the R candidates: "din" (above) or "llm", a fine-tuned language model
+    (``seekrec.llm``) that reads the user's history and each candidate as text; its scores
+    (``logit(" Yes") - logit(" No")``) then take the DIN log-odds' place in the order above (with the
+    same ``retrieval_weight``) and the returned scores are their sigmoid, not calibrated probabilities.
+    ``llm_run``: the fine-tuned LLM run directory (``llm.json``); set without ``reranker = "llm"`` it is
+    loaded too, so evaluation reports it beside DIN. ``llm_device``: where the LLM runs.
     """
 
     retriever: str = "two_tower"
@@ -39,10 +47,20 @@ class StageConfig:
     mmr_lambda: float = 0.7
     genre_column: str = "genres"
     retrieval_weight: float = 0.0
+    reranker: str = "din"
+    llm_run: str | None = None
+    llm_device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.retriever not in RETRIEVERS:
             raise ValueError(f"stages.retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
+        if self.reranker not in RERANKERS:
+            raise ValueError(f"stages.reranker must be one of {RERANKERS}, got {self.reranker!r}")
+        if self.reranker == "llm" and not self.llm_run:
+            raise ValueError("stages.reranker = 'llm' needs stages.llm_run = a fine-tuned LLM run directory "
+                             "(`seekrec llm finetune --out DIR`)")
+        if self.llm_run is not None:
+            self.llm_run = str(self.llm_run)
         if self.k < 1 or self.n_candidates < self.k:
             raise ValueError(f"stages need 1 <= k <= n_candidates, got k={self.k}, n_candidates={self.n_candidates}; "
                              "raise n_candidates or lower k")

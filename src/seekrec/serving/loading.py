@@ -4,11 +4,12 @@ serves it. A new predictor kind is its class (with ``kind`` and ``load``) and on
 from __future__ import annotations
 
 from seekrec.registry import ModelRegistry, RegistryError
+from seekrec.serving.llm_predictor import LLMPredictor
 from seekrec.serving.pipeline_predictor import PipelinePredictor
 from seekrec.serving.predictor import LoadContext, Predictor
 from seekrec.serving.sequence_predictor import SequencePredictor
 
-PREDICTOR_KINDS = {cls.kind: cls for cls in (SequencePredictor, PipelinePredictor)}
+PREDICTOR_KINDS = {cls.kind: cls for cls in (SequencePredictor, PipelinePredictor, LLMPredictor)}
 
 
 def load_predictor(registry: ModelRegistry, version: str, context: LoadContext) -> Predictor:
