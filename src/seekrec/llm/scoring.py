@@ -1,0 +1,442 @@
+"""Language models as rankers: ``nn.Module``s the project's Trainer trains and the rerankers call.
+
+A causal LM scores a (history, item) prompt by how much more it expects " Yes" than " No" after the
+candidate segment's answer cue: ``logit(" Yes") - logit(" No")`` at the segment's last token. Every
+candidate of a request shares the history prefix, so ``CausalRanker.score`` runs the prefix ONCE, keeps
+its keys and values (for DeepSeek-V3's multi-head latent attention: the compressed latents), repeats
+them for the K candidates and runs all K candidate segments in one forward, positions continuing after
+the prefix. Training batches use the same split when a group (one positive and its negatives) shares
+a history. ``score_separately`` is the plain reference (each whole prompt alone) the fast path is tested
+against. A cross-encoder reads the text pair (history text, candidate text) and outputs one logit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from seekrec.llm.models import Kind, unwrap_peft
+from seekrec.llm.prompts import History, PromptBuilder
+from seekrec.llm.tokenizer import answer_ids
+
+
+@dataclass
+class PairBatch:
+    """Tokenised (history, candidate) pairs, ``B`` rows; ``group_size`` consecutive rows form one group
+    (a listwise example: one positive and its negatives) or 1 (pointwise examples).
+
+    Causal rankers split each row into a history prefix and a candidate segment: ``prefix_ids`` holds one
+    LEFT-padded prefix per ``prefix_repeat`` consecutive rows (``prefix_repeat`` is ``group_size`` when every
+    group shares its history, else 1) and ``input_ids`` the RIGHT-padded candidate segments. Cross-encoders
+    put the whole right-padded pair in ``input_ids`` (no prefix). ``last_index``: the position of each
+    row's last real token in ``input_ids``.
+    """
+
+    input_ids: Tensor  # [B, C] right-padded candidate segments (causal) or whole pairs (cross-encoder)
+    attention_mask: Tensor  # [B, C] 1 on real tokens
+    last_index: Tensor  # [B] index of each row's last real token in input_ids
+    labels: Tensor | None = None  # [B] float targets (1 / 0, or graded)
+    group_size: int = 1
+    prefix_ids: Tensor | None = None  # [B / prefix_repeat, P] left-padded prefixes (causal rankers)
+    prefix_mask: Tensor | None = None  # [B / prefix_repeat, P]
+    prefix_repeat: int = 1
+    token_type_ids: Tensor | None = None  # [B, C] segment ids, for cross-encoders whose tokenizer makes them
+
+    def __post_init__(self) -> None:
+        if len(self) % self.group_size:
+            raise ValueError(f"{len(self)} pairs do not split into groups of {self.group_size}")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_targets(self) -> int:
+        """Loss terms in the batch: one per group (one per pair when ``group_size`` is 1)."""
+        return len(self) // self.group_size
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens the forward processes (each shared prefix counted once)."""
+        n = int(self.attention_mask.sum())
+        return n + (int(self.prefix_mask.sum()) if self.prefix_mask is not None else 0)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device, non_blocking=non_blocking)
+        return replace(self, **moved)
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """``[B, L]`` ids right-padded with ``pad`` and the mask of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """``[B, L]`` ids left-padded with ``pad`` and the mask of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def pair_histories(histories: Sequence[History], n_pairs: int, group_size: int) -> list[History]:
+    """One history per pair: ``histories`` gives one per pair, or one per group of ``group_size`` pairs."""
+    if group_size < 1 or n_pairs % group_size:
+        raise ValueError(f"group_size={group_size} must divide the {n_pairs} items")
+    if len(histories) == n_pairs:
+        return list(histories)
+    if len(histories) * group_size == n_pairs:
+        return [h for h in histories for _ in range(group_size)]
+    raise ValueError(f"{len(histories)} histories for {n_pairs} items in groups of {group_size}: give one "
+                     "history per item or one per group")
+
+
+def _labels(labels: Sequence[float] | np.ndarray | Tensor | None, n_pairs: int) -> Tensor | None:
+    if labels is None:
+        return None
+    out = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    if out.shape != (n_pairs,):
+        raise ValueError(f"labels have shape {tuple(out.shape)}; expected one per item ({n_pairs},)")
+    return out
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation checkpointing of a transformers model (inside a peft wrapper too)."""
+    base = unwrap_peft(model)
+    if on:
+        enable = getattr(base, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant checkpointing needs no grad on the embedding output; the hook transformers adds for
+        # it would also fail on inference tensors when scoring under inference_mode
+        if getattr(base, "_require_grads_hook", None) is not None:
+            base.disable_input_require_grads()
+    else:
+        disable = getattr(base, "activation_checkpointing_disable", None)
+        (disable or base.gradient_checkpointing_disable)()
+
+
+class _EvalMode:
+    """Eval mode for the duration of a ``with`` block, the previous mode restored after it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.was_training = module, module.training
+
+    def __enter__(self) -> None:
+        if self.was_training:
+            self.module.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_training:
+            self.module.train()
+
+
+class CausalRanker(nn.Module):
+    """score(history, item) = logit(" Yes") - logit(" No") at the candidate segment's last token.
+
+    ``model``: a transformers causal LM (or a peft model around one) whose logits are its output
+    embedding applied to the final hidden state (DeepSeek, Llama, Qwen, Mistral). The two answer logits
+    are computed from the gathered last hidden states only, never the whole ``[B, L, vocab]`` logits.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, builder: PromptBuilder) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.builder = model, tokenizer, builder
+        self.yes_id, self.no_id = answer_ids(tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id)
+        config = unwrap_peft(model).config
+        for attr in ("final_logit_softcapping", "logit_scale"):
+            if getattr(config, attr, None) not in (None, 1, 1.0):
+                raise ValueError(f"{type(unwrap_peft(model)).__name__} transforms its logits ({attr}); the ranker "
+                                 "reads them straight from the output embedding: use another model")
+        self.checkpointing = False
+
+    # -- batches --------------------------------------------------------------------------------------
+
+    def collate(self, histories: Sequence[History], items: Sequence[int],
+                labels: Sequence[float] | np.ndarray | Tensor | None = None, group_size: int = 1) -> PairBatch:
+        """Tokenise pairs (``histories``: one per item, or one per group of ``group_size`` items). When
+        every group shares one history, its prefix is stored (and run) once for the group."""
+        items = [int(i) for i in items]
+        per_pair = pair_histories(histories, len(items), group_size)
+        if group_size > 1 and len(histories) * group_size == len(items):
+            prefixes, repeat = [self.builder.prefix_ids(h) for h in histories], group_size
+        else:
+            prefixes, repeat = [self.builder.prefix_ids(h) for h in per_pair], 1
+            if group_size > 1 and all(prefixes[i] == prefixes[i - i % group_size] for i in range(len(prefixes))):
+                prefixes, repeat = prefixes[::group_size], group_size
+        candidate_ids, candidate_mask = pad_right([self.builder.candidate_ids(i) for i in items], self.pad_id)
+        prefix_ids, prefix_mask = pad_left(prefixes, self.pad_id)
+        return PairBatch(candidate_ids, candidate_mask, candidate_mask.sum(1) - 1, _labels(labels, len(items)),
+                         group_size, prefix_ids, prefix_mask, repeat)
+
+    # -- forward ---------------------------------------------------------------------------------------
+
+    def forward(self, batch: PairBatch) -> Tensor:
+        """``[B]`` scores, differentiable (train mode: dropout and LoRA dropout active)."""
+        return self._answer_logits(self._last_hidden(batch))
+
+    def _last_hidden(self, batch: PairBatch) -> Tensor:
+        """``[B, D]`` final hidden state at each row's last candidate token."""
+        backbone = self._backbone()
+        rows = torch.arange(len(batch), device=batch.input_ids.device)
+        if batch.prefix_ids is None:
+            out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            return out.last_hidden_state[rows, batch.last_index]
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # checkpointed layers drop the KV cache: run each whole prompt as one (left + right padded) row
+            ids = torch.cat([batch.prefix_ids.repeat_interleave(batch.prefix_repeat, 0), batch.input_ids], 1)
+            mask = torch.cat([batch.prefix_mask.repeat_interleave(batch.prefix_repeat, 0), batch.attention_mask], 1)
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions)
+            return out.last_hidden_state[rows, batch.prefix_ids.shape[1] + batch.last_index]
+        # the prefix once per group, its cache repeated for the group's candidates
+        positions = (batch.prefix_mask.cumsum(1) - 1).clamp(min=0)
+        prefix_out = backbone(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=positions,
+                              use_cache=True)
+        cache = _output_cache(prefix_out)
+        if batch.prefix_repeat > 1:
+            cache.batch_repeat_interleave(batch.prefix_repeat)
+        prefix_mask = batch.prefix_mask.repeat_interleave(batch.prefix_repeat, 0)
+        lengths = prefix_mask.sum(1, keepdim=True)  # [B, 1] real prefix tokens: the candidates' first position
+        positions = lengths + torch.arange(batch.input_ids.shape[1], device=lengths.device)
+        out = backbone(input_ids=batch.input_ids, attention_mask=torch.cat([prefix_mask, batch.attention_mask], 1),
+                       position_ids=positions, use_cache=True, **{_cache_kwarg(backbone): cache})
+        return out.last_hidden_state[rows, batch.last_index]
+
+    def _answer_logits(self, hidden: Tensor) -> Tensor:
+        """``[B]`` logit(" Yes") - logit(" No") from ``[B, D]`` final hidden states."""
+        head = unwrap_peft(self.model).get_output_embeddings()
+        weight = head.weight[[self.yes_id, self.no_id]]  # [2, D]
+        logits = hidden.to(weight.dtype) @ weight.T  # [B, 2]
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[[self.yes_id, self.no_id]]
+        return (logits[:, 0] - logits[:, 1]).float()
+
+    def _backbone(self) -> nn.Module:
+        """The decoder stack (embeddings, layers, final norm) without the LM head."""
+        return unwrap_peft(self.model).base_model
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- scoring ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, history: History, items: Sequence[int]) -> Tensor:
+        """``[K]`` scores of ``items`` for one user: ONE forward over the prefix, then all K candidate
+        segments in one forward over its cached keys/values (eval mode for the call)."""
+        items = [int(i) for i in items]
+        if not items:
+            return torch.zeros(0)
+        device = self._device()
+        with _EvalMode(self):
+            backbone = self._backbone()
+            prefix = torch.as_tensor(self.builder.prefix_ids(history), dtype=torch.long, device=device)[None]
+            cache = _output_cache(backbone(input_ids=prefix, use_cache=True))
+            cache.batch_repeat_interleave(len(items))
+            candidates, mask = pad_right([self.builder.candidate_ids(i) for i in items], self.pad_id)
+            candidates, mask = candidates.to(device), mask.to(device)
+            positions = prefix.shape[1] + torch.arange(candidates.shape[1], device=device)
+            # right padding: a real token never attends to a later pad, so no padding mask is needed
+            out = backbone(input_ids=candidates, position_ids=positions[None].expand(len(items), -1),
+                           use_cache=True, **{_cache_kwarg(backbone): cache})
+            hidden = out.last_hidden_state[torch.arange(len(items), device=device), mask.sum(1) - 1]
+            return self._answer_logits(hidden).cpu()
+
+    @torch.inference_mode()
+    def score_separately(self, history: History, items: Sequence[int]) -> Tensor:
+        """Reference for ``score``: each whole prompt alone through the full LM (logits over the vocabulary)."""
+        device = self._device()
+        scores = []
+        with _EvalMode(self):
+            for item in items:
+                ids = torch.as_tensor(self.builder.pair_ids(history, int(item)), dtype=torch.long, device=device)
+                logits = self.model(input_ids=ids[None]).logits[0, -1].float()
+                scores.append(logits[self.yes_id] - logits[self.no_id])
+        return torch.stack(scores).cpu() if scores else torch.zeros(0)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each decoder layer's activations in the backward pass (less memory, ~30% more time)."""
+        _set_checkpointing(self.model, on)
+        self.checkpointing = on
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        raise ValueError(f"{type(out).__name__} carries no KV cache: the model does not support use_cache=True")
+    return cache
+
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def _cache_kwarg(backbone: nn.Module) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values``: how this backbone takes a KV cache."""
+    kind = type(backbone)
+    if kind not in _CACHE_KWARG:
+        params = inspect.signature(backbone.forward).parameters
+        _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[kind]
+
+
+class _PairTemplate:
+    """How a tokenizer joins a text pair (``[CLS] a [SEP] b [SEP]`` for BERT), read once from one pair
+    encoding, so pairs can be assembled from cached per-text ids instead of re-tokenising the history for
+    every candidate."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        encoding = tokenizer("a", "b")
+        try:
+            sequence = encoding.sequence_ids(0)
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; cross-encoders need one") from exc
+        ids = list(encoding["input_ids"])
+        types = list(encoding["token_type_ids"]) if "token_type_ids" in encoding else None
+        first = [i for i, s in enumerate(sequence) if s == 0]
+        second = [i for i, s in enumerate(sequence) if s == 1]
+        self.head, self.mid, self.tail = ids[: first[0]], ids[first[-1] + 1: second[0]], ids[second[-1] + 1:]
+        self.types = None
+        if types is not None:  # segment id of head / a / mid / b / tail
+            self.types = (types[: first[0]], types[first[0]], types[first[-1] + 1: second[0]], types[second[0]],
+                          types[second[-1] + 1:])
+        self.n_special = len(self.head) + len(self.mid) + len(self.tail)
+
+    def join(self, a: list[int], b: list[int]) -> tuple[list[int], list[int] | None]:
+        ids = self.head + a + self.mid + b + self.tail
+        if self.types is None:
+            return ids, None
+        head, type_a, mid, type_b, tail = self.types
+        return ids, head + [type_a] * len(a) + mid + [type_b] * len(b) + tail
+
+
+class CrossEncoderRanker(nn.Module):
+    """score(history, item) = the one logit of a sequence classifier on (prefix_text, candidate_text).
+
+    The pair is joined as the tokenizer's pair encoding does it; a pair longer than the model's positions
+    loses its OLDEST history tokens (PromptBuilder's budget normally keeps it shorter).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, builder: PromptBuilder) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.builder = model, tokenizer, builder
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.template = _PairTemplate(tokenizer)
+        config = unwrap_peft(model).config
+        self.max_length = int(getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length)
+        self._candidate_cache: dict[int, list[int]] = {}
+        self.checkpointing = False
+
+    def _candidate(self, item: int) -> list[int]:
+        ids = self._candidate_cache.get(item)
+        if ids is None:
+            ids = self._candidate_cache[item] = self._encode(self.builder.candidate_text(item))
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def collate(self, histories: Sequence[History], items: Sequence[int],
+                labels: Sequence[float] | np.ndarray | Tensor | None = None, group_size: int = 1) -> PairBatch:
+        """Tokenise pairs (``histories``: one per item, or one per group of ``group_size`` items)."""
+        items = [int(i) for i in items]
+        per_pair = pair_histories(histories, len(items), group_size)
+        prefix_cache: dict[int, list[int]] = {}  # one tokenisation per distinct history object
+        rows, types = [], []
+        for history, item in zip(per_pair, items):
+            prefix = prefix_cache.get(id(history))
+            if prefix is None:
+                prefix = prefix_cache[id(history)] = self._encode(self.builder.prefix_text(history))
+            candidate = self._candidate(item)
+            room = self.max_length - self.template.n_special - len(candidate)
+            ids, type_ids = self.template.join(prefix[max(len(prefix) - room, 0):], candidate)
+            rows.append(ids)
+            types.append(type_ids)
+        input_ids, mask = pad_right(rows, self.pad_id)
+        token_types = pad_right(types, 0)[0] if self.template.types is not None else None
+        return PairBatch(input_ids, mask, mask.sum(1) - 1, _labels(labels, len(items)), group_size,
+                         token_type_ids=token_types)
+
+    def forward(self, batch: PairBatch) -> Tensor:
+        """``[B]`` logits, differentiable."""
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            inputs["token_type_ids"] = batch.token_type_ids
+        return self.model(**inputs).logits[:, 0].float()
+
+    @torch.inference_mode()
+    def score(self, history: History, items: Sequence[int]) -> Tensor:
+        """``[K]`` scores of ``items`` for one user: the K pairs in one forward (eval mode for the call)."""
+        items = [int(i) for i in items]
+        if not items:
+            return torch.zeros(0)
+        with _EvalMode(self):
+            batch = self.collate([history], items, group_size=len(items))
+            return self.forward(batch.to(next(self.model.parameters()).device)).cpu()
+
+    @torch.inference_mode()
+    def score_separately(self, history: History, items: Sequence[int]) -> Tensor:
+        """Reference for ``score``: each pair tokenised by the tokenizer itself and scored alone."""
+        device = next(self.model.parameters()).device
+        prefix, scores = self.builder.prefix_text(history), []
+        with _EvalMode(self):
+            for item in items:
+                enc = self.tokenizer(prefix, self.builder.candidate_text(int(item)), return_tensors="pt",
+                                     truncation="only_first", max_length=self.max_length)
+                scores.append(self.model(**enc.to(device)).logits[0, 0].float())
+        return torch.stack(scores).cpu() if scores else torch.zeros(0)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        _set_checkpointing(self.model, on)
+        self.checkpointing = on
+
+
+Ranker = CausalRanker | CrossEncoderRanker
+
+
+def build_ranker(model: nn.Module, tokenizer: Any, builder: PromptBuilder, kind: Kind) -> Ranker:
+    """The ranker for a model of ``kind`` ("causal" or "cross_encoder")."""
+    if kind == "causal":
+        return CausalRanker(model, tokenizer, builder)
+    if kind == "cross_encoder":
+        return CrossEncoderRanker(model, tokenizer, builder)
+    raise ValueError(f"kind={kind!r} is not a ranker kind; use 'causal' or 'cross_encoder'")
+
+
+def score_latency(score: Callable[[History, Sequence[int]], Tensor], history: History, items: Sequence[int], *,
+                  repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Wall-clock latency of ``score(history, items)`` (e.g. ``ranker.score`` or ``ranker.score_separately``)
+    over ``repeats`` calls after ``warmup``: p50 / p99 / mean in milliseconds, and K."""
+    times = []
+    for call in range(warmup + repeats):
+        start = time.perf_counter()
+        score(history, items)
+        if call >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    values = np.asarray(times)
+    return {"k": float(len(items)), "p50_ms": float(np.percentile(values, 50)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean())}

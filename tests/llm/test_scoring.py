@@ -1,0 +1,173 @@
+"""Rankers: the prefix-shared fast path equals each prompt scored alone, on DeepSeek-V3 (MLA + MoE) and Llama;
+training batches (shared or per-pair prefixes, with and without activation checkpointing) give the same
+scores and gradients; the cross-encoder's assembled pairs equal the tokenizer's own pair encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seekrec.llm.models import load_llm
+from seekrec.llm.prompts import History
+from seekrec.llm.scoring import CausalRanker, CrossEncoderRanker, PairBatch, build_ranker, score_latency
+
+ATOL = 1e-4
+
+
+@pytest.fixture(params=["deepseek_v3", "llama"])
+def any_ranker(request, tiny_causal_dir, tiny_llama_dir, make_builder) -> CausalRanker:
+    """Each tiny architecture: the equivalence tests run on both."""
+    path = tiny_causal_dir if request.param == "deepseek_v3" else tiny_llama_dir
+    model, tokenizer = load_llm(path, "causal")
+    return CausalRanker(model, tokenizer, make_builder(tokenizer))
+
+
+@pytest.fixture
+def causal_ranker(tiny_causal, make_builder) -> CausalRanker:
+    model, tokenizer = tiny_causal
+    return CausalRanker(model, tokenizer, make_builder(tokenizer))
+
+
+@pytest.mark.parametrize("items", [[4], [4, 10, 22, 1, 29, 17]])
+def test_shared_prefix_score_equals_separate_scoring(any_ranker, llm_history, items):
+    causal_ranker = any_ranker
+    lengths = {len(causal_ranker.builder.candidate_ids(i)) for i in items}
+    assert len(items) == 1 or len(lengths) > 1  # candidates of different lengths: right padding is exercised
+    fast = causal_ranker.score(llm_history, items)
+    reference = causal_ranker.score_separately(llm_history, items)
+    assert fast.shape == (len(items),)
+    torch.testing.assert_close(fast, reference, atol=ATOL, rtol=0)
+    assert len(items) == 1 or reference.std() > 1e-3  # the random model tells the candidates apart
+
+
+def test_score_is_deterministic_and_independent_of_the_other_candidates(causal_ranker, llm_history):
+    # MoE routing at eval is a deterministic top-k (no noise), and one candidate never sees another
+    full = causal_ranker.score(llm_history, [4, 10, 22, 1])
+    torch.testing.assert_close(causal_ranker.score(llm_history, [4, 10, 22, 1]), full, atol=0, rtol=0)
+    torch.testing.assert_close(causal_ranker.score(llm_history, [22, 4]), full[[2, 0]], atol=ATOL, rtol=0)
+
+
+def test_cold_user_and_empty_candidate_list(causal_ranker):
+    cold = History(items=np.array([], dtype=np.int64))
+    torch.testing.assert_close(causal_ranker.score(cold, [3, 8]), causal_ranker.score_separately(cold, [3, 8]),
+                               atol=ATOL, rtol=0)
+    assert causal_ranker.score(cold, []).shape == (0,)
+
+
+def test_score_restores_train_mode(causal_ranker, llm_history):
+    causal_ranker.train()
+    causal_ranker.score(llm_history, [1, 2])
+    assert causal_ranker.training and causal_ranker.model.training
+
+
+def _groups(ranker: CausalRanker) -> tuple[list[History], list[int]]:
+    histories = [History(items=np.array([3, 1, 7, 12, 5])), History(items=np.array([8])),
+                 History(items=np.array([30, 2, 9, 14, 15, 16, 17, 18]))]
+    items = [4, 10, 22, 5, 6, 29, 11, 12, 13]
+    return histories, items
+
+
+def _reference(ranker: CausalRanker, histories: list[History], items: list[int], group: int) -> torch.Tensor:
+    return torch.cat([ranker.score_separately(h, items[g * group:(g + 1) * group]) for g, h in enumerate(histories)])
+
+
+def test_group_batches_share_their_prefix_and_match_the_reference(any_ranker):
+    causal_ranker = any_ranker
+    histories, items = _groups(causal_ranker)
+    batch = causal_ranker.collate(histories, items, labels=[1, 0, 0] * 3, group_size=3)
+    assert batch.prefix_repeat == 3 and batch.prefix_ids.shape[0] == 3  # one (left-padded) prefix per group
+    assert len(batch) == 9 and batch.n_targets == 3 and batch.labels.tolist() == [1, 0, 0] * 3
+    causal_ranker.eval()
+    torch.testing.assert_close(causal_ranker(batch), _reference(causal_ranker, histories, items, 3), atol=ATOL, rtol=0)
+    # the same pairs given one history per pair share the prefix too
+    per_pair = causal_ranker.collate([h for h in histories for _ in range(3)], items, group_size=3)
+    assert per_pair.prefix_repeat == 3
+    torch.testing.assert_close(per_pair.prefix_ids, batch.prefix_ids)
+
+
+def test_pointwise_batches_of_different_histories(causal_ranker):
+    histories, items = _groups(causal_ranker)
+    per_pair = [h for h in histories for _ in range(3)]
+    batch = causal_ranker.collate(per_pair, items, labels=np.ones(9), group_size=1)
+    assert batch.prefix_repeat == 1 and batch.n_targets == 9
+    causal_ranker.eval()
+    torch.testing.assert_close(causal_ranker(batch), _reference(causal_ranker, histories, items, 3), atol=ATOL, rtol=0)
+
+
+def _grads(ranker: CausalRanker, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ranker.zero_grad(set_to_none=True)
+    scores = ranker(batch)
+    scores.square().sum().backward()
+    return scores.detach(), {n: p.grad.clone() for n, p in ranker.named_parameters() if p.grad is not None}
+
+
+def test_activation_checkpointing_gives_the_same_scores_and_gradients(causal_ranker):
+    histories, items = _groups(causal_ranker)
+    batch = causal_ranker.collate(histories, items, group_size=3)
+    causal_ranker.train()  # the tiny configs have no dropout: train mode is deterministic
+    scores, grads = _grads(causal_ranker, batch)
+    causal_ranker.set_activation_checkpointing(True)
+    scores_ckpt, grads_ckpt = _grads(causal_ranker, batch)
+    assert causal_ranker.model.model.gradient_checkpointing
+    torch.testing.assert_close(scores_ckpt, scores, atol=ATOL, rtol=0)
+    assert grads.keys() == grads_ckpt.keys() and len(grads) > 10
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-4, rtol=1e-3, msg=name)
+    causal_ranker.set_activation_checkpointing(False)
+    with torch.inference_mode():  # scoring still works after checkpointing was on
+        causal_ranker.score(histories[0], [1, 2])
+
+
+def test_pair_batch_to_len_and_errors(causal_ranker):
+    histories, items = _groups(causal_ranker)
+    batch = causal_ranker.collate(histories, items, group_size=3).to("cpu")
+    assert isinstance(batch, PairBatch) and len(batch) == 9 and batch.tokens > 9
+    with pytest.raises(ValueError, match="histories for 9 items"):
+        causal_ranker.collate(histories[:2], items, group_size=3)
+    with pytest.raises(ValueError, match="must divide"):
+        causal_ranker.collate(histories, items, group_size=4)
+    with pytest.raises(ValueError, match="labels"):
+        causal_ranker.collate(histories, items, labels=[1, 0], group_size=3)
+
+
+# -- cross-encoder ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cross_ranker(tiny_cross_encoder, make_builder) -> CrossEncoderRanker:
+    model, tokenizer = tiny_cross_encoder
+    return build_ranker(model, tokenizer, make_builder(tokenizer), "cross_encoder")
+
+
+def test_cross_encoder_pairs_equal_the_tokenizer_pair_encoding(cross_ranker, llm_history):
+    items = [4, 10, 22, 1]
+    batch = cross_ranker.collate([llm_history], items, group_size=4)
+    tokenizer, builder = cross_ranker.tokenizer, cross_ranker.builder
+    for row, item in enumerate(items):
+        expected = tokenizer(builder.prefix_text(llm_history), builder.candidate_text(item))
+        n = int(batch.attention_mask[row].sum())
+        assert batch.input_ids[row, :n].tolist() == expected["input_ids"]
+        assert batch.token_type_ids[row, :n].tolist() == expected["token_type_ids"]
+    fast = cross_ranker.score(llm_history, items)
+    torch.testing.assert_close(fast, cross_ranker.score_separately(llm_history, items), atol=ATOL, rtol=0)
+    assert fast.std() > 0
+
+
+def test_cross_encoder_truncates_the_oldest_history_tokens(cross_ranker, llm_history):
+    cross_ranker.max_length = 24
+    batch = cross_ranker.collate([llm_history], [4])
+    candidate = cross_ranker.tokenizer(cross_ranker.builder.candidate_text(4), add_special_tokens=False)["input_ids"]
+    row = batch.input_ids[0].tolist()
+    assert len(row) == 24 and row[-len(candidate) - 1:-1] == candidate  # the candidate is kept whole
+
+
+def test_build_ranker_rejects_unknown_kind(tiny_causal, make_builder):
+    model, tokenizer = tiny_causal
+    with pytest.raises(ValueError, match="kind='seq2seq'"):
+        build_ranker(model, tokenizer, make_builder(tokenizer), "seq2seq")
+
+
+def test_score_latency_reports_percentiles(causal_ranker, llm_history):
+    stats = score_latency(causal_ranker.score, llm_history, [1, 2, 3], repeats=3, warmup=1)
+    assert stats["k"] == 3 and 0 < stats["p50_ms"] <= stats["p99_ms"]
