@@ -15,6 +15,7 @@ from seekrec import __version__
 from seekrec.cli.data import add_data_commands
 from seekrec.cli.keys import add_keys_command
 from seekrec.cli.live import add_live_commands
+from seekrec.cli.llm import add_llm_commands
 from seekrec.cli.offline import add_offline_commands
 from seekrec.cli.options import HELP_FORMAT, Parser
 from seekrec.cli.registry import add_registry_command
@@ -30,6 +31,7 @@ examples:
   seekrec train --config configs/ml-100k-sasrec.toml --data data/ml-100k --out runs/sasrec
   torchrun --nproc-per-node 2 -m seekrec.cli train --config configs/ml-100k-sasrec.toml --out runs/ddp
   seekrec plot runs/sasrec
+  seekrec llm finetune --config configs/ml-100k-llm-rerank.toml --data data/ml-100k --retriever-run runs/sasrec
 """
 
 
@@ -44,6 +46,7 @@ def build_parser() -> Parser:
     add_offline_commands(commands)
     add_registry_command(commands)
     add_live_commands(commands)
+    add_llm_commands(commands)
     add_keys_command(commands)
     return parser
 
