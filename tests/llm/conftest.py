@@ -77,6 +77,12 @@ def tiny_deepseek_config(vocab_size: int, **overrides: Any) -> Any:
     return DeepseekV3Config(**{**config, **overrides})
 
 
+@pytest.fixture(scope="session")
+def deepseek_config() -> Callable[..., Any]:
+    """``deepseek_config(vocab_size, **overrides)``: the tiny DeepSeek-V3 config, for tests that build their own."""
+    return tiny_deepseek_config
+
+
 def tiny_llama_config(vocab_size: int) -> Any:
     from transformers import LlamaConfig
 
