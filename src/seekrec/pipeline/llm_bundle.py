@@ -99,6 +99,10 @@ def write_llm_bundle(llm_run: str | Path, directory: str | Path, *, device: str 
     if n_items != info.n_items:
         raise RegistryError(f"{llm_run}: the LLM knows {info.n_items} items, its retriever {retriever_run} "
                             f"{n_items}; both must come from the same dataset")
+    trained_on, retriever_data = info.data_manifest_sha256, run.data_spec.get("data_manifest_sha256")
+    if trained_on is not None and retriever_data is not None and trained_on != retriever_data:
+        raise RegistryError(f"{llm_run}: the LLM was fine-tuned on dataset {trained_on[:12]}..., its retriever "
+                            f"{retriever_run} trained on {retriever_data[:12]}...; both must come from the same dataset")
     config = checked_config(run.model, run.model_name, run.model_config)
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
