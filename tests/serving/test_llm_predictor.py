@@ -16,7 +16,7 @@ from seekrec.publish import publish_path
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.serving.app import create_app
 from seekrec.serving.loading import load_predictor
-from seekrec.serving.predictor import ItemsNotAddableError, LoadContext, Query
+from seekrec.serving.predictor import ItemsNotAddableError, LoadContext, Predictor, Query
 from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 from tests.pipeline.llm_helpers import write_llm_run
 
@@ -55,7 +55,10 @@ def test_published_llm_run_loads_and_reranks_the_retrievers_candidates(registry:
     assert {"retriever.safetensors", "catalog.json", "llm/llm.json", "llm/items.json"} <= set(manifest["files"])
     assert manifest["extra"]["n_candidates"] == R and manifest["extra"]["weight"] == 0.5
     predictor = load_predictor(registry, version, LoadContext(data_dir=sim_data_dir))
-    assert isinstance(predictor, LLMPredictor) and predictor.describe()["index"].endswith(f"top {R} -> llm")
+    assert isinstance(predictor, LLMPredictor) and isinstance(predictor, Predictor)
+    facts = predictor.describe()
+    assert facts["version"] == version and facts["n_items"] == predictor.n_items and facts["index"].endswith(
+        f"top {R} -> llm")
 
     queries = [Query(user, tuple(predictor.catalog.items.encode(raws)), 5)
                for user, raws in _histories(sim_data_dir, 4).items()]
@@ -81,6 +84,7 @@ def test_published_llm_run_loads_and_reranks_the_retrievers_candidates(registry:
         predictor.add_items({"new": {"title": "A New Film"}})
     predictor.observe([])
     predictor.follow_restarted_log()
+    assert predictor.replay(None) == 0  # type: ignore[arg-type]  # nothing to catch up with: never reads
 
 
 def test_runs_whose_prompts_need_ratings_or_times_are_refused(registry: ModelRegistry, llm_run: Path,

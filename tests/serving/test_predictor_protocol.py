@@ -20,7 +20,7 @@ def test_both_kinds_load_through_one_table_and_satisfy_the_protocol(registry: Mo
     sequence = load_predictor(registry, "v000001", context)
     pipeline = load_predictor(registry, pipeline_version, context)
     assert type(sequence) is SequencePredictor and type(pipeline) is PipelinePredictor
-    assert set(PREDICTOR_KINDS) == {MODEL_KIND, "pipeline"}
+    assert set(PREDICTOR_KINDS) == {MODEL_KIND, "pipeline", "llm_rerank"}  # llm_rerank: test_llm_predictor.py
     for predictor in (sequence, pipeline):
         assert isinstance(predictor, Predictor)
         facts = predictor.describe()
