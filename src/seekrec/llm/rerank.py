@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +130,7 @@ class LLMRunInfo:
     retriever_run: str
     task: str
     lora: dict[str, Any] | None = None
+    data_manifest_sha256: str | None = None  # the dataset it was trained on
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -156,7 +160,7 @@ class LLMRunInfo:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - set(doc) if n not in ("lora", "format_version"))
+        missing = sorted(n for n in names - set(doc) if n not in ("lora", "data_manifest_sha256", "format_version"))
         if missing:
             raise ValueError(f"{path}: no {missing[0]!r} field; was it written by `seekrec llm finetune`?")
         return cls(**{k: v for k, v in doc.items() if k in names})
@@ -197,9 +201,14 @@ class LLMReranker:
         return int(self.info.n_candidates)
 
     @property
-    def prompt_fields(self) -> tuple[str, ...]:
-        """The history fields the prompt renders (serving must refuse ``rating`` / ``recency`` runs)."""
-        return tuple(self.info.prompt.get("history_fields", ()))
+    def n_items(self) -> int:
+        """Items ``1..N`` the run has texts for; later items cannot be scored."""
+        return int(self.info.n_items)
+
+    @property
+    def prompt(self) -> PromptConfig:
+        """The prompt config its builder uses (serving refuses ``prompt.needs_context``)."""
+        return PromptConfig(**self.info.prompt)
 
     @classmethod
     def load(cls, run: str | Path, *, device: str | torch.device = "cpu", merge: bool = True,
@@ -238,8 +247,25 @@ class LLMReranker:
             raise ValueError(f"{run / ITEMS_FILE}: {texts.n_items} items but llm.json says {info.n_items}")
         builder = PromptBuilder(tokenizer, texts, PromptConfig(**info.prompt))
         ranker = build_ranker(base, tokenizer, builder, info.kind).to(device).eval()
+        ranker.requires_grad_(False)
         log.info("loaded LLM ranker %s (%s, %s weights, w=%.3g)", run, info.kind, info.weights, info.weight)
         return cls(ranker, info, device)
+
+    def export(self, out: str | Path) -> Path:
+        """A self-contained run in ``out`` that ``load(out)`` reads with nothing else on disk: the model
+        with any adapter merged (``model/``, weights="full") with its tokenizer, ``items.json`` and
+        ``llm.json``. A reranker loaded with ``merge=False`` has its adapter merged in place first."""
+        from seekrec.llm.models import merge_adapter
+
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out}: exists and is not empty; export into a new directory")
+        if hasattr(self.ranker.model, "peft_config"):
+            self.ranker.model = merge_adapter(self.ranker.model)
+        save_pretrained(self.ranker.model, self.ranker.tokenizer, out / FULL_DIR)
+        write_item_texts(out, self.ranker.builder.items)
+        dataclasses.replace(self.info, weights="full").write(out)
+        return out
 
     def scores(self, history: History, items: np.ndarray) -> np.ndarray:
         """``[K]`` LLM scores of ``items`` after ``history`` (float32)."""
@@ -261,3 +287,17 @@ class LLMReranker:
         order = np.argsort(-combined, kind="stable")  # ties keep the retriever's order
         return items[order], combined[order]
 
+
+def save_pretrained(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
+    """A model and its tokenizer as a Hugging Face directory (safetensors), built beside ``out`` and
+    renamed into place so a killed process never leaves half of one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
