@@ -1,15 +1,29 @@
 """A fine-tuned LLM run directory as `seekrec llm finetune` leaves it, with a tiny random DeepSeek-V3 inside,
-and a stand-in re-ranker whose preferences a test can state."""
+a stand-in re-ranker whose preferences a test can state, and one torch thread for tiny models."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from seekrec.data.schema import InteractionData
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared machine: one intra-op thread is many times faster than several (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_llm_run(out: Path, data: InteractionData, retriever_run: Path, *,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,15 @@ from seekrec.pipeline.llm_stage import LLMStage, item_histories
 from seekrec.pipeline.pipeline import Pipeline
 from seekrec.pipeline.run import TrainedPipeline, evaluate_bundle
 from seekrec.pipeline.stage_config import StageConfig
-from tests.pipeline.llm_helpers import TableReranker, write_llm_run
+from tests.pipeline.llm_helpers import TableReranker, one_torch_thread, write_llm_run
 
 pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -131,7 +138,6 @@ def test_a_fine_tuned_run_on_disk_is_the_stage_and_travels_in_the_bundle(
     assert saved.stages.reranker == "llm" and saved.llm is not None and saved.llm.run == str(run)
 
 
-@pytest.mark.slow
 def test_evaluate_bundle_with_an_llm_run(trained: TrainedPipeline, world: tuple[InteractionData, Split],
                                          world_dir: Path, sasrec_run: Path, tmp_path: Path) -> None:
     run = write_llm_run(tmp_path / "llm-run", world[0], sasrec_run)

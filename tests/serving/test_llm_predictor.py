@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,17 @@ from seekrec.serving.app import create_app
 from seekrec.serving.loading import load_predictor
 from seekrec.serving.predictor import ItemsNotAddableError, LoadContext, Predictor, Query
 from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
-from tests.pipeline.llm_helpers import write_llm_run
+from tests.pipeline.llm_helpers import one_torch_thread, write_llm_run
 
 pytest.importorskip("transformers")
 
 R = 10  # candidates the LLM re-ranks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +148,35 @@ def test_the_llm_arm_serves_beside_a_sequence_model(llm_ab_client: TestClient, s
     assert again["arm"] == "llm" and top not in [item["item_id"] for item in again["items"]]  # seen now
     refused = client.post("/items", json={"items": [{"item_id": "fresh", "title": "A Fresh Release"}]})
     assert refused.status_code == 409  # neither arm adds items by content
+
+
+@pytest.mark.slow
+def test_a_lora_finetune_run_publishes_merged_and_serves(registry: ModelRegistry, llm_run: Path, trained_run: Path,
+                                                         sim_data_dir: Path, tmp_path: Path) -> None:
+    """The real path: `seekrec llm finetune` (LoRA on the tiny DeepSeek-V3) -> publish (adapter merged) -> serve."""
+    from seekrec.llm.finetune import FinetuneConfig, finetune
+    from seekrec.llm.rerank import LLMReranker
+
+    config = FinetuneConfig.load(None, [
+        f"model.path={llm_run / 'model'}", f"retriever_run={trained_run}", "n_candidates=6", "n_negatives=3",
+        "positions_per_user=1", "valid_users=12", "prompt.max_history=4", "prompt.token_budget=200", "lora.rank=4",
+        "train.batch_size=32", "train.max_epochs=1", "train.warmup_steps=1", "train.device=cpu",
+        "weights=[0.0, 0.5]"])
+    run = tmp_path / "finetuned"
+    finetune(config, sim_data_dir, run)
+    version = publish_path(registry, run)
+    manifest = registry.manifest(version)
+    assert manifest["kind"] == "llm_rerank" and "llm/model/model.safetensors" in manifest["files"]
+    assert not any(name.startswith("llm/adapter") for name in manifest["files"])  # merged for serving
+    assert any(key.startswith("llm/test/") for key in manifest["metrics"])
+    predictor = load_predictor(registry, version, LoadContext(data_dir=sim_data_dir))
+    history = tuple(predictor.catalog.items.encode(next(iter(_histories(sim_data_dir, 1).values()))))
+    rec = predictor.recommend([Query("u", history, 4)])[0]
+    assert len(rec.item_ids) == 4 and not rec.fallback
+    # the served LLM scores as the run itself does (merging and exporting changed nothing)
+    from seekrec.llm.prompts import History
+
+    original, served = LLMReranker.load(run), predictor.reranker
+    items = np.arange(1, 7)
+    np.testing.assert_allclose(served.scores(History(np.array(history)), items),
+                               original.scores(History(np.array(history)), items), atol=1e-4)
