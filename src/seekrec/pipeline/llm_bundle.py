@@ -94,7 +94,8 @@ def write_llm_bundle(llm_run: str | Path, directory: str | Path, *, device: str 
                             "bundle needs the `seekrec train` run whose candidates the LLM was fine-tuned on")
     run = read_run(retriever_run)
     if CATALOG_FILE not in run.extra_files:
-        raise RegistryError(f"{retriever_run}: no {CATALOG_FILE}; serving needs the item catalog `seekrec train` writes")
+        raise RegistryError(f"{retriever_run}: no {CATALOG_FILE}; serving needs the item catalog that `seekrec "
+                            "train` writes")
     n_items = int(run.model_config.get("n_items", getattr(run.model, "n_items", -1)))
     if n_items != info.n_items:
         raise RegistryError(f"{llm_run}: the LLM knows {info.n_items} items, its retriever {retriever_run} "
@@ -102,7 +103,7 @@ def write_llm_bundle(llm_run: str | Path, directory: str | Path, *, device: str 
     trained_on, retriever_data = info.data_manifest_sha256, run.data_spec.get("data_manifest_sha256")
     if trained_on is not None and retriever_data is not None and trained_on != retriever_data:
         raise RegistryError(f"{llm_run}: the LLM was fine-tuned on dataset {trained_on[:12]}..., its retriever "
-                            f"{retriever_run} trained on {retriever_data[:12]}...; both must come from the same dataset")
+                            f"{retriever_run} trained on {retriever_data[:12]}...; both must come from one dataset")
     config = checked_config(run.model, run.model_name, run.model_config)
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +150,8 @@ def read_llm_bundle(directory: str | Path, *, device: str | torch.device = "cpu"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RegistryError(f"{path}: not valid JSON ({exc})") from exc
     if meta.get("format_version") != BUNDLE_FORMAT:
-        raise RegistryError(f"{path}: format_version {meta.get('format_version')!r} is not {BUNDLE_FORMAT}; publish the "
-                            "LLM run again with this version of seekrec")
+        raise RegistryError(f"{path}: format_version {meta.get('format_version')!r} is not {BUNDLE_FORMAT}; publish "
+                            "the LLM run again with this version of seekrec")
     check_servable(root / LLM_DIR)
     retriever = meta["retriever"]
     model = build_model(retriever["model_name"], retriever["model_config"], int(retriever["n_items"]))
