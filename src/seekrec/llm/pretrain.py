@@ -72,19 +72,21 @@ class LMConfig:
     experts of width ``moe_intermediate_size``; the first ``first_k_dense_replace`` layers use a dense
     SwiGLU of width ``intermediate_size``. ``bias_update_speed`` is the aux-loss-free balancing step
     (DeepSeek-V3: 1e-3; 0 = off). ``vocab_size`` and ``max_position_embeddings`` come from the tokenizer
-    and ``seq_len``.
+    and ``seq_len``. The defaults (1.5M parameters with a 4096-token vocabulary, a dense layer then a
+    MoE layer of 4 routed experts + 1 shared) pretrain on ml-100k's text on two CPU cores in minutes, and
+    LoRA of rank 8 on the MLA projections stays near 1.3% of the parameters.
     """
 
-    hidden_size: int = 192
-    num_hidden_layers: int = 4
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    q_lora_rank: int | None = 96
+    q_lora_rank: int | None = 64
     kv_lora_rank: int = 64
     qk_nope_head_dim: int = 32
     qk_rope_head_dim: int = 16
     v_head_dim: int = 32
-    intermediate_size: int = 512
-    moe_intermediate_size: int = 128
+    intermediate_size: int = 384
+    moe_intermediate_size: int = 96
     n_routed_experts: int = 4
     n_shared_experts: int = 1
     num_experts_per_tok: int = 2
@@ -130,7 +132,7 @@ class LMConfig:
 
 def _pretrain_train_config() -> TrainConfig:
     return TrainConfig(lr=2e-3, weight_decay=0.01, betas=(0.9, 0.95), warmup_steps=30, min_lr_ratio=0.1,
-                       max_epochs=2, batch_size=16, patience=2, select_metric=SELECT_METRIC, eval_batch_size=32,
+                       max_epochs=4, batch_size=16, patience=2, select_metric=SELECT_METRIC, eval_batch_size=32,
                        checkpoint_every=100)
 
 
@@ -227,9 +229,8 @@ def tokenizer_corpus(items: ItemTexts, config: PromptConfig, histories: TrainHis
         text = items.text(item, config.item_fields)
         yield "\n- " + text
         yield "\n" + config.question.format(item=text) + config.answer_cue + " Yes No"
-    for user in range(1, histories.train.n_users + 1):
-        if histories.train.lengths()[user]:
-            yield document_text(items, config, histories.history(user))
+    for user in np.flatnonzero(histories.train.lengths() > 0):
+        yield document_text(items, config, histories.history(int(user)))
 
 
 def corpus_ids(builder: PromptBuilder, histories: TrainHistories, seed: int) -> np.ndarray:
