@@ -98,13 +98,13 @@ class Pipeline:
     (``sequence_name``: its model-registry name, for saving). ``retriever`` is the two-tower stage
     (it also embeds the catalog); ``active_retriever`` the one ``stages`` picked, chosen when the
     pipeline is built or its stages change. ``llm``: the LLM re-ranking stage, loaded from
-    ``stages.llm_run`` when not given (``with_llm`` attaches one).
+    ``stages.llm_run`` (``with_llm`` attaches a loaded one).
     """
 
     def __init__(self, spec: FeatureSpec, stages: StageConfig, two_tower: TwoTower, view: ItemView, din: DIN,
                  calibrator: Calibrator, catalog: FeatureBatch, *, sequence_model: torch.nn.Module | None = None,
                  sequence_max_len: int | None = None, sequence_name: str = "sasrec",
-                 new_raw_ids: Sequence[str] = (), llm: LLMStage | None = None) -> None:
+                 new_raw_ids: Sequence[str] = ()) -> None:
         if len(catalog) != spec.n_items + 1 + len(new_raw_ids):
             raise ValueError(f"the catalog has {len(catalog)} rows; expected ids 0..{spec.n_items} plus "
                              f"{len(new_raw_ids)} added items")
@@ -119,7 +119,7 @@ class Pipeline:
             if self.sequence.n_items != spec.n_items:
                 raise ValueError(f"the sequence model knows {self.sequence.n_items} items, the feature spec "
                                  f"{spec.n_items}: both must come from the same dataset")
-        self.llm = llm
+        self.llm: LLMStage | None = None
         self.stages, self.active_retriever, self.llm = self._check_stages(stages)
         with torch.inference_mode():
             self._state = self._build_state(catalog, tuple(str(r) for r in new_raw_ids))
