@@ -103,6 +103,16 @@ def test_oldest_history_is_dropped_first(ml100k) -> None:
     assert len(prefix) <= builder.prefix_budget < len(prefix) + len(builder.line_ids(next_older))
 
 
+def test_an_explicit_budget_replaces_the_prompt_budget(ml100k) -> None:
+    _, items, tokenizer = ml100k
+    builder = PromptBuilder(tokenizer, items, PromptConfig(max_history=50))
+    h = history(50, first=200)
+    short = builder.prefix_ids(h, budget=100)
+    assert len(short) <= 100 < len(builder.prefix_ids(h))
+    assert builder.prefix_ids(h, budget=builder.prefix_budget) == builder.prefix_ids(h)
+    assert tokenizer.decode(short[1:]) == builder.prefix_text(h, budget=100)
+
+
 def test_max_history_caps_the_lines(ml100k) -> None:
     _, items, tokenizer = ml100k
     builder = PromptBuilder(tokenizer, items, PromptConfig(max_history=3, token_budget=1000))

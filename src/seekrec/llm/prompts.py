@@ -188,14 +188,15 @@ class PromptBuilder:
 
     # -- token ids -------------------------------------------------------------------------------
 
-    def prefix_ids(self, history: History) -> list[int]:
-        """``<s>`` + header + the most recent history lines that fit ``prefix_budget``, oldest first.
+    def prefix_ids(self, history: History, *, budget: int | None = None) -> list[int]:
+        """``<s>`` + header + the most recent history lines (at most ``max_history``) that fit
+        ``budget`` tokens (default ``prefix_budget``), oldest first.
 
         Identical for every candidate of a request. An empty history renders the ``empty_history``
         line (a cold user). ``ValueError`` for an unknown item id, missing values/timestamps the config
         needs, or a most recent line (with its rating/recency) that alone exceeds the budget.
         """
-        return [t for segment in self._prefix_segments(history) for t in segment[1]]
+        return [t for segment in self._prefix_segments(history, budget) for t in segment[1]]
 
     def candidate_ids(self, item: int) -> list[int]:
         """The candidate segment (question + answer cue) of ``item``; cached, do not mutate."""
@@ -223,10 +224,10 @@ class PromptBuilder:
 
     # -- text (for cross-encoders, which tokenise a text pair themselves) --------------------------
 
-    def prefix_text(self, history: History) -> str:
+    def prefix_text(self, history: History, *, budget: int | None = None) -> str:
         """The text of ``prefix_ids`` (same items, same budget counted in this tokenizer's tokens),
         without ``<s>``."""
-        return "".join(text for text, _ in self._prefix_segments(history)).lstrip("\n")
+        return "".join(text for text, _ in self._prefix_segments(history, budget)).lstrip("\n")
 
     def candidate_text(self, item: int) -> str:
         """The text of ``candidate_ids(item)`` (without its leading newline)."""
@@ -234,21 +235,23 @@ class PromptBuilder:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _prefix_segments(self, history: History) -> list[tuple[str, list[int]]]:
+    def _prefix_segments(self, history: History, budget: int | None) -> list[tuple[str, list[int]]]:
         """``(text, ids)`` pieces of the prefix: header, then the kept lines oldest first."""
         header = (self.config.header, self._header_ids)
         n = len(history)
         if n == 0:
             return [header, ("\n" + self.config.empty_history, self._empty_ids)]
-        left = self.prefix_budget - len(self._header_ids)
+        left = (self.prefix_budget if budget is None else budget) - len(self._header_ids)
         kept: list[tuple[str, list[int]]] = []
         for position, line in self._lines(history, range(n - 1, max(n - self.config.max_history, 0) - 1, -1)):
             if len(line[1]) > left:
                 if not kept:
                     raise ValueError(
                         f"the most recent history item {int(history.items[position])} takes {len(line[1])} tokens "
-                        f"with its details but only {left} fit in prompt.token_budget={self.config.token_budget}; "
-                        "raise the budget or drop 'rating'/'recency' from prompt.history_fields")
+                        f"with its details but only {max(left, 0)} fit in the prefix budget "
+                        f"({self.prefix_budget if budget is None else budget} tokens, prompt.token_budget="
+                        f"{self.config.token_budget}); raise the budget or drop 'rating'/'recency' from "
+                        "prompt.history_fields")
                 break
             kept.append(line)
             left -= len(line[1])
