@@ -123,6 +123,9 @@ def test_positions_are_training_positions_with_a_prefix(sim_data_dir):
     counts = np.bincount(users, minlength=len(lengths))
     assert (counts == np.clip(lengths - 1, 0, 3)).all()
     assert (positions[users == users[0]] == np.arange(lengths[users[0]] - counts[users[0]], lengths[users[0]])).all()
+    few, few_positions = sample_positions(split.train, 3, max_users=7, seed=1)
+    assert len(np.unique(few)) == 7 and (np.diff(few) >= 0).all()
+    assert set(zip(few.tolist(), few_positions.tolist())) <= set(zip(users.tolist(), positions.tolist()))
 
 
 def test_targets_round_trip_and_hold_the_teachers_scores(targets_file, sim_data_dir, teacher):
@@ -266,3 +269,42 @@ def test_distill_writes_a_run_that_loads_and_resumes(sim_data_dir, retriever_run
     calls = teacher.calls
     again = distill(config, sim_data_dir, None, out)  # resumes: the teacher is not asked again
     assert teacher.calls == calls and again["metrics"] == record["metrics"]
+
+
+def _llm_run(out: Path, model_dir: Path, data_dir: Path, retriever_run: Path) -> Path:
+    """An LLM ranker run as ``seekrec llm finetune`` leaves it with full weights (here: a random tiny DeepSeek-V3,
+    untrained: the plumbing is under test, not the teacher)."""
+    import dataclasses
+    import shutil
+
+    from seekrec.data.schema import InteractionData
+    from seekrec.llm.prompts import ItemTexts, PromptConfig
+    from seekrec.llm.rerank import FULL_DIR, LLMRunInfo, write_item_texts
+
+    data = InteractionData.read(data_dir)
+    shutil.copytree(model_dir, out / FULL_DIR)
+    prompt = dataclasses.asdict(PromptConfig(max_history=3, token_budget=160))
+    LLMRunInfo(str(model_dir), "causal", "full", prompt, weight=0.0, n_candidates=5, n_items=data.n_items,
+               retriever_run=str(retriever_run), task="rerank").write(out)
+    write_item_texts(out, ItemTexts.from_data(data))
+    return out
+
+
+@pytest.mark.slow
+def test_an_llm_run_is_a_teacher(sim_data_dir, retriever_run, tiny_causal_dir, tmp_path):
+    from seekrec.llm.examples import UserEvents
+    from seekrec.llm.rerank import LLMReranker
+
+    llm_run = _llm_run(tmp_path / "llm", tiny_causal_dir, sim_data_dir, retriever_run)
+    out = tmp_path / TARGETS_FILE
+    config = TargetsConfig(n_candidates=5, positions_per_user=2, max_users=3)
+    targets = compute_targets(config, sim_data_dir, llm_run, out, retriever_run=retriever_run, max_len=MAX_LEN,
+                              device="cpu", progress=False)
+    assert targets.meta["teacher"] == str(llm_run.resolve()) and TeacherTargets.load(out).meta == targets.meta
+    assert len(targets) == 6 and targets.scores.std() > 0
+    data, _ = load_split(sim_data_dir)
+    events, reranker = UserEvents.from_data(data), LLMReranker.load(llm_run)
+    for r in range(len(targets)):  # the stored scores are the reranker's, on the same history
+        history = events.history(int(targets.users[r]), int(targets.positions[r]))
+        want = reranker.scores(history, targets.candidates[r].numpy())
+        assert np.allclose(targets.scores[r].numpy(), want, atol=1e-4)

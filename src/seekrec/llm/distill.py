@@ -285,7 +285,8 @@ def targets_for(config: DistillConfig, data_dir: str | Path, teacher: Teacher | 
                                max_len=config.data.max_len, device=config.train.device)
     targets = TeacherTargets.load(path)
     want = {"k": config.targets.n_candidates, "positions_per_user": config.targets.positions_per_user,
-            "max_len": config.data.max_len, "retriever_run": str(Path(retriever).resolve())}
+            "max_users": config.targets.max_users, "seed": config.targets.seed, "max_len": config.data.max_len,
+            "retriever_run": str(Path(retriever).resolve())}
     if teacher is not None:
         want["teacher"] = teacher_name(teacher)
     differs = {k: (targets.meta.get(k), v) for k, v in want.items() if targets.meta.get(k) != v}

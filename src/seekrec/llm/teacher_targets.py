@@ -47,22 +47,25 @@ Teacher = Callable[[History, np.ndarray], np.ndarray]  # (history, items [K]) ->
 class TargetsConfig:
     """``[targets]``: where the teacher is asked. The last ``positions_per_user`` training positions of every
     user (prefix = the items before it); candidates = the ``n_candidates`` (K) best items the retriever
-    ranks for that prefix, items of the prefix excluded. ``retriever_run``: a ``seekrec train`` run
-    (None: ``init_run``, the student itself). ``path``: the targets file (None: ``<out>/teacher.safetensors``);
-    an existing one is reused after its checks, a missing one is computed there."""
+    ranks for that prefix, items of the prefix excluded. ``max_users``: ask about that many users only
+    (drawn with ``seed``; None: all), since each row costs a teacher call. ``retriever_run``: a ``seekrec
+    train`` run (None: ``init_run``, the student itself). ``path``: the targets file (None:
+    ``<out>/teacher.safetensors``); an existing one is reused after its checks, a missing one is computed there."""
 
     path: str | None = None
     retriever_run: str | None = None
     n_candidates: int = 50
     positions_per_user: int = 5
+    max_users: int | None = None
+    seed: int = 0
     batch_size: int = 256  # prefixes per retriever forward
 
     def __post_init__(self) -> None:
         if self.n_candidates < 2:
             raise ValueError("targets.n_candidates must be >= 2 (a softmax over one item teaches nothing), "
                              f"got {self.n_candidates}")
-        if self.positions_per_user < 1 or self.batch_size < 1:
-            raise ValueError("targets.positions_per_user and targets.batch_size must be >= 1")
+        if self.positions_per_user < 1 or self.batch_size < 1 or (self.max_users is not None and self.max_users < 1):
+            raise ValueError("targets.positions_per_user, targets.batch_size and targets.max_users must be >= 1")
 
 
 # -- the targets file -------------------------------------------------------------------------------------
@@ -155,11 +158,18 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def sample_positions(train: UserSequences, per_user: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_positions(train: UserSequences, per_user: int, max_users: int | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``users [P]``, ``positions [P]``: each user's last ``per_user`` training positions that have at
-    least one item before them (oldest first within a user)."""
+    least one item before them (oldest first within a user); of ``max_users`` users drawn with ``seed``
+    when given, in user order."""
     lengths = train.lengths()
     take = np.clip(lengths - 1, 0, per_user)  # position 0 has an empty prefix
+    eligible = np.flatnonzero(take)
+    if max_users is not None and max_users < len(eligible):
+        keep = np.zeros_like(take)
+        keep[np.random.default_rng(seed).choice(eligible, max_users, replace=False)] = 1
+        take = take * keep
     users = np.repeat(np.arange(len(lengths)), take)
     starts = np.repeat(lengths - take, take)
     positions = starts + (np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take))
@@ -199,10 +209,11 @@ def retrieve(model: nn.Module, train: UserSequences, users: np.ndarray, position
 
 
 def teacher_name(teacher: Teacher | str | Path) -> str:
-    """How the sidecar names the teacher: a run's resolved path, else the callable's ``name`` or class."""
+    """How the sidecar names the teacher: a run's resolved path, else the callable's ``name`` attribute or
+    qualified name (``LLMReranker.scores`` for a loaded reranker's bound method)."""
     if isinstance(teacher, (str, Path)):
         return str(Path(teacher).resolve())
-    return str(getattr(teacher, "name", type(teacher).__qualname__))
+    return str(getattr(teacher, "name", None) or getattr(teacher, "__qualname__", None) or type(teacher).__qualname__)
 
 
 def load_teacher(teacher: Teacher | str | Path, device: str) -> Teacher:
@@ -228,7 +239,7 @@ def compute_targets(config: TargetsConfig, data_dir: str | Path, teacher: Teache
     data, split = load_split(data_dir, "leave_one_out")
     manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
     retriever, spec = load_run_model(run, data, manifest_sha)
-    users, positions = sample_positions(split.train, config.positions_per_user)
+    users, positions = sample_positions(split.train, config.positions_per_user, config.max_users, config.seed)
     if not len(users):
         raise ValueError(f"{data_dir}: no user has two training events; nothing to distil")
     prefix, targets = prefix_rows(split.train, users, positions, max_len)
@@ -249,7 +260,8 @@ def compute_targets(config: TargetsConfig, data_dir: str | Path, teacher: Teache
         if lines is not None:
             lines.update()
     meta = {"format": TARGETS_FORMAT, "teacher": teacher_name(teacher), "k": config.n_candidates,
-            "positions_per_user": config.positions_per_user, "max_len": max_len, "split": split.name,
+            "positions_per_user": config.positions_per_user, "max_users": config.max_users, "seed": config.seed,
+            "max_len": max_len, "split": split.name,
             "retriever_run": str(Path(run).resolve()),
             "retriever_weights_sha256": sha256_file(RunDir(Path(run)).best_weights),
             "data_manifest_sha256": manifest_sha, "data_source": data.source, "n_items": data.n_items,
