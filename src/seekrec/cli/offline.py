@@ -153,7 +153,8 @@ def cmd_pipeline_evaluate(args: argparse.Namespace) -> int:
     from seekrec.pipeline.run import evaluate_bundle
 
     report = evaluate_bundle(args.bundle, args.data, args.split, grid=STAGE_GRID if args.tune else None,
-                             ease=not args.no_ease, progress=sys.stderr.isatty())
+                             ease=not args.no_ease, progress=sys.stderr.isatty(), llm_run=args.llm_run,
+                             llm_device=args.llm_device)
     print(format_report(report))
     if args.json:
         write_results(args.json, report)
@@ -196,6 +197,9 @@ def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     pe.add_argument("--tune", action="store_true",
                     help="choose n_candidates and retrieval_weight on validation first")
     pe.add_argument("--no-ease", action="store_true", help="skip the EASE baseline")
+    pe.add_argument("--llm-run", type=Path, help="a `seekrec llm finetune` run: also report each retriever's "
+                    "candidates re-ranked by it (rows two_tower->llm, sasrec->llm)")
+    pe.add_argument("--llm-device", default="cpu", help="device of the LLM re-ranker (default: %(default)s)")
     pe.add_argument("--json", type=Path, help="also write the report here")
     pe.set_defaults(func=cmd_pipeline_evaluate)
 
