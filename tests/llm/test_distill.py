@@ -308,3 +308,28 @@ def test_an_llm_run_is_a_teacher(sim_data_dir, retriever_run, tiny_causal_dir, t
         history = events.history(int(targets.users[r]), int(targets.positions[r]))
         want = reranker.scores(history, targets.candidates[r].numpy())
         assert np.allclose(targets.scores[r].numpy(), want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_student(sim_data_dir, retriever_run, targets_file, tmp_path, monkeypatch):
+    overrides = [*TINY, f"targets.retriever_run={retriever_run}", f"targets.path={targets_file}",
+                 "targets.n_candidates=10", "targets.positions_per_user=4", "train.checkpoint_every=1",
+                 "loss.name=bce"]  # bce samples negatives: the task's generator must resume too
+    config = DistillConfig.load(None, overrides)
+    clean = distill(config, sim_data_dir, None, tmp_path / "clean")
+    step_loss, calls = DistillTask.step_loss, []
+
+    def dies_at_the_third_step(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return step_loss(self, batch)
+
+    monkeypatch.setattr(DistillTask, "step_loss", dies_at_the_third_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        distill(config, sim_data_dir, None, tmp_path / "resumed")
+    monkeypatch.setattr(DistillTask, "step_loss", step_loss)
+    resumed = distill(config, sim_data_dir, None, tmp_path / "resumed")
+    assert resumed["metrics"] == clean["metrics"] and resumed["steps"] == clean["steps"]
+    assert (tmp_path / "clean/best/model.safetensors").read_bytes() == \
+        (tmp_path / "resumed/best/model.safetensors").read_bytes()
