@@ -18,16 +18,17 @@ def _interrupted(out: Path) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from seekrec.config import load_config
     from seekrec.llm.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig.load(args.config, args.overrides)
-    out = args.out if args.out is not None else Path("runs") / config.name
+    config = load_config(PretrainConfig, args.config, args.overrides)
+    out = args.out if args.out is not None else Path("runs/llm-pretrain")
     try:
         record = pretrain(config, args.data, out)
     except KeyboardInterrupt:
         return _interrupted(out)
     print(f"pretrained {record['parameters']:,} parameters on {record['tokens_seen']:,} tokens in "
-          f"{record['seconds']:.0f} s; validation perplexity {record['valid']['perplexity']:.2f}")
+          f"{record['seconds']:.0f} s; validation perplexity {record['valid_perplexity']:.2f}")
     print(f"model (Hugging Face format): {out / 'model'}  -> seekrec llm finetune model.path={out / 'model'}")
     return 0
 
@@ -110,7 +111,7 @@ def add_llm_commands(commands: argparse._SubParsersAction) -> None:
         "Re-running with the same --out resumes from its last checkpoint.\n")
     add_config_options(pre, "PretrainConfig (see configs/ml-100k-llm-pretrain.toml)", "train.lr=1e-3")
     pre.add_argument("--data", type=Path, help="prepared dataset directory (default: data in the config)")
-    pre.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    pre.add_argument("--out", type=Path, help="run directory (default: runs/llm-pretrain)")
     pre.set_defaults(func=cmd_pretrain)
 
     ft = sub.add_parser(
