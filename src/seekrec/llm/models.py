@@ -36,6 +36,7 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "deepseek_v2": _MLA,
     # standard multi-head / grouped-query attention (DeepSeek LLM 7B/67B checkpoints are model_type llama)
     "llama": _QKVO,
+    "deepseek": _QKVO,  # DeepSeek-MoE / LLM remote-code checkpoints (standard attention)
     "mistral": _QKVO,
     "mixtral": _QKVO,
     "qwen2": _QKVO,
