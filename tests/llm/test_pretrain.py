@@ -124,6 +124,7 @@ def test_pretrain_end_to_end_saves_a_loadable_model_and_learns(finished_run) -> 
     assert [r["epoch"] for r in valid] == [0, 1, 2, 3]  # the untrained baseline, then each epoch
     assert results["valid_loss"] < valid[0]["valid_loss"] - 0.5  # it learnt the domain's text
     assert results["valid_perplexity"] == pytest.approx(np.exp(results["valid_loss"]))
+    assert results["valid_nats_per_line"] > results["valid_loss"] and results["uniform_catalogue_nats"] == np.log(30)
     assert results["tokens_seen"] == 3 * 16 * 127 and results["parameters"] > 0 and results["tokens_per_second"] > 0
     assert (out / "curves.png").is_file() and (out / "results.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
