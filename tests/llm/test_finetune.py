@@ -15,12 +15,12 @@ TINY_SASREC = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.ma
 
 @pytest.fixture(scope="module")
 def sim_data_dir(tmp_path_factory):
-    """40 simulated users of 60 items, their events rated 1-5 at random (for the like label)."""
+    """24 simulated users of 60 items, their events rated 1-5 at random (for the like label)."""
     import pyarrow as pa
 
     from seekrec.data.simulator import Simulator, SimulatorConfig
 
-    data = Simulator(SimulatorConfig(n_users=40, n_items=60, mean_events_per_user=10, seed=3)).generate()
+    data = Simulator(SimulatorConfig(n_users=24, n_items=60, mean_events_per_user=10, seed=3)).generate()
     ratings = np.random.default_rng(0).integers(1, 6, data.events.num_rows).astype(np.float32)
     data.events = data.events.set_column(4, "value", pa.array(ratings))
     out = tmp_path_factory.mktemp("rated-sim")
@@ -37,7 +37,7 @@ def retriever_run(sim_data_dir, tmp_path_factory):
 
 def tiny_config(model_dir, retriever_run, *overrides, kind="causal"):
     base = [f"model.path={model_dir}", f"model.kind={kind}", f"retriever_run={retriever_run}",
-            "n_candidates=6", "n_negatives=3", "positions_per_user=1", "valid_users=12",
+            "n_candidates=6", "n_negatives=3", "positions_per_user=1", "valid_users=6",
             "prompt.max_history=3", "prompt.token_budget=160", "lora.rank=4", "lora.dropout=0.0",
             "train.lr=0.002", "train.batch_size=30", "train.max_epochs=1", "train.warmup_steps=1",
             "train.device=cpu", "weights=[0.0, 0.5, 2.0]"]
@@ -97,10 +97,11 @@ def _logits(run, data_dir, which):
                          info.n_candidates).logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["click", "like"])
 def test_pointwise_lora_finetune(sim_data_dir, retriever_run, tiny_causal_dir, tmp_path, label):
-    record = finetune(tiny_config(tiny_causal_dir, retriever_run, "task=pointwise", f"label={label}",
-                                  "valid_users=0"), sim_data_dir, tmp_path / "run")
+    record = finetune(tiny_config(tiny_causal_dir, retriever_run, "task=pointwise", f"label={label}"), sim_data_dir,
+                      tmp_path / "run")
     assert record["task"] == "pointwise" and record["label"] == label
     assert "logloss" in record["valid"]["reranked"]
     if label == "like":  # the rated target's score against rating >= 4
@@ -165,3 +166,13 @@ def test_config_errors_are_named(tmp_path):
         FinetuneConfig.load(None, ["model.path=x", "model.kind=seq2seq", "retriever_run=x"])
     with pytest.raises(ValueError, match="no dataset"):
         finetune(FinetuneConfig.load(None, ["model.path=x", "retriever_run=x"]), None, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ml-100k-llm-rerank", "ml-100k-llm-pointwise"])
+def test_the_named_configs_load_and_can_serve(name):
+    from pathlib import Path
+
+    config = FinetuneConfig.load(Path(__file__).resolve().parents[2] / "configs" / f"{name}.toml")
+    assert config.model.kind == "causal" and config.n_candidates == 50 and 0.0 in config.weights
+    assert not config.prompt.needs_context  # prompts of item ids only: a server can run them
+    assert config.train.select_metric == ("ndcg@10" if config.task == "rerank" else "auc")
