@@ -24,7 +24,7 @@ def loaded(sim_data_dir, retriever_run):
 
 
 def test_histories_are_prefixes_of_the_rows_with_their_values_and_request_time(loaded):
-    data, events, split, _ = loaded
+    _, events, split, _ = loaded
     user = int(split.valid.users[3])
     n = len(split.train.row(user))
     history = events.history(user, n)
@@ -51,7 +51,7 @@ def test_values_follow_the_time_order_of_the_rows(sim_data_dir, tmp_path):
 
 
 def test_training_requests_take_the_last_positions_and_exclude_the_users_items(loaded):
-    data, events, split, retriever = loaded
+    _, events, split, retriever = loaded
     requests = training_requests(events, split.train, retriever, n_candidates=10, positions_per_user=3)
     lengths = split.train.lengths()
     assert len(requests) == sum(min(3, n - 1) for n in lengths if n >= 2)

@@ -82,19 +82,18 @@ def test_the_reranker_loads_the_run_and_reproduces_its_evaluation(rerank_run, si
     assert evaluated["reranked"]["ndcg@10"] == pytest.approx(record["test"]["reranked"]["ndcg@10"], abs=1e-6)
 
 
-def _targets(data_dir, which):
-    from seekrec.llm.examples import load_events
+def test_the_weight_is_chosen_on_validation_only(rerank_run):
+    out, record = rerank_run
+    ranks = np.load(out / "ranks.npz")
+    assert LLMRunInfo.read(out).weight == record["weight"] == float(ranks["weight"])
 
-    return load_events(data_dir)[2].eval_set(which).targets
+    def arrays(split):
+        return [ranks[f"{split}_{name}"] for name in ("llm_scores", "logits", "target_positions", "retriever_ranks")]
 
-
-def _logits(run, data_dir, which):
-    from seekrec.llm.examples import Retriever, eval_requests, load_events
-
-    data, events, split = load_events(data_dir)
-    info = LLMRunInfo.read(run)
-    return eval_requests(events, split.eval_set(which), Retriever.load(info.retriever_run, data.n_items),
-                         info.n_candidates).logits
+    w, grid = choose_weight(*arrays("valid"), [0.0, 0.3, 5.0])  # from the validation arrays alone
+    assert w == record["weight"]
+    assert {float(k): v for k, v in record["weight_grid"].items()} == pytest.approx(grid)
+    assert np.array_equal(reranked_ranks(*arrays("test"), w), ranks["test_reranked_ranks"])
 
 
 @pytest.mark.slow

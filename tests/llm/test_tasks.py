@@ -75,7 +75,7 @@ def test_batches_are_the_same_whatever_the_start_and_change_with_the_epoch(world
 
 @pytest.mark.parametrize("negatives", ["retriever", "popularity"])
 def test_groups_hold_the_positive_first_and_distinct_unseen_negatives(world, negatives):
-    events, train, requests = world
+    _, train, requests = world
     source = epochs(world, TaskSettings(n_negatives=4, negatives=negatives))
     order = np.random.default_rng([3, 0]).permutation(len(requests))
     batch = next(iter(source.epoch(0, 0)))[0]

@@ -139,7 +139,7 @@ class FinetuneConfig:
             raise ValueError("n_candidates and positions_per_user must be >= 1, valid_users >= 0")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
-        self.settings  # validates task, label and n_negatives
+        _ = self.settings  # validates task, label and n_negatives
 
     @property
     def settings(self) -> TaskSettings:
@@ -319,14 +319,16 @@ def _subset(requests: Requests, n: int, seed: int) -> Requests:
 
 
 def _save_ranks(path: Path, splits: dict[str, tuple[np.ndarray, Requests]], weight: float) -> None:
-    """Per-request ranks and NDCG@10 of the retriever alone and re-ranked (for paired differences)."""
+    """Per-request ranks and NDCG@10 of the retriever alone and re-ranked (for paired differences), with the
+    LLM scores, candidates, retriever logits and target positions that re-derive them for any ``w``."""
     arrays: dict[str, np.ndarray] = {"weight": np.array(weight)}
     for name, (scores, requests) in splits.items():
         ranks = reranked_ranks(scores, requests.logits, requests.target_positions, requests.retriever_ranks, weight)
         arrays.update({f"{name}_users": requests.users, f"{name}_retriever_ranks": requests.retriever_ranks,
                        f"{name}_reranked_ranks": ranks, f"{name}_retriever_ndcg": per_user_ndcg(requests.retriever_ranks),
                        f"{name}_reranked_ndcg": per_user_ndcg(ranks), f"{name}_llm_scores": scores,
-                       f"{name}_candidates": requests.candidates})
+                       f"{name}_candidates": requests.candidates, f"{name}_logits": requests.logits,
+                       f"{name}_target_positions": requests.target_positions})
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npz", delete=False) as fh:
         np.savez_compressed(fh, **arrays)
     os.replace(fh.name, path)
