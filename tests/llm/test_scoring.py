@@ -10,7 +10,14 @@ import torch
 
 from seekrec.llm.models import load_llm
 from seekrec.llm.prompts import History
-from seekrec.llm.scoring import CausalRanker, CrossEncoderRanker, PairBatch, build_ranker, score_latency
+from seekrec.llm.scoring import (
+    CausalRanker,
+    CrossEncoderRanker,
+    PairBatch,
+    build_ranker,
+    candidate_rows,
+    score_latency,
+)
 
 ATOL = 1e-4
 
@@ -171,3 +178,27 @@ def test_build_ranker_rejects_unknown_kind(tiny_causal, make_builder):
 def test_score_latency_reports_percentiles(causal_ranker, llm_history):
     stats = score_latency(causal_ranker.score, llm_history, [1, 2, 3], repeats=3, warmup=1)
     assert stats["k"] == 3 and 0 < stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_candidate_rows_pack_in_order_and_isolate_segments():
+    segments = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14, 15, 16]]
+    rows = candidate_rows(segments, prefix_length=4, pad=0, row_tokens=5)
+    assert rows.input_ids.tolist() == [[5, 6, 7, 8, 0, 0], [9, 10, 0, 0, 0, 0], [11, 12, 13, 14, 15, 16]]
+    assert rows.position_ids[0].tolist()[:4] == [4, 5, 6, 4] and rows.position_ids[2].tolist() == [4, 5, 6, 7, 8, 9]
+    assert rows.last_row.tolist() == [0, 0, 1, 2] and rows.last_column.tolist() == [2, 3, 1, 5]
+    allowed = rows.attention_mask(4, torch.float32)[0, 0] == 0  # [T, P + T] for row 0
+    assert allowed[:, :4].all()  # everyone sees the prefix
+    assert allowed[2, 4:7].all() and not allowed[3, 4:7].any() and allowed[3, 7]  # segment 2 sees only itself
+    assert candidate_rows(segments, 4, 0, row_tokens=0).attention_mask(4, torch.float32) is None
+
+
+def test_score_packs_several_candidates_per_row(causal_ranker, llm_history, monkeypatch):
+    import seekrec.llm.scoring as scoring
+
+    seen = []
+    original = scoring.candidate_rows
+    monkeypatch.setattr(scoring, "candidate_rows", lambda *a: seen.append(original(*a)) or seen[-1])
+    items = [4, 10, 22, 1, 29, 17]
+    scores = causal_ranker.score(llm_history, items)
+    assert seen[0].input_ids.shape[0] < len(items)
+    torch.testing.assert_close(scores, causal_ranker.score_separately(llm_history, items), atol=ATOL, rtol=0)

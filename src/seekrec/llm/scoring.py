@@ -246,7 +246,13 @@ class CausalRanker(nn.Module):
     @torch.inference_mode()
     def score(self, history: History, items: Sequence[int]) -> Tensor:
         """``[K]`` scores of ``items`` for one user: ONE forward over the prefix, then all K candidate
-        segments in one forward over its cached keys/values (eval mode for the call)."""
+        segments in one forward over its cached keys/values (eval mode for the call).
+
+        Candidates are packed a few to a row (``candidate_rows``): each attends to the prefix and to itself
+        only, through a block mask. Fewer rows means fewer copies of the prefix cache, which DeepSeek's MLA
+        re-expands from its latents in every row, and less padding; measured ~25% less CPU at K=50 than one
+        candidate per row on an ml-100k-sized model. Flash-attention kernels take no block mask: there every
+        candidate gets its own row."""
         items = [int(i) for i in items]
         if not items:
             return torch.zeros(0)
@@ -255,14 +261,16 @@ class CausalRanker(nn.Module):
             backbone = self._backbone()
             prefix = torch.as_tensor(self.builder.prefix_ids(history), dtype=torch.long, device=device)[None]
             cache = _output_cache(backbone(input_ids=prefix, use_cache=True))
-            cache.batch_repeat_interleave(len(items))
-            candidates, mask = pad_right([self.builder.candidate_ids(i) for i in items], self.pad_id)
-            candidates, mask = candidates.to(device), mask.to(device)
-            positions = prefix.shape[1] + torch.arange(candidates.shape[1], device=device)
-            # right padding: a real token never attends to a later pad, so no padding mask is needed
-            out = backbone(input_ids=candidates, position_ids=positions[None].expand(len(items), -1),
-                           use_cache=True, **{_cache_kwarg(backbone): cache})
-            hidden = out.last_hidden_state[torch.arange(len(items), device=device), mask.sum(1) - 1]
+            segments = [self.builder.candidate_ids(i) for i in items]
+            impl = getattr(unwrap_peft(self.model).config, "_attn_implementation", "sdpa")
+            row_tokens = max(len(prefix[0]) // 2, 1) if impl in ("sdpa", "eager") else 0
+            rows = candidate_rows(segments, prefix.shape[1], self.pad_id, row_tokens)
+            cache.batch_repeat_interleave(rows.input_ids.shape[0])
+            mask = rows.attention_mask(prefix.shape[1], backbone.get_input_embeddings().weight.dtype)
+            out = backbone(input_ids=rows.input_ids.to(device), position_ids=rows.position_ids.to(device),
+                           attention_mask=None if mask is None else mask.to(device), use_cache=True,
+                           **{_cache_kwarg(backbone): cache})
+            hidden = out.last_hidden_state[rows.last_row.to(device), rows.last_column.to(device)]
             return self._answer_logits(hidden).cpu()
 
     @torch.inference_mode()
@@ -281,6 +289,56 @@ class CausalRanker(nn.Module):
         """Recompute each decoder layer's activations in the backward pass (less memory, ~30% more time)."""
         _set_checkpointing(self.model, on)
         self.checkpointing = on
+
+
+@dataclass
+class CandidateRows:
+    """K candidate segments packed into R right-padded rows that continue one shared prefix of P tokens."""
+
+    input_ids: Tensor  # [R, T]
+    position_ids: Tensor  # [R, T] P + position within the segment
+    segment: Tensor  # [R, T] index of the segment within its row, -1 on padding
+    last_row: Tensor  # [K] row of each candidate's last token, in candidate order
+    last_column: Tensor  # [K] its column
+
+    def attention_mask(self, prefix_length: int, dtype: torch.dtype) -> Tensor | None:
+        """``[R, 1, T, P + T]`` additive mask: every token sees the whole prefix and the earlier tokens of its own
+        segment. ``None`` when each row holds one segment: right padding plus causality already isolate it."""
+        if int(self.segment.max()) < 1:
+            return None
+        columns = torch.arange(self.segment.shape[1])
+        same = self.segment[:, :, None] == self.segment[:, None, :]  # [R, T, T]
+        allowed = same & (columns[None, None, :] <= columns[None, :, None])
+        allowed = torch.cat([allowed.new_ones(*allowed.shape[:2], prefix_length), allowed], 2)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+
+def candidate_rows(segments: Sequence[Sequence[int]], prefix_length: int, pad: int, row_tokens: int) -> CandidateRows:
+    """Pack ``segments`` in order into rows of at most ``row_tokens`` tokens (a longer segment gets a row of its
+    own; ``row_tokens=0``: one segment per row)."""
+    rows: list[list[Sequence[int]]] = []
+    for segment in segments:
+        if rows and row_tokens and sum(map(len, rows[-1])) + len(segment) <= row_tokens:
+            rows[-1].append(segment)
+        else:
+            rows.append([segment])
+    width = max(sum(map(len, row)) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment_index = torch.full((len(rows), width), -1, dtype=torch.long)
+    last_row, last_column = [], []
+    for r, row in enumerate(rows):
+        start = 0
+        for j, segment in enumerate(row):
+            end = start + len(segment)
+            ids[r, start:end] = torch.as_tensor(segment, dtype=torch.long)
+            positions[r, start:end] = prefix_length + torch.arange(len(segment))
+            segment_index[r, start:end] = j
+            last_row.append(r)
+            last_column.append(end - 1)
+            start = end
+    return CandidateRows(ids, positions, segment_index, torch.tensor(last_row), torch.tensor(last_column))
 
 
 def _output_cache(out: Any) -> Any:
