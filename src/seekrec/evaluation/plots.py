@@ -24,12 +24,15 @@ def plot_curves(records: Sequence[dict[str, Any]], title: str, out: str | Path) 
     axes[0].set(title="training loss", xlabel="step", ylabel="loss")
     axes[1].plot([r["step"] for r in train], [r["lr"] for r in train], lw=0.8, color="tab:orange")
     axes[1].set(title="learning rate", xlabel="step")
-    # ranking metrics for next-item and retrieval runs, AUC for a ranker (seekrec pipeline's din/)
-    keys = [k for k in ("ndcg@10", "hr@10", "mrr", "recall@100", "auc", "gauc") if valid and k in valid[-1]]
+    # ranking metrics for next-item and retrieval runs, AUC for a ranker (seekrec pipeline's din/), held-out
+    # loss for a language model (seekrec llm pretrain)
+    keys = [k for k in ("ndcg@10", "hr@10", "mrr", "recall@100", "auc", "gauc", "valid_loss")
+            if valid and k in valid[-1]]
     for key in keys:
         axes[2].plot([r["epoch"] for r in valid], [r[key] for r in valid], marker=".", label=key)
     axes[2].set(title="validation", xlabel="epoch")
-    axes[2].legend()
+    if keys:
+        axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
