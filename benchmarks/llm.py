@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=Path("docs"), help="where the PNG curves go (default: %(default)s)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["full", "minilm", "pointwise", "distill", "latency"],
                         help="leave these parts out")
+    parser.add_argument("--lora-lrs", type=float, nargs="*", default=[],
+                        help="extra seed-0 LoRA runs at these learning rates, compared with the config's on validation")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.5, 2.0],
                         help="distillation alphas, chosen on validation; 0 = the same fine-tuning without the teacher")
     parser.add_argument("--latency-requests", type=int, default=200, help="test requests timed per K (default: %(default)s)")
@@ -92,13 +94,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         "--out", str(work / "pretrain")])
     base = str(work / "pretrain" / "model")
 
-    def finetune(name: str, seed: int, *extra: str) -> dict[str, Any]:
-        out = work / name
+    def finetune(name: str, seed: int, flags: list[str], *overrides: str) -> dict[str, Any]:
+        out = work / name  # flags before the KEY=VALUE overrides: argparse takes one run of positionals
         return step(out, [*SEEKREC, "llm", "finetune", "--config", str(RERANK_CONFIG), "--data", data,
-                          "--retriever-run", str(sasrec[seed]), "--out", str(out), f"train.seed={seed}", *args.finetune,
-                          *extra])
+                          "--retriever-run", str(sasrec[seed]), "--out", str(out), *flags, f"train.seed={seed}",
+                          *args.finetune, *overrides])
 
-    lora = {seed: finetune(f"lora-s{seed}", seed, "--model", base) for seed in range(args.seeds)}
+    lora = {seed: finetune(f"lora-s{seed}", seed, ["--model", base]) for seed in range(args.seeds)}
     record: dict[str, Any] = {
         "benchmark": "llm", "dataset": "ml-100k", "command": " ".join(["python", "benchmarks/llm.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -106,13 +108,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sasrec": {str(s): json.loads((sasrec[s] / "results.json").read_text()) for s in range(args.seeds)},
     }
     record["rerank_vs_sasrec"] = paired(work, [f"lora-s{s}" for s in range(args.seeds)])
+    for lr in args.lora_lrs:
+        record.setdefault("lora_lr", {})[f"{lr:g}"] = finetune(f"lora-lr{lr:g}-s0", 0, ["--model", base], f"train.lr={lr}")
+        record.setdefault("lora_lr_vs_sasrec", {})[f"{lr:g}"] = paired(work, [f"lora-lr{lr:g}-s0"])
     if "full" not in args.skip:
-        record["full"] = finetune("full-s0", 0, "--model", base, "--full")
+        record["full"] = finetune("full-s0", 0, ["--model", base, "--full"])
+        record["full_vs_sasrec"] = paired(work, ["full-s0"])
     if "minilm" not in args.skip:
-        record["minilm"] = finetune("minilm-s0", 0, "--model", "minilm", "model.kind=\"cross_encoder\"")
+        record["minilm"] = finetune("minilm-s0", 0, ["--model", "minilm"], "model.kind=\"cross_encoder\"")
         record["minilm_vs_sasrec"] = paired(work, ["minilm-s0"])
     if "pointwise" not in args.skip:
-        record["pointwise"] = finetune("pointwise-s0", 0, "--model", base, "task=\"pointwise\"")
+        record["pointwise"] = finetune("pointwise-s0", 0, ["--model", base], "task=\"pointwise\"",
+                                      "train.select_metric=\"auc\"")
     if "distill" not in args.skip:
         record["distill"] = distill(work, data, sasrec[0], args.alphas, args.distill)
     if "latency" not in args.skip:
@@ -230,6 +237,9 @@ def tables(record: dict[str, Any]) -> str:
         if part in record:
             lines.append(f"| {label} (seed 0) | " + " | ".join(
                 f"{_m(record[part], 'test', 'reranked', k):.4f}" for k in ("ndcg@10", "hr@10", "mrr")) + " |")
+    for lr, run in record.get("lora_lr", {}).items():
+        lines.append(f"| SASRec top-50 -> LoRA DeepSeek-V3 LM, lr {lr} (seed 0) | " + " | ".join(
+            f"{_m(run, 'test', 'reranked', k):.4f}" for k in ("ndcg@10", "hr@10", "mrr")) + " |")
     if "distill" in record:
         d = record["distill"]
         best = d["runs"][f"{d['chosen_alpha']:g}"]["metrics"]

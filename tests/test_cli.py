@@ -6,7 +6,9 @@ import pytest
 from seekrec.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "prepare"], ["data", "simulate"], ["evaluate"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "prepare"], ["data", "simulate"], ["evaluate"],
+                                  ["llm", "pretrain"], ["llm", "finetune"], ["llm", "evaluate"], ["llm", "export"],
+                                  ["llm", "distill"]])
 def test_help_shows_examples(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*argv, "--help"])
@@ -204,3 +206,39 @@ def test_a_stopped_run_says_how_to_resume_publishes_its_best_and_resumes(sim_dat
     with caplog.at_level(logging.INFO, logger="seekrec.training.trainer"):
         assert main(argv) == 0
     assert "resumed from" in caplog.text and (run / "results.json").is_file()
+
+
+def test_llm_finetune_flags_set_the_config_and_overrides_beat_them(tmp_path, monkeypatch, capsys):
+    import seekrec.llm.finetune as finetune_module
+
+    seen = {}
+
+    def fake_finetune(config, data_dir, out, **kwargs):
+        seen.update(config=config, data=data_dir, out=out)
+        return {"parameters": {"trainable": 10, "total": 1000, "fraction": 0.01},
+                "valid": {"reranked": {}}, "test": {"retriever": {}}}
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    argv = ["llm", "finetune", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--model", "minilm",
+            "--retriever-run", "runs/sasrec", "--full", "model.kind=cross_encoder", "lora.rank=4"]
+    assert main(argv) == 0
+    config = seen["config"]
+    assert (config.model.path, config.model.kind, config.retriever_run, config.full) == \
+        ("minilm", "cross_encoder", "runs/sasrec", True)
+    assert config.lora.rank == 4
+    assert "trainable parameters: 10 of 1,000 (1.00%)" in capsys.readouterr().out
+    assert main([*argv[:10], "model.path=other"]) == 0  # a KEY=VALUE override beats the flag
+    assert seen["config"].model.path == "other"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["llm", "finetune", "--retriever-run", "runs/x"], "model"),
+    (["llm", "evaluate", "--run", "nowhere", "--data", "nowhere"], "no such LLM run directory"),
+    (["llm", "export", "--run", "nowhere", "--out", "elsewhere"], "no such LLM run directory"),
+    (["llm", "pretrain", "--data", "nowhere", "train.max_epochs=1"], "seekrec data prepare"),
+])
+def test_llm_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seekrec: error:") and message in err and "Traceback" not in err

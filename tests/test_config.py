@@ -99,6 +99,18 @@ def test_shipped_configs_load() -> None:
             assert load_config(OnlineTrainerConfig, path).publish_every_events >= 1
         elif path.name.startswith("serve"):
             assert ServeSettings.load(path).experiment.arms
+        elif path.stem.endswith("llm-pretrain"):
+            from seekrec.llm.pretrain import PretrainConfig
+
+            assert load_config(PretrainConfig, path).model.num_hidden_layers >= 1
+        elif "-llm-" in path.stem:
+            from seekrec.llm.finetune import FinetuneConfig
+
+            assert FinetuneConfig.load(path).task in ("rerank", "pointwise")
+        elif path.stem.endswith("distill"):
+            from seekrec.llm.distill import DistillConfig
+
+            assert DistillConfig.load(path).distill.alpha >= 0
         elif path.stem.endswith("pipeline"):
             assert PipelineConfig.load(path).stages.k >= 1
         else:

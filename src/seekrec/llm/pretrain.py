@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from seekrec.data.schema import MANIFEST_FILE, InteractionData
 from seekrec.data.splits import SPLITS, UserSequences, make_split
-from seekrec.io import atomic_write_json, sha256_file
+from seekrec.io import sha256_file
 from seekrec.llm.prompts import History, ItemTexts, PromptBuilder, PromptConfig, document_text
 from seekrec.models.deepseek_routing import RouterMonitor
 from seekrec.training.config import TrainConfig
