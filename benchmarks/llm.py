@@ -62,10 +62,19 @@ def main() -> None:
                         help="overrides of configs/ml-100k-sasrec-distill.toml for every distillation run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    record = run(args)
+    record = relative_paths(run(args), args.work)
     atomic_write_json(args.out, record)
     print(tables(record))
     print(f"wrote {args.out}")
+
+
+def relative_paths(record: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The record with this machine's absolute paths (runs record resolved paths) written as the command's
+    relative ones, so the committed results name no machine directory."""
+    text = json.dumps(record)
+    for absolute, relative in ((work.resolve(), work), (Path.cwd().resolve(), Path("."))):
+        text = text.replace(str(absolute), str(relative))
+    return json.loads(text)
 
 
 # -- steps ------------------------------------------------------------------------------------------
