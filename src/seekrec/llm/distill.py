@@ -33,7 +33,6 @@ from seekrec.data.sequences import SeqBatch, SequenceDataset
 from seekrec.data.splits import Split, load_split
 from seekrec.data.vocab import Catalog
 from seekrec.evaluation.ranking import ModelScorer, evaluate
-from seekrec.evaluation.report import results_record
 from seekrec.io import sha256_file
 from seekrec.llm.teacher_targets import (
     TARGETS_FILE,
@@ -59,6 +58,7 @@ from seekrec.training.distributed import (
 from seekrec.training.experiment import (
     DataConfig,
     ModelSection,
+    fit_record,
     genre_features,
     item_counts,
 )
@@ -368,15 +368,10 @@ def distill(config: DistillConfig, data_dir: str | Path | None, teacher: Teacher
                  len(targets), batches.per_micro, config.distill.alpha, config.distill.temperature)
         result = trainer.fit()
         final = teacher_agreement(model, targets, config.distill.temperature, device=dev)
-        record = results_record(
-            data.source, spec.name, "test", result.test or {}, len(split.test), data.n_items,
-            time.perf_counter() - start,
-            name=config.name, valid=result.best_valid, best_epoch=result.best_epoch, best_step=result.best_step,
-            epochs=result.epochs_run, steps=result.steps, train_seconds=round(result.seconds, 2),
-            seconds_to_best=round(result.seconds_to_best, 2),
-            sequences_per_second=round(result.examples_per_second, 1),
-            tokens_per_second=round(result.tokens_per_second, 1), world_size=ctx.world_size,
-            loss=config.loss.name, precision=config.train.precision,
+        record = fit_record(
+            result, source=data.source, model=spec.name, n_test=len(split.test), n_items=data.n_items,
+            seconds=time.perf_counter() - start, name=config.name, world_size=ctx.world_size, loss=config.loss.name,
+            precision=config.train.precision,
             distill={"alpha": config.distill.alpha, "temperature": config.distill.temperature,
                      "teacher": targets.meta.get("teacher"), "rows": len(targets), "k": targets.meta.get("k"),
                      "rows_per_micro_batch": batches.per_micro, "init_run": config.init_run,

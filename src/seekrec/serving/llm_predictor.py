@@ -133,16 +133,16 @@ class LLMPredictor:
                                       tuple(float(s) for s in scores[top]), self.version, False))
         return out
 
-    # -- no state of its own ---------------------------------------------------------------------------------
+    # -- no state of its own: the retriever's answers (it keeps none) -------------------------------------
     def observe(self, events: Sequence[LoggedEvent]) -> None:
-        """Nothing to keep: histories reach the retriever and the LLM through each query."""
+        """Histories reach the retriever and the LLM through each query."""
+        self.retrieval.observe(events)
 
     def replay(self, event_log: EventLog) -> int:
-        """Nothing to catch up with (see ``observe``); reads no event."""
-        return 0
+        return self.retrieval.replay(event_log)
 
     def follow_restarted_log(self) -> None:
-        """Nothing kept per offset (see ``observe``)."""
+        self.retrieval.follow_restarted_log()
 
     def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Refused: the retriever learns items from interactions and the LLM's item texts are fixed at training."""

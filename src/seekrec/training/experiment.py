@@ -27,7 +27,7 @@ from seekrec.models.task import NextItemTask
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import init_distributed, shutdown
 from seekrec.training.run_dir import RunDir, RunModel
-from seekrec.training.trainer import SequenceEpochs, Trainer
+from seekrec.training.trainer import FitResult, SequenceEpochs, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +177,25 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
                           ctx=ctx, manifest={"config": config.to_dict(), "data_manifest_sha256": manifest_sha},
                           test=ranking("test"))
         result = trainer.fit()
-        record = results_record(
-            data.source, config.model.name, "test", result.test or {}, len(split.test), data.n_items,
-            time.perf_counter() - start,
-            name=config.name, valid=result.best_valid, best_epoch=result.best_epoch, best_step=result.best_step,
-            epochs=result.epochs_run, steps=result.steps, train_seconds=round(result.seconds, 2),
-            seconds_to_best=round(result.seconds_to_best, 2),
-            sequences_per_second=round(result.examples_per_second, 1),
-            tokens_per_second=round(result.tokens_per_second, 1), world_size=ctx.world_size,
-            loss=config.loss.name, precision=config.train.precision,
-        )
+        record = fit_record(result, source=data.source, model=config.model.name, n_test=len(split.test),
+                            n_items=data.n_items, seconds=time.perf_counter() - start, name=config.name,
+                            world_size=ctx.world_size, loss=config.loss.name, precision=config.train.precision)
         if ctx.is_main:
             run.write_results(record)
         return record
     finally:
         shutdown(ctx)
+
+
+def fit_record(result: FitResult, *, source: str, model: str, n_test: int, n_items: int, seconds: float, name: str,
+               world_size: int, loss: str, precision: str, **extra: Any) -> dict[str, Any]:
+    """The results.json of a next-item run trained by the ``Trainer``: its test metrics and what the fit cost
+    (``seekrec train`` and ``seekrec llm distill`` write the same record; ``extra`` adds fields)."""
+    return results_record(
+        source, model, "test", result.test or {}, n_test, n_items, seconds,
+        name=name, valid=result.best_valid, best_epoch=result.best_epoch, best_step=result.best_step,
+        epochs=result.epochs_run, steps=result.steps, train_seconds=round(result.seconds, 2),
+        seconds_to_best=round(result.seconds_to_best, 2), sequences_per_second=round(result.examples_per_second, 1),
+        tokens_per_second=round(result.tokens_per_second, 1), world_size=world_size, loss=loss, precision=precision,
+        **extra,
+    )
