@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from seekrec.llm.models import load_llm
+from seekrec.llm.mla_scoring import MLAScorer, supports
+from seekrec.llm.models import LoraSettings, apply_lora, load_llm
 from seekrec.llm.prompts import History
 from seekrec.llm.scoring import (
     CausalRanker,
@@ -192,9 +193,11 @@ def test_candidate_rows_pack_in_order_and_isolate_segments():
     assert candidate_rows(segments, 4, 0, row_tokens=0).attention_mask(4, torch.float32) is None
 
 
-def test_score_packs_several_candidates_per_row(causal_ranker, llm_history, monkeypatch):
+def test_score_packs_several_candidates_per_row(tiny_llama_dir, make_builder, llm_history, monkeypatch):
     import seekrec.llm.scoring as scoring
 
+    model, tokenizer = load_llm(tiny_llama_dir, "causal")  # not MLA: the KV-cache path
+    causal_ranker = CausalRanker(model, tokenizer, make_builder(tokenizer))
     seen = []
     original = scoring.candidate_rows
     monkeypatch.setattr(scoring, "candidate_rows", lambda *a: seen.append(original(*a)) or seen[-1])
@@ -202,3 +205,36 @@ def test_score_packs_several_candidates_per_row(causal_ranker, llm_history, monk
     scores = causal_ranker.score(llm_history, items)
     assert seen[0].input_ids.shape[0] < len(items)
     torch.testing.assert_close(scores, causal_ranker.score_separately(llm_history, items), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"rope_interleave": False}, {"q_lora_rank": None}, {"num_hidden_layers": 1},
+                                       {"num_hidden_layers": 3, "v_head_dim": 12}])
+def test_mla_scorer_equals_the_full_model_on_each_prompt(deepseek_config, llm_tokenizer, make_builder, llm_history,
+                                                          overrides):
+    """Every MLA variant (interleaved or half-split RoPE, with or without query compression, one layer where
+    the first layer is also the last, v_head_dim != qk dims), with LoRA adapters that are not zero."""
+    from transformers import DeepseekV3ForCausalLM
+
+    torch.manual_seed(0)
+    model = apply_lora(DeepseekV3ForCausalLM(deepseek_config(len(llm_tokenizer), **overrides)),
+                       LoraSettings(rank=4), "causal")
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    ranker = CausalRanker(model, llm_tokenizer, make_builder(llm_tokenizer))
+    assert supports(ranker._backbone())
+    items = [4, 10, 22, 1, 29, 17, 4]
+    torch.testing.assert_close(ranker.score(llm_history, items), ranker.score_separately(llm_history, items),
+                               atol=ATOL, rtol=0)
+
+
+def test_mla_scorer_rejects_what_it_cannot_score(tiny_causal, tiny_llama_dir):
+    llama, _ = load_llm(tiny_llama_dir, "causal")
+    assert not supports(llama.model)
+    with pytest.raises(ValueError, match="not a DeepSeek-V3"):
+        MLAScorer(llama.model)
+    scorer = MLAScorer(tiny_causal[0].eval().model)
+    with pytest.raises(ValueError, match="prefix is empty"):
+        scorer.last_hidden([], [[5, 6]])
+    with pytest.raises(ValueError, match="segment is empty"):
+        scorer.last_hidden([1, 5], [[5, 6], []])

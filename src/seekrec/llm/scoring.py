@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seekrec.llm.mla_scoring import MLAScorer
+from seekrec.llm.mla_scoring import supports as supports_mla
 from seekrec.llm.models import Kind, unwrap_peft
 from seekrec.llm.prompts import History, PromptBuilder
 from seekrec.llm.tokenizer import answer_ids
@@ -245,23 +247,27 @@ class CausalRanker(nn.Module):
 
     @torch.inference_mode()
     def score(self, history: History, items: Sequence[int]) -> Tensor:
-        """``[K]`` scores of ``items`` for one user: ONE forward over the prefix, then all K candidate
-        segments in one forward over its cached keys/values (eval mode for the call).
+        """``[K]`` scores of ``items`` for one user: the history prefix runs ONCE and all K candidate segments
+        read its keys/values (eval mode for the call).
 
-        Candidates are packed a few to a row (``candidate_rows``): each attends to the prefix and to itself
-        only, through a block mask. Fewer rows means fewer copies of the prefix cache, which DeepSeek's MLA
-        re-expands from its latents in every row, and less padding; measured ~25% less CPU at K=50 than one
-        candidate per row on an ml-100k-sized model. Flash-attention kernels take no block mask: there every
-        candidate gets its own row."""
+        DeepSeek-V3 (MLA) models go through ``MLAScorer``: the prefix's keys and values are expanded once and
+        shared, and the last layer runs for each candidate's last token only (measured 2.7x less time at K=50
+        than the cache path below on the ml-100k model; docs/llm.md). Other decoders take the model's KV cache:
+        candidates are packed a few to a row (``candidate_rows``), each attending to the prefix and to itself
+        only through a block mask, so fewer copies of the cache are made; flash-attention kernels take no
+        block mask, so there every candidate gets its own row."""
         items = [int(i) for i in items]
         if not items:
             return torch.zeros(0)
         device = self._device()
         with _EvalMode(self):
             backbone = self._backbone()
-            prefix = torch.as_tensor(self.builder.prefix_ids(history), dtype=torch.long, device=device)[None]
-            cache = _output_cache(backbone(input_ids=prefix, use_cache=True))
+            prefix_ids = self.builder.prefix_ids(history)
             segments = [self.builder.candidate_ids(i) for i in items]
+            if supports_mla(backbone):
+                return self._answer_logits(MLAScorer(backbone).last_hidden(prefix_ids, segments)).cpu()
+            prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None]
+            cache = _output_cache(backbone(input_ids=prefix, use_cache=True))
             impl = getattr(unwrap_peft(self.model).config, "_attn_implementation", "sdpa")
             row_tokens = max(len(prefix[0]) // 2, 1) if impl in ("sdpa", "eager") else 0
             rows = candidate_rows(segments, prefix.shape[1], self.pad_id, row_tokens)
