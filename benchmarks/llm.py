@@ -60,6 +60,9 @@ def main() -> None:
                         help="overrides of configs/ml-100k-llm-rerank.toml for every fine-tuning run")
     parser.add_argument("--distill", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of configs/ml-100k-sasrec-distill.toml for every distillation run")
+    parser.add_argument("--pipeline-run", type=Path, default=None,
+                        help="a `seekrec pipeline train` run on the same data: the pointwise run is scored on its "
+                             "DIN's test groups, beside DIN")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     record = relative_paths(run(args), args.work)
@@ -96,6 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sasrec = list(args.sasrec_runs) or [work / f"sasrec-s{s}" for s in range(args.seeds)]
     if len(sasrec) < args.seeds:
         raise SystemExit(f"--sasrec-runs: {len(sasrec)} runs for {args.seeds} seeds")
+    if args.pipeline_run is not None and not (args.pipeline_run / "bundle" / "pipeline.json").is_file():
+        raise SystemExit(f"--pipeline-run {args.pipeline_run}: not a `seekrec pipeline train` run (no bundle/)")
     for seed, path in enumerate(sasrec[: args.seeds]):
         step(path, [*SEEKREC, "train", "--config", str(SASREC_CONFIG), "--data", data, "--out", str(path),
                     f"train.seed={seed}"])
@@ -129,6 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "pointwise" not in args.skip:
         record["pointwise"] = finetune("pointwise-s0", 0, ["--model", base], "task=\"pointwise\"",
                                       "train.select_metric=\"auc\"")
+        if args.pipeline_run is not None:
+            from seekrec.pipeline.llm_vs_din import compare_on_din_groups
+
+            record["pointwise_vs_din"] = compare_on_din_groups(args.pipeline_run, work / "pointwise-s0", data)
     if "distill" not in args.skip:
         record["distill"] = distill(work, data, sasrec[0], args.alphas, args.distill)
     if "latency" not in args.skip:
@@ -254,6 +263,13 @@ def tables(record: dict[str, Any]) -> str:
         best = d["runs"][f"{d['chosen_alpha']:g}"]["metrics"]
         lines.append(f"| distilled SASRec (alpha={d['chosen_alpha']:g}, seed 0) | {best['ndcg@10']:.4f} | "
                      f"{best['hr@10']:.4f} | {best['mrr']:.4f} |")
+    if "pointwise_vs_din" in record:
+        versus = record["pointwise_vs_din"]
+        lines += ["", f"| on DIN's test groups ({versus['groups']} targets, {versus['pairs']} pairs) | AUC | gAUC | "
+                  "logloss |", "|---|---|---|---|"]
+        for key, label in (("din", "DIN"), ("llm", "pointwise LoRA DeepSeek-V3 LM (seed 0)")):
+            lines.append(f"| {label} | " + " | ".join(f"{versus[key][k]:.4f}" for k in ("auc", "gauc", "logloss"))
+                         + " |")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ def one_torch_thread() -> Iterator[None]:
 
 def write_llm_run(out: Path, data: InteractionData, retriever_run: Path, *,
                   history_fields: Sequence[str] = ("title", "year", "genres"), weight: float = 0.5,
-                  n_candidates: int = 10, seed: int = 0) -> Path:
+                  n_candidates: int = 10, seed: int = 0, task: str = "rerank") -> Path:
     """An LLM run over ``data``'s items (``llm.json`` with weights "full", ``model/``, ``items.json``) whose
     candidates come from ``retriever_run``; the model is a random tiny DeepSeek-V3 (MLA + MoE)."""
     import torch
@@ -56,7 +56,7 @@ def write_llm_run(out: Path, data: InteractionData, retriever_run: Path, *,
     LLMRunInfo(base_model=str(out / FULL_DIR), kind="causal", weights="full",
                prompt={"history_fields": list(history_fields), "token_budget": 400}, weight=weight,
                n_candidates=n_candidates, n_items=data.n_items, retriever_run=str(retriever_run),
-               task="rerank").write(out)
+               task=task).write(out)
     write_item_texts(out, texts)
     return out
 

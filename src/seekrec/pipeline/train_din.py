@@ -177,6 +177,28 @@ def held_out_groups(spec: FeatureSpec, data: InteractionData, held: HeldOut, con
     return HeldOutGroups(groups, held.users)
 
 
+# seed offsets of the groups DIN is selected and calibrated on (valid) and reported on (test)
+REPORT_SEEDS = {"valid": 0, "test": 1}
+
+
+def catalog_sampler(config: RankerTraining, spec: FeatureSpec, split: Split) -> NegativeSampler:
+    """Catalog draws for ``config.sampler``: uniform, else by training popularity."""
+    if config.sampler == "uniform":
+        return NegativeSampler("uniform", spec.n_items)
+    return NegativeSampler("popularity", spec.n_items, item_counts=item_counts(split.train, spec.n_items))
+
+
+def report_groups(config: RankerTraining, spec: FeatureSpec, data: InteractionData, split: Split, which: str, *,
+                  sampler: NegativeSampler, retrieval: tuple[TwoTowerRetriever, FeatureBatch] | None = None,
+                  ) -> HeldOutGroups:
+    """The ``which`` ("valid" / "test") groups of DIN's report, seeded ``train.seed + REPORT_SEEDS[which]``:
+    ``train_din`` scores these, and a reader of the saved run rebuilds the very same pairs with them."""
+    if which not in REPORT_SEEDS:
+        raise ValueError(f"which must be one of {sorted(REPORT_SEEDS)}, got {which!r}")
+    return held_out_groups(spec, data, held_out(data, split, which), config, config.train.seed + REPORT_SEEDS[which],
+                           sampler=sampler, retrieval=retrieval)
+
+
 def group_logits(model: DIN, held: HeldOutGroups, *, chunk_size: int = 256) -> Tensor:
     """``[B, C]`` DIN logits of every held-out group, on the CPU."""
     device = next(model.parameters()).device
@@ -216,9 +238,7 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
                     model_config["key_columns"])
     torch.manual_seed(config.train.seed)
     model = build_feature_model("din", model_config, user=spec.schema("user"), item=item_schema, catalog=catalog)
-    counts = item_counts(split.train, spec.n_items)
-    sampler = NegativeSampler("uniform" if config.sampler == "uniform" else "popularity", spec.n_items,
-                              item_counts=None if config.sampler == "uniform" else counts)  # catalog draws
+    sampler = catalog_sampler(config, spec, split)
     retrieval = None if retriever is None else (retriever, catalog)
     negatives: Negatives = SampledNegatives(sampler)
     if config.sampler == "retrieval":
@@ -229,9 +249,7 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
                                                             config.retrieval_candidates))
     source = ClickSource(examples, OfflineRows(spec, data, split.train), negatives, config.n_negatives,
                          id_dropout=config.id_dropout)
-    seed = config.train.seed
-    valid = held_out_groups(spec, data, held_out(data, split, "valid"), config, seed, sampler=sampler,
-                            retrieval=retrieval)
+    valid = report_groups(config, spec, data, split, "valid", sampler=sampler, retrieval=retrieval)
 
     def validate() -> dict[str, float]:
         return ranker_metrics(valid, group_logits(model, valid))
@@ -245,12 +263,12 @@ def train_din(config: RankerTraining, spec: FeatureSpec, data: InteractionData, 
     with torch.inference_mode():
         valid_logits = group_logits(model, valid)
         calibrator = Calibrator.fit(valid.flat(valid_logits), valid.flat(valid.groups.label), method=config.calibration)
-        test = held_out_groups(spec, data, held_out(data, split, "test"), config, seed + 1, sampler=sampler,
-                               retrieval=retrieval)
+        test = report_groups(config, spec, data, split, "test", sampler=sampler, retrieval=retrieval)
         test_logits = group_logits(model, test)
         # the usual sampled-negative AUC (catalog draws by popularity), for comparison with other rankers
         popular = held_out_groups(spec, data, held_out(data, split, "test"),
-                                  dataclasses.replace(config, sampler="popularity"), seed + 1, sampler=sampler)
+                                  dataclasses.replace(config, sampler="popularity"),
+                                  config.train.seed + REPORT_SEEDS["test"], sampler=sampler)
         popular_logits = group_logits(model, popular)
     report = {
         "calibrator": calibrator.to_dict(),
