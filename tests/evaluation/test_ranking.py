@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from seekrec.data.splits import UserSequences, leave_one_out
-from seekrec.evaluation.ranking import METRIC_KEYS, EvalBatch, evaluate, rank_targets
+from seekrec.evaluation.ranking import METRIC_KEYS, EvalBatch, ModelScorer, evaluate, rank_targets
+from seekrec.models.factory import build_model
+from tests.models.helpers import TINY
 
 
 class RandomScorer:
@@ -75,3 +77,69 @@ def test_nan_scores_and_bad_shapes_are_refused():
         evaluate(NaNScorer(), split.test, 3)
     with pytest.raises(ValueError, match="shape"):
         evaluate(ShortScorer(), split.test, 3)
+
+
+def _chains(lengths: list[int], n_items: int, seed: int) -> UserSequences:
+    """User ``u`` consumes ``lengths[u - 1]`` consecutive item ids from a random start, in time order."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for user, length in enumerate(lengths, start=1):
+        start = int(rng.integers(1, n_items - length + 2))
+        users += [user] * length
+        items += range(start, start + length)
+    return UserSequences.from_interactions(np.array(users), np.array(items), np.arange(len(users)), len(lengths))
+
+
+class SuccessorModel:
+    """Scores the successor of ``input_ids[:, -1]`` highest: right only if index -1 holds the last real item."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        self.widths: list[int] = []
+
+    def score_all(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.widths.append(input_ids.shape[1])
+        scores = torch.zeros(input_ids.shape[0], self.n_items + 1)
+        scores[torch.arange(input_ids.shape[0]), input_ids[:, -1] % self.n_items + 1] = 1.0
+        return scores
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+def test_model_scorer_reads_the_last_real_item_at_both_splits(which):
+    """Validation and test histories (the test one is one item longer) are left-padded and cut to their
+    last max_len items, so index -1 is the item just before the target, whatever the history length."""
+    max_len, n_items = 8, 100
+    split = leave_one_out(_chains([3, 5, 8, 9, 10, 11, 17, 30], n_items, seed=0))
+    model = SuccessorModel(n_items)
+    result = evaluate(ModelScorer(model, max_len), split.eval_set(which), n_items, batch_size=3)
+    assert result.ranks.tolist() == [0] * len(split.eval_set(which))
+    assert max(model.widths) == max_len
+
+
+class RecordingScorer:
+    """A ``ModelScorer`` that keeps each user's score row."""
+
+    def __init__(self, scorer: ModelScorer) -> None:
+        self.scorer, self.rows = scorer, {}
+
+    def score(self, batch: EvalBatch) -> torch.Tensor:
+        scores = self.scorer.score(batch)
+        self.rows.update(zip(batch.users.tolist(), scores.clone()))
+        return scores
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+@pytest.mark.parametrize("name", ["sasrec", "deepseek"])
+def test_batched_model_scores_equal_each_user_scored_alone(name, which):
+    """Both models give a user the scores of their own last max_len items, unpadded: padding to the
+    batch's longest history and the batch's other users change nothing, at validation and at test."""
+    n_items, max_len = 40, TINY[name]["max_len"]
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name], n_items).eval()
+    eval_set = leave_one_out(_chains([3, 6, 12, 17, 18, 19, 25, 40], n_items, seed=1)).eval_set(which)
+    recorder = RecordingScorer(ModelScorer(model, max_len))
+    evaluate(recorder, eval_set, n_items, batch_size=3)
+    with torch.no_grad():
+        for user in eval_set.users.tolist():
+            alone = torch.from_numpy(eval_set.history.row(user)[-max_len:])[None]  # [1, <= max_len]
+            torch.testing.assert_close(recorder.rows[user], model.score_all(alone)[0], atol=1e-5, rtol=1e-5)

@@ -46,6 +46,21 @@ def test_matches_transformers_reference_with_2d_padding_mask() -> None:
     torch.testing.assert_close(ours[mask], reference[mask], atol=1e-5, rtol=1e-5)
 
 
+def test_rotary_positions_are_relative() -> None:
+    """Shifting every position by a constant changes no real output: DeepSeek-rec sees only offsets between
+    items, so where a history starts (one item later at test than at validation once max_len cuts it, or
+    after more left padding) cannot matter to it."""
+    model = make_model("deepseek").eval()
+    ids = left_pad([[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]], 8)
+    mask = ids != 0
+    hidden = []
+    with torch.no_grad():
+        for shift in (0, 37):
+            hidden.append(model.backbone(inputs_embeds=model.encode_items(ids), attention_mask=mask.long(),
+                                         position_ids=positions_from_mask(mask) + shift).last_hidden_state)
+    torch.testing.assert_close(hidden[1][mask], hidden[0][mask], atol=1e-5, rtol=1e-5)
+
+
 def test_eager_and_sdpa_attention_agree() -> None:
     sdpa = make_model("deepseek").eval()
     eager = make_model("deepseek", attn_implementation="eager").eval()

@@ -42,6 +42,18 @@ def test_left_padding_invariance(name: str) -> None:
         torch.testing.assert_close(mixed[1:2], reference, atol=1e-5, rtol=0)
 
 
+def test_train_mode_differs_from_eval_mode_only_by_dropout(name: str) -> None:
+    """No routing noise, expert capacity or token dropping: with every dropout at 0 a training forward
+    (which also records DeepSeek's expert counts) equals the evaluation forward, which repeats exactly."""
+    model = make_model(name, dropout=0.0)
+    ids = left_pad([[5, 6, 7], list(range(1, 13)), [9], list(range(3, 3 + MAX_LEN))], MAX_LEN)  # [B=4, L]
+    trained = model.train()(ids).detach()
+    with torch.no_grad():
+        evaluated, again = model.eval()(ids), model(ids)
+    torch.testing.assert_close(trained, evaluated, atol=1e-6, rtol=0)
+    assert torch.equal(evaluated, again)
+
+
 def test_causality(name: str) -> None:
     model = make_model(name).eval()
     ids = left_pad([[4, 8, 15, 16, 23, 29]], 8)

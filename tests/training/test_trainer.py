@@ -6,11 +6,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from seekrec.data.sequences import SequenceDataset
+from seekrec.data.splits import UserSequences
+from seekrec.models.factory import build_loss, build_model
+from seekrec.models.losses import LossConfig
+from seekrec.models.task import NextItemTask
+from seekrec.training.config import TrainConfig
+from seekrec.training.distributed import DistContext
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.metrics_log import MetricsLog
+from seekrec.training.run_dir import RunDir
+from seekrec.training.trainer import SequenceEpochs, Trainer
+from tests.models.helpers import TINY as TINY_MODELS
 
 TINY = ["model.name=sasrec", "model.dim=16", "model.n_layers=1", "data.max_len=12", "train.batch_size=16",
         "train.warmup_steps=2", "train.eval_batch_size=64"]
@@ -44,6 +55,41 @@ def test_early_stopping_stops_when_validation_stalls(sim_data_dir, tmp_path):
                     "model.dropout=0.0")
     assert record["epochs"] == 3  # first eval sets the best, two more without improvement stop it
     assert record["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("name", ["sasrec", "deepseek"])
+def test_test_is_scored_on_the_validated_model_routing_bias_included(name, tmp_path):
+    """The best validation comes first and training goes on (weights and DeepSeek's routing bias keep
+    moving); the test must still see exactly the model that was validated."""
+    n_items, n_users, max_len = 30, 24, TINY_MODELS[name]["max_len"]
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, n_users + 1), 12)
+    seqs = UserSequences.from_interactions(users, rng.integers(1, n_items + 1, len(users)), np.arange(len(users)),
+                                           n_users)
+    extra = {"bias_update_speed": 0.05} if name == "deepseek" else {}
+    torch.manual_seed(0)
+    model = build_model(name, {**TINY_MODELS[name], **extra}, n_items)
+    probe = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    seen = []  # (scores of the probe, routing biases) at each validation, then at the test
+
+    def score() -> dict[str, float]:
+        biases = [gate.e_score_correction_bias.clone() for gate in getattr(model, "routers", {}).values()]
+        seen.append((model.score_all(probe).clone(), biases))
+        return {"ndcg@10": 1.0 / len(seen)}  # the first validation is the best
+
+    config = TrainConfig(lr=1e-2, max_epochs=3, batch_size=8, warmup_steps=1, patience=10, device="cpu")
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    loss = build_loss(LossConfig(name="full_softmax"), n_items)
+    batches = SequenceEpochs(SequenceDataset(seqs, max_len), config, ctx)
+    trainer = Trainer(model, lambda m: NextItemTask(m, loss), batches, score, config, run_dir=RunDir(tmp_path), ctx=ctx,
+                      resume=False, test=score)
+    assert trainer.fit().best_epoch == 1
+    (best, best_biases), (last, last_biases), (tested, tested_biases) = seen[0], seen[-2], seen[-1]
+    assert not torch.allclose(last, best), "training did not move the model after the best validation"
+    assert torch.equal(tested, best)
+    if name == "deepseek":
+        assert not all(torch.equal(a, b) for a, b in zip(last_biases, best_biases, strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(tested_biases, best_biases, strict=True))
 
 
 @pytest.mark.slow
