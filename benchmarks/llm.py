@@ -34,6 +34,7 @@ from seekrec.io import atomic_write_json
 log = logging.getLogger("benchmarks.llm")
 SEEKREC = [sys.executable, "-m", "seekrec.cli"]
 RERANK_CONFIG = Path("configs/ml-100k-llm-rerank.toml")
+LIKELIHOOD_CONFIG = Path("configs/ml-100k-llm-likelihood.toml")
 PRETRAIN_CONFIG = Path("configs/ml-100k-llm-pretrain.toml")
 DISTILL_CONFIG = Path("configs/ml-100k-sasrec-distill.toml")
 SASREC_CONFIG = Path("configs/ml-100k-sasrec.toml")
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/llm_ml100k.json"),
                         help="results JSON (default: %(default)s)")
     parser.add_argument("--figures", type=Path, default=Path("docs"), help="where the PNG curves go (default: %(default)s)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["full", "minilm", "pointwise", "distill", "latency"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["full", "minilm", "pointwise", "distill", "latency", "likelihood"],
                         help="leave these parts out")
     parser.add_argument("--lora-lrs", type=float, nargs="*", default=[],
                         help="extra seed-0 LoRA runs at these learning rates, compared with the config's on validation")
@@ -57,7 +58,9 @@ def main() -> None:
                         help="distillation alphas, chosen on validation; 0 = the same fine-tuning without the teacher")
     parser.add_argument("--latency-requests", type=int, default=200, help="test requests timed per K (default: %(default)s)")
     parser.add_argument("--finetune", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of configs/ml-100k-llm-rerank.toml for every fine-tuning run")
+                        help="overrides of the fine-tuning configs for every fine-tuning run")
+    parser.add_argument("--likelihood", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of configs/ml-100k-llm-likelihood.toml after --finetune's, for its runs only")
     parser.add_argument("--distill", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of configs/ml-100k-sasrec-distill.toml for every distillation run")
     parser.add_argument("--pipeline-run", type=Path, default=None,
@@ -108,11 +111,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         "--out", str(work / "pretrain")])
     base = str(work / "pretrain" / "model")
 
-    def finetune(name: str, seed: int, flags: list[str], *overrides: str) -> dict[str, Any]:
+    def finetune(name: str, seed: int, flags: list[str], *overrides: str, config: Path = RERANK_CONFIG,
+                 ) -> dict[str, Any]:
         out = work / name  # flags before the KEY=VALUE overrides: argparse takes one run of positionals
-        return step(out, [*SEEKREC, "llm", "finetune", "--config", str(RERANK_CONFIG), "--data", data,
+        extra = args.likelihood if config == LIKELIHOOD_CONFIG else []
+        return step(out, [*SEEKREC, "llm", "finetune", "--config", str(config), "--data", data,
                           "--retriever-run", str(sasrec[seed]), "--out", str(out), *flags, f"train.seed={seed}",
-                          *args.finetune, *overrides])
+                          *args.finetune, *extra, *overrides])
 
     lora = {seed: finetune(f"lora-s{seed}", seed, ["--model", base]) for seed in range(args.seeds)}
     record: dict[str, Any] = {
@@ -125,9 +130,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for lr in args.lora_lrs:
         record.setdefault("lora_lr", {})[f"{lr:g}"] = finetune(f"lora-lr{lr:g}-s0", 0, ["--model", base], f"train.lr={lr}")
         record.setdefault("lora_lr_vs_sasrec", {})[f"{lr:g}"] = paired(work, [f"lora-lr{lr:g}-s0"])
+    if "likelihood" not in args.skip:  # the LM's log p(item line | history), LoRA fine-tuned listwise
+        likelihood = {s: finetune(f"like-s{s}", s, ["--model", base], config=LIKELIHOOD_CONFIG)
+                      for s in range(args.seeds)}
+        record["likelihood"] = {str(s): r for s, r in likelihood.items()}
+        record["likelihood_vs_sasrec"] = paired(work, [f"like-s{s}" for s in range(args.seeds)])
     if "full" not in args.skip:
         record["full"] = finetune("full-s0", 0, ["--model", base, "--full"])
         record["full_vs_sasrec"] = paired(work, ["full-s0"])
+        if "likelihood" not in args.skip:
+            record["likelihood_full"] = finetune("like-full-s0", 0, ["--model", base, "--full"],
+                                                 config=LIKELIHOOD_CONFIG)
+            record["likelihood_full_vs_sasrec"] = paired(work, ["like-full-s0"])
     if "minilm" not in args.skip:
         record["minilm"] = finetune("minilm-s0", 0, ["--model", "minilm"], "model.kind=\"cross_encoder\"")
         record["minilm_vs_sasrec"] = paired(work, ["minilm-s0"])
@@ -138,8 +152,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from seekrec.pipeline.llm_vs_din import compare_on_din_groups
 
             record["pointwise_vs_din"] = compare_on_din_groups(args.pipeline_run, work / "pointwise-s0", data)
+    teacher = best_on_validation(record)
     if "distill" not in args.skip:
-        record["distill"] = distill(work, data, sasrec[0], args.alphas, args.distill)
+        record["distill"] = distill(work, data, sasrec[0], teacher, args.alphas, args.distill)
     if "latency" not in args.skip:
         record["latency"] = latency(work, data, args.latency_requests)
     figures(work, args.figures)
@@ -165,19 +180,29 @@ def paired(work: Path, runs: list[str]) -> dict[str, Any]:
     return out
 
 
-def distill(work: Path, data: str, sasrec: Path, alphas: list[float], overrides: list[str]) -> dict[str, Any]:
-    """Fine-tune SASRec (seed 0) from its best weights with the seed-0 LoRA re-ranker as teacher, for each
-    alpha (0: the same extra training without the teacher); alpha chosen on validation NDCG@10."""
-    targets = work / "teacher.safetensors"
+def best_on_validation(record: dict[str, Any]) -> str:
+    """The seed-0 LoRA re-ranker (answer or likelihood score) with the better validation NDCG@10."""
+    runs = {"lora-s0": record["lora"]["0"]}
+    if "likelihood" in record:
+        runs["like-s0"] = record["likelihood"]["0"]
+    return max(runs, key=lambda name: runs[name]["valid"]["reranked"]["ndcg@10"])
+
+
+def distill(work: Path, data: str, sasrec: Path, teacher: str, alphas: list[float], overrides: list[str],
+            ) -> dict[str, Any]:
+    """Fine-tune SASRec (seed 0) from its best weights with the seed-0 re-ranker ``teacher`` (a run name under
+    ``work``), for each alpha (0: the same extra training without the teacher); alpha chosen on validation
+    NDCG@10."""
+    targets = work / f"teacher-{teacher}.safetensors"
     runs = {}
     for alpha in alphas:
-        name = f"distill-a{alpha:g}"
+        name = f"distill-{teacher}-a{alpha:g}"
         runs[alpha] = step(work / name, [*SEEKREC, "llm", "distill", "--config", str(DISTILL_CONFIG), "--data", data,
-                                         "--teacher", str(work / "lora-s0"), "--out", str(work / name),
+                                         "--teacher", str(work / teacher), "--out", str(work / name),
                                          f"init_run={json.dumps(str(sasrec))}", f"distill.alpha={alpha}",
                                          f"targets.path={json.dumps(str(targets))}", *overrides])
     chosen = max(alphas, key=lambda a: runs[a]["valid"]["ndcg@10"])
-    return {"runs": {f"{a:g}": r for a, r in runs.items()}, "chosen_alpha": chosen,
+    return {"teacher": teacher, "runs": {f"{a:g}": r for a, r in runs.items()}, "chosen_alpha": chosen,
             "valid_ndcg@10": {f"{a:g}": runs[a]["valid"]["ndcg@10"] for a in alphas},
             "test_ndcg@10": {f"{a:g}": runs[a]["metrics"]["ndcg@10"] for a in alphas}}
 
@@ -205,8 +230,11 @@ def latency(work: Path, data: str, n_requests: int) -> dict[str, Any]:
     minilm = apply_lora(minilm, LoraSettings(), "cross_encoder")
     cross = build_ranker(minilm, tokenizer, PromptBuilder(tokenizer, read_item_texts(work / "lora-s0"),
                                                           reranker.prompt), "cross_encoder").eval()
-    rankers = {"deepseek_v3_lm": (reranker.ranker, {"shared": n_requests, "separately": 30}),
-               "minilm_cross_encoder": (cross, {"shared": 30})}
+    rankers = {"deepseek_v3_lm": (reranker.ranker, {"shared": n_requests, "separately": 30})}
+    if (work / "like-s0" / "llm.json").is_file():  # log p(item line | history): every line token's vocabulary softmax
+        rankers["deepseek_v3_lm_likelihood"] = (LLMReranker.load(work / "like-s0").ranker,
+                                                {"shared": n_requests, "separately": 30})
+    rankers["minilm_cross_encoder"] = (cross, {"shared": 30})
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "n_candidates_available": reranker.n_candidates}
     for name, (ranker, modes) in rankers.items():
         timings: dict[str, Any] = {"prefix_tokens_mean": float(np.mean(
@@ -244,13 +272,19 @@ def _m(record: dict[str, Any], split: str, which: str, key: str) -> float:
 
 def tables(record: dict[str, Any]) -> str:
     lines = ["| model (test) | NDCG@10 | HR@10 | MRR |", "|---|---|---|---|"]
-    seeds = sorted(record["lora"])
-    for which, label in (("retriever", "SASRec alone"), ("reranked", "SASRec top-50 -> LoRA DeepSeek-V3 LM")):
-        vals = {k: [_m(record["lora"][s], "test", which, k) for s in seeds] for k in ("ndcg@10", "hr@10", "mrr")}
+    seeded = [("lora", "retriever", "SASRec alone"),
+              ("lora", "reranked", "SASRec top-50 -> LoRA DeepSeek-V3 LM, answer"),
+              ("likelihood", "reranked", "SASRec top-50 -> LoRA DeepSeek-V3 LM, likelihood")]
+    for part, which, label in seeded:
+        if part not in record:
+            continue
+        seeds = sorted(record[part])
+        vals = {k: [_m(record[part][s], "test", which, k) for s in seeds] for k in ("ndcg@10", "hr@10", "mrr")}
         lines.append(f"| {label} ({len(seeds)} seeds) | " + " | ".join(
             f"{np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0:.4f}" for v in vals.values())
             + " |")
-    for part, label in (("full", "SASRec top-50 -> fully fine-tuned DeepSeek-V3 LM"),
+    for part, label in (("full", "SASRec top-50 -> fully fine-tuned DeepSeek-V3 LM, answer"),
+                        ("likelihood_full", "SASRec top-50 -> fully fine-tuned DeepSeek-V3 LM, likelihood"),
                         ("minilm", "SASRec top-50 -> LoRA MiniLM cross-encoder")):
         if part in record:
             lines.append(f"| {label} (seed 0) | " + " | ".join(
@@ -261,7 +295,8 @@ def tables(record: dict[str, Any]) -> str:
     if "distill" in record:
         d = record["distill"]
         best = d["runs"][f"{d['chosen_alpha']:g}"]["metrics"]
-        lines.append(f"| distilled SASRec (alpha={d['chosen_alpha']:g}, seed 0) | {best['ndcg@10']:.4f} | "
+        lines.append(f"| distilled SASRec (teacher {d['teacher']}, alpha={d['chosen_alpha']:g}, seed 0) | "
+                     f"{best['ndcg@10']:.4f} | "
                      f"{best['hr@10']:.4f} | {best['mrr']:.4f} |")
     if "pointwise_vs_din" in record:
         versus = record["pointwise_vs_din"]

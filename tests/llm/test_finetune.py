@@ -170,9 +170,32 @@ def test_config_errors_are_named(tmp_path):
         FinetuneConfig.load(None, ["model.path=x", "model.kind=seq2seq", "retriever_run=x"])
     with pytest.raises(ValueError, match="no dataset"):
         finetune(FinetuneConfig.load(None, ["model.path=x", "retriever_run=x"]), None, tmp_path)
+    with pytest.raises(ValueError, match="model.score must be one of"):
+        FinetuneConfig.load(None, ["model.path=x", "retriever_run=x", "model.score=perplexity"])
+    with pytest.raises(ValueError, match="needs a language model"):
+        FinetuneConfig.load(None, ["model.path=x", "retriever_run=x", "model.score=likelihood",
+                                   "model.kind=cross_encoder"])
+    with pytest.raises(ValueError, match="use task = 'rerank'"):
+        FinetuneConfig.load(None, ["model.path=x", "retriever_run=x", "model.score=likelihood", "task=pointwise"])
 
 
-@pytest.mark.parametrize("name", ["ml-100k-llm-rerank", "ml-100k-llm-pointwise"])
+def test_a_likelihood_rerank_run_serves_the_scores_it_was_evaluated_with(sim_data_dir, retriever_run,
+                                                                          tiny_causal_dir, tmp_path):
+    """model.score = likelihood: trained listwise on log p(line | history), recorded in llm.json, and the loaded
+    re-ranker reproduces the run's test evaluation."""
+    out = tmp_path / "run"
+    record = finetune(tiny_config(tiny_causal_dir, retriever_run, "model.score=likelihood"), sim_data_dir, out)
+    assert record["score"] == "likelihood" and LLMRunInfo.read(out).score == "likelihood"
+    losses = [r["loss"] for r in MetricsLog(out / "metrics.jsonl").read() if r["kind"] == "train"]
+    assert losses and np.all(np.isfinite(losses))
+    reranker = LLMReranker.load(out)
+    assert reranker.ranker.score_kind == "likelihood"
+    assert np.all(np.load(out / "ranks.npz")["test_llm_scores"] < 0)  # log-probabilities
+    evaluated = evaluate_run(out, sim_data_dir, "test")
+    assert evaluated["reranked"]["ndcg@10"] == pytest.approx(record["test"]["reranked"]["ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ml-100k-llm-rerank", "ml-100k-llm-pointwise", "ml-100k-llm-likelihood"])
 def test_the_named_configs_load_and_can_serve(name):
     from pathlib import Path
 

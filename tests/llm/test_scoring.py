@@ -23,24 +23,25 @@ from seekrec.llm.scoring import (
 ATOL = 1e-4
 
 
-@pytest.fixture(params=["deepseek_v3", "llama"])
+@pytest.fixture(params=[("deepseek_v3", "answer"), ("deepseek_v3", "likelihood"), ("llama", "answer"),
+                        ("llama", "likelihood")], ids="-".join)
 def any_ranker(request, tiny_causal_dir, tiny_llama_dir, make_builder) -> CausalRanker:
-    """Each tiny architecture: the equivalence tests run on both."""
-    path = tiny_causal_dir if request.param == "deepseek_v3" else tiny_llama_dir
-    model, tokenizer = load_llm(path, "causal")
-    return CausalRanker(model, tokenizer, make_builder(tokenizer))
+    """Each tiny architecture with each score: the equivalence tests run on all four."""
+    arch, score = request.param
+    model, tokenizer = load_llm(tiny_causal_dir if arch == "deepseek_v3" else tiny_llama_dir, "causal")
+    return CausalRanker(model, tokenizer, make_builder(tokenizer), score)
 
 
-@pytest.fixture
-def causal_ranker(tiny_causal, make_builder) -> CausalRanker:
+@pytest.fixture(params=["answer", "likelihood"])
+def causal_ranker(request, tiny_causal, make_builder) -> CausalRanker:
     model, tokenizer = tiny_causal
-    return CausalRanker(model, tokenizer, make_builder(tokenizer))
+    return CausalRanker(model, tokenizer, make_builder(tokenizer), request.param)
 
 
 @pytest.mark.parametrize("items", [[4], [4, 10, 22, 1, 29, 17]])
 def test_shared_prefix_score_equals_separate_scoring(any_ranker, llm_history, items):
     causal_ranker = any_ranker
-    lengths = {len(causal_ranker.builder.candidate_ids(i)) for i in items}
+    lengths = {len(causal_ranker._segment(i)) for i in items}
     assert len(items) == 1 or len(lengths) > 1  # candidates of different lengths: right padding is exercised
     fast = causal_ranker.score(llm_history, items)
     reference = causal_ranker.score_separately(llm_history, items)
@@ -221,11 +222,12 @@ def test_mla_scorer_equals_the_full_model_on_each_prompt(deepseek_config, llm_to
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.2)
-    ranker = CausalRanker(model, llm_tokenizer, make_builder(llm_tokenizer))
-    assert supports(ranker._backbone())
     items = [4, 10, 22, 1, 29, 17, 4]
-    torch.testing.assert_close(ranker.score(llm_history, items), ranker.score_separately(llm_history, items),
-                               atol=ATOL, rtol=0)
+    for score in ("answer", "likelihood"):
+        ranker = CausalRanker(model, llm_tokenizer, make_builder(llm_tokenizer), score)
+        assert supports(ranker._backbone())
+        torch.testing.assert_close(ranker.score(llm_history, items), ranker.score_separately(llm_history, items),
+                                   atol=ATOL, rtol=0)
 
 
 def test_mla_scorer_rejects_what_it_cannot_score(tiny_causal, tiny_llama_dir):
@@ -238,3 +240,29 @@ def test_mla_scorer_rejects_what_it_cannot_score(tiny_causal, tiny_llama_dir):
         scorer.last_hidden([], [[5, 6]])
     with pytest.raises(ValueError, match="segment is empty"):
         scorer.last_hidden([1, 5], [[5, 6], []])
+
+
+def test_likelihood_is_the_log_probability_of_the_item_line(tiny_causal, make_builder, llm_history):
+    """The likelihood score of an item is log p(its history line | the prefix): what the LM gives that line
+    token by token, so it is <= 0, and a line's score is the sum of its tokens' conditional log-probs."""
+    model, tokenizer = tiny_causal
+    ranker = CausalRanker(model, tokenizer, make_builder(tokenizer), "likelihood")
+    prefix, line = ranker.builder.prefix_ids(llm_history), ranker.builder.line_ids(7)
+    assert ranker._segment(7) == line and line != ranker.builder.candidate_ids(7)
+    with torch.inference_mode():
+        total = 0.0
+        for t in range(len(line)):
+            logits = model(input_ids=torch.tensor([prefix + line[:t]])).logits[0, -1]
+            total += float(torch.log_softmax(logits.float(), -1)[line[t]])
+        score = ranker.score(llm_history, [7, 3])
+    assert float(score[0]) == pytest.approx(total, abs=1e-4) and bool((score < 0).all())
+
+
+def test_likelihood_needs_a_language_model(tiny_cross_encoder, make_builder):
+    from seekrec.llm.scoring import build_ranker
+
+    model, tokenizer = tiny_cross_encoder
+    with pytest.raises(ValueError, match="one output logit"):
+        build_ranker(model, tokenizer, make_builder(tokenizer), "cross_encoder", "likelihood")
+    with pytest.raises(ValueError, match="not a causal score"):
+        CausalRanker(model, tokenizer, make_builder(tokenizer), "generate")

@@ -64,7 +64,7 @@ from seekrec.llm.rerank import (
     score_requests,
     write_item_texts,
 )
-from seekrec.llm.scoring import build_ranker
+from seekrec.llm.scoring import SCORES, build_ranker
 from seekrec.llm.tasks import NEGATIVES, RequestEpochs, TaskSettings, build_task
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import resolve_device
@@ -80,11 +80,14 @@ RANKS_FILE = "ranks.npz"
 @dataclass
 class ModelSource:
     """TOML ``[model]``: the backbone. ``path``: a pretrain run's ``model/``, ``minilm``, any Hugging Face
-    model directory (or a cached hub name); ``kind``: ``causal`` (" Yes" vs " No" logits) or
-    ``cross_encoder`` (a one-output sequence classifier); ``dtype`` of its weights."""
+    model directory (or a cached hub name); ``kind``: ``causal`` (a language model) or ``cross_encoder`` (a
+    one-output sequence classifier); ``score`` of a causal model: ``answer`` (" Yes" vs " No" logits after a
+    question) or ``likelihood`` (log p of the item's history line after the history: the pretrained LM is
+    already a ranker); ``dtype`` of its weights."""
 
     path: str
     kind: str = "causal"
+    score: str = "answer"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -94,6 +97,10 @@ class ModelSource:
             raise ValueError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"model.score must be one of {SCORES}, got {self.score!r}")
+        if self.score == "likelihood" and self.kind != "causal":
+            raise ValueError("model.score = 'likelihood' needs a language model: set model.kind = 'causal'")
 
 
 def _default_train() -> TrainConfig:
@@ -140,6 +147,9 @@ class FinetuneConfig:
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         _ = self.settings  # validates task, label and n_negatives
+        if self.model.score == "likelihood" and self.task != "rerank":
+            raise ValueError("model.score = 'likelihood' gives log-probabilities, not click logits: use task = "
+                             "'rerank' (or model.score = 'answer' for the pointwise task)")
 
     @property
     def settings(self) -> TaskSettings:
@@ -241,7 +251,7 @@ def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Pat
         model.requires_grad_(True)
     else:
         model = apply_lora(model, config.lora, config.model.kind)
-    ranker = build_ranker(model, tokenizer, builder, config.model.kind)
+    ranker = build_ranker(model, tokenizer, builder, config.model.kind, config.model.score)
     counts = parameter_counts(ranker)
     manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
     run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,
@@ -278,7 +288,8 @@ def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Pat
     else:
         save_adapter(ranker.model, out / ADAPTER_DIR)
     write_item_texts(out, items)
-    LLMRunInfo(base_model=_base_path(config.model.path), kind=config.model.kind, weights=weights_kind,
+    LLMRunInfo(base_model=_base_path(config.model.path), kind=config.model.kind, score=config.model.score,
+               weights=weights_kind,
                prompt=dataclasses.asdict(config.prompt), weight=weight, n_candidates=config.n_candidates,
                n_items=data.n_items, retriever_run=str(Path(config.retriever_run).resolve()), task=config.task,
                lora=None if config.full else dataclasses.asdict(config.lora),
@@ -288,6 +299,7 @@ def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Pat
     record = {
         "name": config.name, "dataset": read_manifest(data_dir)["source"], "task": config.task,
         "label": config.label if config.task == "pointwise" else None, "kind": config.model.kind,
+        "score": config.model.score,
         "base_model": _base_path(config.model.path), "weights": weights_kind, "parameters": counts,
         "weight": weight, "weight_grid": {str(w): round(v, 6) for w, v in by_weight.items()},
         "n_candidates": config.n_candidates, "n_negatives": config.n_negatives,

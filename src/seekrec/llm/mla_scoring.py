@@ -11,7 +11,9 @@ candidate token although only each candidate's LAST token is read. Here:
 - the candidate segments run as one flat batch of tokens (no padding through the projections and
   experts); each token attends to the whole prefix and the earlier tokens of its own segment;
 - in the last layer only the keys and values of every token are computed: queries, the output
-  projection and the MLP / experts run for the K last tokens only, and the prefix stops before it.
+  projection and the MLP / experts run for the K last tokens only, and the prefix stops before it
+  (``last_hidden``, for a score read at the last token); ``token_hidden`` runs the last layer for every
+  candidate token and the prefix's last token, for a likelihood of the whole segment.
 
 ``tests/llm/test_scoring.py`` checks the result against each whole prompt scored alone by the model.
 """
@@ -79,6 +81,18 @@ class MLAScorer:
     def last_hidden(self, prefix: Sequence[int], segments: Sequence[Sequence[int]]) -> Tensor:
         """``[K, D]`` normalised final hidden state at the last token of each of the K ``segments``, each
         read after ``prefix`` (the same values the full model gives for ``prefix + segment`` alone)."""
+        return self._run(prefix, segments, every_token=False)[1]
+
+    @torch.inference_mode()
+    def token_hidden(self, prefix: Sequence[int], segments: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """``([D], [N, D])``: the normalised final hidden state at the prefix's last token (it predicts every
+        segment's first token) and at every token of the segments, laid out segment after segment."""
+        prefix_last, tokens = self._run(prefix, segments, every_token=True)
+        assert prefix_last is not None
+        return prefix_last, tokens
+
+    def _run(self, prefix: Sequence[int], segments: Sequence[Sequence[int]], *,
+             every_token: bool) -> tuple[Tensor | None, Tensor]:
         if not prefix:
             raise ValueError("the prefix is empty; the candidates need at least one token of history before them")
         backbone = self.backbone
@@ -96,22 +110,27 @@ class MLAScorer:
             attn = layer.self_attn
             x_prefix = layer.input_layernorm(h_prefix)
             k_prefix, v_prefix = self._keys_values(attn, x_prefix, rope_prefix)
-            if not final:  # the prefix's own last layer is never read: only its keys and values are
+            if not final or every_token:  # in the last layer the prefix matters only through its keys/values,
+                if final:                 # and its last token when it predicts the segments' first tokens
+                    h_prefix, x_prefix = h_prefix[:, -1:], x_prefix[:, -1:]
+                    rope_prefix = (rope_prefix[0][:, -1:], rope_prefix[1][:, -1:])
                 q_prefix = self._queries(attn, x_prefix, rope_prefix)
-                out = nn.functional.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=True,
+                out = nn.functional.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix, is_causal=not final,
                                                                  scale=attn.scaling)
                 h_prefix = h_prefix + attn.o_proj(_merge_heads(out))
                 h_prefix = h_prefix + layer.mlp(layer.post_attention_layernorm(h_prefix))
             x_cand = layer.input_layernorm(h_cand)
             k_cand, v_cand = self._keys_values(attn, x_cand, rope_cand)
-            rows = cand.last if final else None  # the last layer: queries at each segment's last token only
+            last_only = final and not every_token  # the last layer: queries at each segment's last token only
+            rows = cand.last if last_only else None
             if rows is not None:
                 h_cand, x_cand = h_cand[:, rows], x_cand[:, rows]
             q_cand = self._queries(attn, x_cand, _select(rope_cand, rows))
-            out = self._attend(q_cand, k_prefix, v_prefix, k_cand, v_cand, cand, attn.scaling, final)
+            out = self._attend(q_cand, k_prefix, v_prefix, k_cand, v_cand, cand, attn.scaling, last_only)
             h_cand = h_cand + attn.o_proj(_merge_heads(out))
             h_cand = h_cand + layer.mlp(layer.post_attention_layernorm(h_cand))
-        return backbone.norm(h_cand)[0]
+        prefix_last = backbone.norm(h_prefix[:, -1])[0] if every_token else None
+        return prefix_last, backbone.norm(h_cand)[0]
 
     def _queries(self, attn: Any, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         """``[1, H, T, qk_head_dim]`` rotated queries (the model's q path, LoRA included)."""
@@ -132,16 +151,16 @@ class MLAScorer:
 
     @staticmethod
     def _attend(q: Tensor, k_prefix: Tensor, v_prefix: Tensor, k_cand: Tensor, v_cand: Tensor, cand: _Segments,
-                scale: float, final: bool) -> Tensor:
+                scale: float, last_only: bool) -> Tensor:
         """``[1, H, T, v_head_dim]``: each query over the prefix plus the earlier tokens of its own segment.
 
-        Queries are the N flat tokens, or (``final``) the K last tokens. The prefix keys are one shared
+        Queries are the N flat tokens, or (``last_only``) the K last tokens. The prefix keys are one shared
         ``[H, P]`` block; a segment's own keys sit in a ``[K, S]`` grid (padding masked out)."""
         heads, n_keys, width = k_cand.shape[1], len(cand.lengths), cand.width
         grid_k = k_cand.new_zeros(heads, n_keys * width, k_cand.shape[-1]).index_copy_(1, cand.grid_index, k_cand[0])
         grid_v = v_cand.new_zeros(heads, n_keys * width, v_cand.shape[-1]).index_copy_(1, cand.grid_index, v_cand[0])
         grid_k, grid_v = grid_k.view(heads, n_keys, width, -1), grid_v.view(heads, n_keys, width, -1)
-        if final:
+        if last_only:
             grid_q = q[0].view(heads, n_keys, 1, -1)  # [H, K, 1, d]
             query_offset = (cand.lengths - 1)[:, None]  # [K, 1]
         else:
@@ -156,7 +175,7 @@ class MLAScorer:
         n_prefix = k_prefix.shape[2]
         out = (probs[..., :n_prefix].flatten(1, 2) @ v_prefix[0]).view(heads, n_keys, -1, v_prefix.shape[-1])
         out = out + probs[..., n_prefix:] @ grid_v  # [H, K, Sq, dv]
-        if final:
+        if last_only:
             return out.view(1, heads, n_keys, -1)
         return out.flatten(1, 2).index_select(1, cand.grid_index)[None]  # back to the N flat tokens
 

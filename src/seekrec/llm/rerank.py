@@ -131,6 +131,7 @@ class LLMRunInfo:
     task: str
     lora: dict[str, Any] | None = None
     data_manifest_sha256: str | None = None  # the dataset it was trained on
+    score: str = "answer"  # a causal model's score: "answer" (Yes vs No) or "likelihood" (runs before it: answer)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -138,6 +139,8 @@ class LLMRunInfo:
             raise ValueError(f"llm.json: kind {self.kind!r} must be one of {KINDS}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"llm.json: weights {self.weights!r} must be one of {WEIGHTS}")
+        if self.score not in ("answer", "likelihood"):
+            raise ValueError(f"llm.json: score {self.score!r} must be 'answer' or 'likelihood'")
 
     def write(self, run: str | Path) -> None:
         atomic_write_json(Path(run) / LLM_FILE, dataclasses.asdict(self))
@@ -160,7 +163,7 @@ class LLMRunInfo:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - set(doc) if n not in ("lora", "data_manifest_sha256", "format_version"))
+        missing = sorted(n for n in names - set(doc) if n not in ("lora", "data_manifest_sha256", "format_version", "score"))
         if missing:
             raise ValueError(f"{path}: no {missing[0]!r} field; was it written by `seekrec llm finetune`?")
         return cls(**{k: v for k, v in doc.items() if k in names})
@@ -246,9 +249,10 @@ class LLMReranker:
         if texts.n_items != info.n_items:
             raise ValueError(f"{run / ITEMS_FILE}: {texts.n_items} items but llm.json says {info.n_items}")
         builder = PromptBuilder(tokenizer, texts, PromptConfig(**info.prompt))
-        ranker = build_ranker(base, tokenizer, builder, info.kind).to(device).eval()
+        ranker = build_ranker(base, tokenizer, builder, info.kind, info.score).to(device).eval()
         ranker.requires_grad_(False)
-        log.info("loaded LLM ranker %s (%s, %s weights, w=%.3g)", run, info.kind, info.weights, info.weight)
+        log.info("loaded LLM ranker %s (%s, %s score, %s weights, w=%.3g)", run, info.kind, info.score, info.weights,
+                 info.weight)
         return cls(ranker, info, device)
 
     def export(self, out: str | Path) -> Path:

@@ -154,18 +154,25 @@ class _EvalMode:
             self.module.train()
 
 
+SCORES = ("answer", "likelihood")
+
+
 class CausalRanker(nn.Module):
-    """score(history, item) = logit(" Yes") - logit(" No") at the candidate segment's last token.
+    """score(history, item) = logit(" Yes") - logit(" No") at the candidate segment's last token (``answer``),
+    or log p(item's history line | history) (``likelihood``: the LM as a generative next-item model, which a
+    pretrained LM can do before any fine-tuning; the whole vocabulary's softmax at each line token).
 
     ``model``: a transformers causal LM (or a peft model around one) whose logits are its output
     embedding applied to the final hidden state (DeepSeek, Llama, Qwen, Mistral). The two answer logits
     are computed from the gathered last hidden states only, never the whole ``[B, L, vocab]`` logits.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, builder: PromptBuilder) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, builder: PromptBuilder, score: str = "answer") -> None:
         super().__init__()
-        self.model, self.tokenizer, self.builder = model, tokenizer, builder
-        self.yes_id, self.no_id = answer_ids(tokenizer)
+        if score not in SCORES:
+            raise ValueError(f"score={score!r} is not a causal score; use one of {SCORES}")
+        self.model, self.tokenizer, self.builder, self.score_kind = model, tokenizer, builder, score
+        self.yes_id, self.no_id = answer_ids(tokenizer) if score == "answer" else (-1, -1)
         self.pad_id = int(tokenizer.pad_token_id)
         config = unwrap_peft(model).config
         for attr in ("final_logit_softcapping", "logit_scale"):
@@ -188,31 +195,42 @@ class CausalRanker(nn.Module):
             prefixes, repeat = [self.builder.prefix_ids(h) for h in per_pair], 1
             if group_size > 1 and all(prefixes[i] == prefixes[i - i % group_size] for i in range(len(prefixes))):
                 prefixes, repeat = prefixes[::group_size], group_size
-        candidate_ids, candidate_mask = pad_right([self.builder.candidate_ids(i) for i in items], self.pad_id)
+        candidate_ids, candidate_mask = pad_right([self._segment(i) for i in items], self.pad_id)
         prefix_ids, prefix_mask = pad_left(prefixes, self.pad_id)
         return PairBatch(candidate_ids, candidate_mask, candidate_mask.sum(1) - 1, _labels(labels, len(items)),
                          group_size, prefix_ids, prefix_mask, repeat)
 
     # -- forward ---------------------------------------------------------------------------------------
 
+    def _segment(self, item: int) -> list[int]:
+        """What follows the prefix: the question + answer cue (``answer``), or the item's history line
+        (``likelihood``: the text the LM would write next if the user watched it)."""
+        return self.builder.candidate_ids(item) if self.score_kind == "answer" else self.builder.line_ids(item)
+
     def forward(self, batch: PairBatch) -> Tensor:
         """``[B]`` scores, differentiable (train mode: dropout and LoRA dropout active)."""
-        return self._answer_logits(self._last_hidden(batch))
+        prefix_last, hidden = self._hidden(batch)
+        if self.score_kind == "answer":
+            rows = torch.arange(len(batch), device=hidden.device)
+            return self._answer_logits(hidden[rows, batch.last_index])
+        # token t of a segment is predicted by the hidden state before it: the prefix's last, then the segment's
+        predictors = torch.cat([prefix_last[:, None], hidden[:, :-1]], 1)  # [B, C, D]
+        return (self._token_log_probs(predictors, batch.input_ids) * batch.attention_mask).sum(1)
 
-    def _last_hidden(self, batch: PairBatch) -> Tensor:
-        """``[B, D]`` final hidden state at each row's last candidate token."""
+    def _hidden(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
+        """``([B, D], [B, C, D])``: final hidden states at each row's last prefix token and at every candidate
+        segment position (causal batches always carry a left-padded prefix, so its last column is real)."""
         backbone = self._backbone()
-        rows = torch.arange(len(batch), device=batch.input_ids.device)
         if batch.prefix_ids is None:
-            out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            return out.last_hidden_state[rows, batch.last_index]
+            raise ValueError("a causal ranker's batch needs its history prefix; build it with the ranker's collate")
         if self.checkpointing and self.training and torch.is_grad_enabled():
             # checkpointed layers drop the KV cache: run each whole prompt as one (left + right padded) row
             ids = torch.cat([batch.prefix_ids.repeat_interleave(batch.prefix_repeat, 0), batch.input_ids], 1)
             mask = torch.cat([batch.prefix_mask.repeat_interleave(batch.prefix_repeat, 0), batch.attention_mask], 1)
             positions = (mask.cumsum(1) - 1).clamp(min=0)
-            out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions)
-            return out.last_hidden_state[rows, batch.prefix_ids.shape[1] + batch.last_index]
+            out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            width = batch.prefix_ids.shape[1]
+            return out[:, width - 1], out[:, width:]
         # the prefix once per group, its cache repeated for the group's candidates
         positions = (batch.prefix_mask.cumsum(1) - 1).clamp(min=0)
         prefix_out = backbone(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask, position_ids=positions,
@@ -225,7 +243,8 @@ class CausalRanker(nn.Module):
         positions = lengths + torch.arange(batch.input_ids.shape[1], device=lengths.device)
         out = backbone(input_ids=batch.input_ids, attention_mask=torch.cat([prefix_mask, batch.attention_mask], 1),
                        position_ids=positions, use_cache=True, **{_cache_kwarg(backbone): cache})
-        return out.last_hidden_state[rows, batch.last_index]
+        prefix_last = prefix_out.last_hidden_state[:, -1].repeat_interleave(batch.prefix_repeat, 0)
+        return prefix_last, out.last_hidden_state
 
     def _answer_logits(self, hidden: Tensor) -> Tensor:
         """``[B]`` logit(" Yes") - logit(" No") from ``[B, D]`` final hidden states."""
@@ -235,6 +254,12 @@ class CausalRanker(nn.Module):
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[[self.yes_id, self.no_id]]
         return (logits[:, 0] - logits[:, 1]).float()
+
+    def _token_log_probs(self, hidden: Tensor, ids: Tensor) -> Tensor:
+        """``[...]`` log p(``ids``) under the LM head's softmax over the vocabulary at ``hidden [..., D]``."""
+        head = unwrap_peft(self.model).get_output_embeddings()
+        logits = head(hidden.to(head.weight.dtype)).float()
+        return torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
 
     def _backbone(self) -> nn.Module:
         """The decoder stack (embeddings, layers, final norm) without the LM head."""
@@ -248,7 +273,8 @@ class CausalRanker(nn.Module):
     @torch.inference_mode()
     def score(self, history: History, items: Sequence[int]) -> Tensor:
         """``[K]`` scores of ``items`` for one user: the history prefix runs ONCE and all K candidate segments
-        read its keys/values (eval mode for the call).
+        read its keys/values (eval mode for the call). ``likelihood`` scores are the log-probability of each
+        item's history line after the prefix, summed over its tokens.
 
         DeepSeek-V3 (MLA) models go through ``MLAScorer``: the prefix's keys and values are expanded once and
         shared, and the last layer runs for each candidate's last token only (measured 2.7x less time at K=50
@@ -263,7 +289,9 @@ class CausalRanker(nn.Module):
         with _EvalMode(self):
             backbone = self._backbone()
             prefix_ids = self.builder.prefix_ids(history)
-            segments = [self.builder.candidate_ids(i) for i in items]
+            segments = [self._segment(i) for i in items]
+            if self.score_kind == "likelihood":
+                return self._likelihood_scores(backbone, prefix_ids, segments).cpu()
             if supports_mla(backbone):
                 return self._answer_logits(MLAScorer(backbone).last_hidden(prefix_ids, segments)).cpu()
             prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None]
@@ -279,16 +307,50 @@ class CausalRanker(nn.Module):
             hidden = out.last_hidden_state[rows.last_row.to(device), rows.last_column.to(device)]
             return self._answer_logits(hidden).cpu()
 
+    def _likelihood_scores(self, backbone: nn.Module, prefix_ids: list[int], segments: list[list[int]]) -> Tensor:
+        """``[K]`` summed log-probabilities of the segments after the prefix: MLA models through ``MLAScorer``
+        (the K segments as one flat batch), others over the repeated KV cache, one segment per row."""
+        device = self._device()
+        lengths = torch.tensor([len(s) for s in segments], device=device)
+        ids = torch.tensor([t for s in segments for t in s], dtype=torch.long, device=device)  # [N]
+        segment = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)  # [N]
+        if supports_mla(backbone):
+            prefix_last, tokens = MLAScorer(backbone).token_hidden(prefix_ids, segments)  # [D], [N, D]
+        else:
+            prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None]
+            prefix_out = backbone(input_ids=prefix, use_cache=True)
+            cache = _output_cache(prefix_out)
+            rows = candidate_rows(segments, prefix.shape[1], self.pad_id, 0)
+            cache.batch_repeat_interleave(len(segments))
+            out = backbone(input_ids=rows.input_ids.to(device), position_ids=rows.position_ids.to(device),
+                           use_cache=True, **{_cache_kwarg(backbone): cache})
+            prefix_last = prefix_out.last_hidden_state[0, -1]
+            tokens = out.last_hidden_state[rows.segment.to(device) >= 0]  # [N] row-major = segment after segment
+        starts = torch.cumsum(lengths, 0) - lengths
+        first = torch.zeros(len(ids), dtype=torch.bool, device=device)
+        first[starts] = True
+        # token i is predicted by token i - 1 of its segment, or by the prefix's last token when it is the first
+        predictors = torch.cat([prefix_last[None], tokens[:-1]], 0)
+        predictors = torch.where(first[:, None], prefix_last[None], predictors)
+        log_probs = self._token_log_probs(predictors, ids)
+        return torch.zeros(len(segments), device=device).index_add_(0, segment, log_probs)
+
     @torch.inference_mode()
     def score_separately(self, history: History, items: Sequence[int]) -> Tensor:
         """Reference for ``score``: each whole prompt alone through the full LM (logits over the vocabulary)."""
         device = self._device()
         scores = []
+        prefix = self.builder.prefix_ids(history)
         with _EvalMode(self):
             for item in items:
-                ids = torch.as_tensor(self.builder.pair_ids(history, int(item)), dtype=torch.long, device=device)
-                logits = self.model(input_ids=ids[None]).logits[0, -1].float()
-                scores.append(logits[self.yes_id] - logits[self.no_id])
+                segment = self._segment(int(item))
+                ids = torch.as_tensor(prefix + segment, dtype=torch.long, device=device)
+                logits = self.model(input_ids=ids[None]).logits[0].float()
+                if self.score_kind == "answer":
+                    scores.append(logits[-1, self.yes_id] - logits[-1, self.no_id])
+                else:  # positions len(prefix) - 1 .. -2 predict the segment's tokens
+                    log_probs = torch.log_softmax(logits[len(prefix) - 1: -1], -1)
+                    scores.append(log_probs.gather(1, ids[len(prefix):, None]).sum())
         return torch.stack(scores).cpu() if scores else torch.zeros(0)
 
     def set_activation_checkpointing(self, on: bool) -> None:
@@ -482,11 +544,14 @@ class CrossEncoderRanker(nn.Module):
 Ranker = CausalRanker | CrossEncoderRanker
 
 
-def build_ranker(model: nn.Module, tokenizer: Any, builder: PromptBuilder, kind: Kind) -> Ranker:
-    """The ranker for a model of ``kind`` ("causal" or "cross_encoder")."""
+def build_ranker(model: nn.Module, tokenizer: Any, builder: PromptBuilder, kind: Kind, score: str = "answer") -> Ranker:
+    """The ranker for a model of ``kind`` ("causal" or "cross_encoder"); ``score`` of a causal one: "answer" or
+    "likelihood"."""
     if kind == "causal":
-        return CausalRanker(model, tokenizer, builder)
+        return CausalRanker(model, tokenizer, builder, score)
     if kind == "cross_encoder":
+        if score != "answer":
+            raise ValueError(f"score={score!r}: a cross-encoder has one output logit; use score='answer'")
         return CrossEncoderRanker(model, tokenizer, builder)
     raise ValueError(f"kind={kind!r} is not a ranker kind; use 'causal' or 'cross_encoder'")
 
