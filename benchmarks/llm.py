@@ -54,6 +54,8 @@ def main() -> None:
                         help="leave these parts out")
     parser.add_argument("--lora-lrs", type=float, nargs="*", default=[],
                         help="extra seed-0 LoRA runs at these learning rates, compared with the config's on validation")
+    parser.add_argument("--likelihood-lrs", type=float, nargs="*", default=[],
+                        help="extra seed-0 likelihood runs at these learning rates, compared on validation")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.5, 2.0],
                         help="distillation alphas, chosen on validation; 0 = the same fine-tuning without the teacher")
     parser.add_argument("--latency-requests", type=int, default=200, help="test requests timed per K (default: %(default)s)")
@@ -135,6 +137,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       for s in range(args.seeds)}
         record["likelihood"] = {str(s): r for s, r in likelihood.items()}
         record["likelihood_vs_sasrec"] = paired(work, [f"like-s{s}" for s in range(args.seeds)])
+        for lr in args.likelihood_lrs:
+            name = f"like-lr{lr:g}-s0"
+            record.setdefault("likelihood_lr", {})[f"{lr:g}"] = finetune(name, 0, ["--model", base], f"train.lr={lr}",
+                                                                        config=LIKELIHOOD_CONFIG)
+            record.setdefault("likelihood_lr_vs_sasrec", {})[f"{lr:g}"] = paired(work, [name])
     if "full" not in args.skip:
         record["full"] = finetune("full-s0", 0, ["--model", base, "--full"])
         record["full_vs_sasrec"] = paired(work, ["full-s0"])
@@ -152,6 +159,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from seekrec.pipeline.llm_vs_din import compare_on_din_groups
 
             record["pointwise_vs_din"] = compare_on_din_groups(args.pipeline_run, work / "pointwise-s0", data)
+            if "likelihood" in record:  # a ranking score: its AUC / gAUC compare, its logloss does not
+                record["likelihood_vs_din"] = compare_on_din_groups(args.pipeline_run, work / "like-s0", data)
     teacher = best_on_validation(record)
     if "distill" not in args.skip:
         record["distill"] = distill(work, data, sasrec[0], teacher, args.alphas, args.distill)
@@ -257,9 +266,11 @@ def latency(work: Path, data: str, n_requests: int) -> dict[str, Any]:
 
 
 def figures(work: Path, target: Path) -> None:
-    """The pretraining and the seed-0 LoRA fine-tuning curves (written by each run) copied to ``target``."""
+    """The pretraining and the seed-0 LoRA fine-tuning curves (answer and likelihood; written by each run)
+    copied to ``target``."""
     target.mkdir(parents=True, exist_ok=True)
-    for name, png in (("pretrain", "llm_pretrain_curves.png"), ("lora-s0", "llm_finetune_curves.png")):
+    for name, png in (("pretrain", "llm_pretrain_curves.png"), ("lora-s0", "llm_finetune_curves.png"),
+                      ("like-s0", "llm_likelihood_curves.png")):
         source = work / name / "curves.png"
         if source.is_file():
             shutil.copyfile(source, target / png)
@@ -289,9 +300,10 @@ def tables(record: dict[str, Any]) -> str:
         if part in record:
             lines.append(f"| {label} (seed 0) | " + " | ".join(
                 f"{_m(record[part], 'test', 'reranked', k):.4f}" for k in ("ndcg@10", "hr@10", "mrr")) + " |")
-    for lr, run in record.get("lora_lr", {}).items():
-        lines.append(f"| SASRec top-50 -> LoRA DeepSeek-V3 LM, lr {lr} (seed 0) | " + " | ".join(
-            f"{_m(run, 'test', 'reranked', k):.4f}" for k in ("ndcg@10", "hr@10", "mrr")) + " |")
+    for part, score in (("lora_lr", "answer"), ("likelihood_lr", "likelihood")):
+        for lr, run in record.get(part, {}).items():
+            lines.append(f"| SASRec top-50 -> LoRA DeepSeek-V3 LM, {score}, lr {lr} (seed 0) | " + " | ".join(
+                f"{_m(run, 'test', 'reranked', k):.4f}" for k in ("ndcg@10", "hr@10", "mrr")) + " |")
     if "distill" in record:
         d = record["distill"]
         best = d["runs"][f"{d['chosen_alpha']:g}"]["metrics"]
@@ -305,6 +317,9 @@ def tables(record: dict[str, Any]) -> str:
         for key, label in (("din", "DIN"), ("llm", "pointwise LoRA DeepSeek-V3 LM (seed 0)")):
             lines.append(f"| {label} | " + " | ".join(f"{versus[key][k]:.4f}" for k in ("auc", "gauc", "logloss"))
                          + " |")
+        if "likelihood_vs_din" in record:
+            llm = record["likelihood_vs_din"]["llm"]
+            lines.append(f"| likelihood DeepSeek-V3 LM (seed 0; a ranking score) | {llm['auc']:.4f} | {llm['gauc']:.4f} | |")
     return "\n".join(lines)
 
 
