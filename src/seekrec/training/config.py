@@ -32,6 +32,7 @@ class TrainConfig:
     select_metric: str = "ndcg@10"
     checkpoint_every: int = 0  # optimiser steps between resumable checkpoints (0: each validation)
     eval_batch_size: int = 512
+    ema_decay: float = 0.0  # validate, keep and test an exponential moving average of the weights (0: off)
     seed: int = 0
     device: str = "auto"
 
@@ -49,3 +50,5 @@ class TrainConfig:
             raise ValueError("train.eval_every and train.patience must be >= 1; warmup/checkpoint_every >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("train.min_lr_ratio must lie in [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must lie in [0, 1) (e.g. 0.999; 0 turns averaging off), got {self.ema_decay}")

@@ -7,6 +7,7 @@ What differs between the sequence models and the pipeline's feature models is on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -32,6 +33,7 @@ from seekrec.training.distributed import (
     resolve_device,
     wrap_ddp,
 )
+from seekrec.training.ema import WeightEMA
 from seekrec.training.progress import progress_log
 from seekrec.training.run_dir import RunDir
 from seekrec.training.step import (
@@ -135,9 +137,22 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw_model, config)
         total = batches.steps_per_epoch * config.max_epochs
         self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_ratio))
+        self.ema = WeightEMA(self.raw_model, config.ema_decay) if config.ema_decay else None
         self.step_fn = TrainStep(self.model, self.task, self.optimizer, self.scheduler, config, self.ctx,
-                                 after_update=getattr(self.raw_model, "update_routing_bias", None))
+                                 after_update=self._after_update)
         self.log = run_dir.metrics_log
+
+    def _after_update(self) -> None:
+        """After each optimiser step: DeepSeek's aux-loss-free routing bias, then the weight average."""
+        update_bias = getattr(self.raw_model, "update_routing_bias", None)
+        if update_bias is not None:
+            update_bias()
+        if self.ema is not None:
+            self.ema.update()
+
+    def _validated_weights(self) -> contextlib.AbstractContextManager:
+        """The weights validation, the best checkpoint and test see: the moving average when there is one."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     # -- state -----------------------------------------------------------------------------
     def _state(self, epoch: int, batch: int, step: int, best: dict[str, Any], bad: int, elapsed: float) -> dict:
@@ -161,6 +176,8 @@ class Trainer:
             task_state = self.task.state_dict() if hasattr(self.task, "state_dict") else {}
             if task_state.get("generator_state") is not None:
                 extra["task_generator"] = task_state["generator_state"]
+            if self.ema is not None:
+                extra.update(self.ema.state_tensors())
             save_checkpoint(self.run_dir.checkpoints, state["global_step"], self.raw_model, self.optimizer, state,
                             extra)
         barrier(self.ctx)
@@ -172,6 +189,8 @@ class Trainer:
         state, extra = load_checkpoint(path, self.raw_model, self.optimizer)
         if "task_generator" in extra:
             self.task.load_state_dict({"seed": self.config.seed, "generator_state": extra["task_generator"]})
+        if self.ema is not None:
+            self.ema.load_state_tensors(extra)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ctx.is_main:
             self.log.truncate_after(state["global_step"])
@@ -188,6 +207,11 @@ class Trainer:
     def _validation(self, epoch: int, step: int, elapsed: float, best: dict[str, Any],
                     bad: int) -> tuple[dict[str, Any], int]:
         """Validate and log; save the weights when they beat ``best``. Returns the new best and bad count."""
+        with self._validated_weights():
+            return self._validate_and_keep(epoch, step, elapsed, best, bad)
+
+    def _validate_and_keep(self, epoch: int, step: int, elapsed: float, best: dict[str, Any],
+                           bad: int) -> tuple[dict[str, Any], int]:
         metrics = self._evaluate(self.validate)
         metric = self.config.select_metric
         if metric not in metrics:
