@@ -121,6 +121,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "--retriever-run", str(sasrec[seed]), "--out", str(out), *flags, f"train.seed={seed}",
                           *args.finetune, *extra, *overrides])
 
+    def lr_sweep(key: str, prefix: str, lrs: list[float], config: Path) -> None:
+        """Extra seed-0 runs at these learning rates, compared with the config's on validation."""
+        for lr in lrs:
+            name = f"{prefix}-lr{lr:g}-s0"
+            record.setdefault(key, {})[f"{lr:g}"] = finetune(name, 0, ["--model", base], f"train.lr={lr}",
+                                                             config=config)
+            record.setdefault(f"{key}_vs_sasrec", {})[f"{lr:g}"] = paired(work, [name])
+
     lora = {seed: finetune(f"lora-s{seed}", seed, ["--model", base]) for seed in range(args.seeds)}
     record: dict[str, Any] = {
         "benchmark": "llm", "dataset": "ml-100k", "command": " ".join(["python", "benchmarks/llm.py", *sys.argv[1:]]),
@@ -129,19 +137,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sasrec": {str(s): json.loads((sasrec[s] / "results.json").read_text()) for s in range(args.seeds)},
     }
     record["rerank_vs_sasrec"] = paired(work, [f"lora-s{s}" for s in range(args.seeds)])
-    for lr in args.lora_lrs:
-        record.setdefault("lora_lr", {})[f"{lr:g}"] = finetune(f"lora-lr{lr:g}-s0", 0, ["--model", base], f"train.lr={lr}")
-        record.setdefault("lora_lr_vs_sasrec", {})[f"{lr:g}"] = paired(work, [f"lora-lr{lr:g}-s0"])
+    lr_sweep("lora_lr", "lora", args.lora_lrs, RERANK_CONFIG)
     if "likelihood" not in args.skip:  # the LM's log p(item line | history), LoRA fine-tuned listwise
         likelihood = {s: finetune(f"like-s{s}", s, ["--model", base], config=LIKELIHOOD_CONFIG)
                       for s in range(args.seeds)}
         record["likelihood"] = {str(s): r for s, r in likelihood.items()}
         record["likelihood_vs_sasrec"] = paired(work, [f"like-s{s}" for s in range(args.seeds)])
-        for lr in args.likelihood_lrs:
-            name = f"like-lr{lr:g}-s0"
-            record.setdefault("likelihood_lr", {})[f"{lr:g}"] = finetune(name, 0, ["--model", base], f"train.lr={lr}",
-                                                                        config=LIKELIHOOD_CONFIG)
-            record.setdefault("likelihood_lr_vs_sasrec", {})[f"{lr:g}"] = paired(work, [name])
+        lr_sweep("likelihood_lr", "like", args.likelihood_lrs, LIKELIHOOD_CONFIG)
     if "full" not in args.skip:
         record["full"] = finetune("full-s0", 0, ["--model", base, "--full"])
         record["full_vs_sasrec"] = paired(work, ["full-s0"])

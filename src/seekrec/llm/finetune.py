@@ -49,7 +49,7 @@ from seekrec.llm.examples import (
     popularity,
     training_requests,
 )
-from seekrec.llm.models import KINDS, LoraSettings, apply_lora, load_llm, parameter_counts, save_adapter
+from seekrec.llm.models import KINDS, SCORES, LoraSettings, apply_lora, load_llm, parameter_counts, save_adapter
 from seekrec.llm.prompts import ItemTexts, PromptBuilder, PromptConfig
 from seekrec.llm.rerank import (
     ADAPTER_DIR,
@@ -64,7 +64,7 @@ from seekrec.llm.rerank import (
     score_requests,
     write_item_texts,
 )
-from seekrec.llm.scoring import SCORES, build_ranker
+from seekrec.llm.scoring import build_ranker
 from seekrec.llm.tasks import NEGATIVES, RequestEpochs, TaskSettings, build_task
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import resolve_device

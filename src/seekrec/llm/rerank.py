@@ -30,6 +30,7 @@ import torch
 
 from seekrec.evaluation import metrics
 from seekrec.io import atomic_write_json
+from seekrec.llm.models import KINDS, SCORES
 from seekrec.llm.prompts import History, ItemTexts, PromptBuilder, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ ADAPTER_DIR = "adapter"
 FULL_DIR = "model"
 ITEMS_FILE = "items.json"
 FORMAT_VERSION = 1
-KINDS = ("causal", "cross_encoder")
 WEIGHTS = ("adapter", "full")
 RANK_K = 10
 
@@ -139,8 +139,8 @@ class LLMRunInfo:
             raise ValueError(f"llm.json: kind {self.kind!r} must be one of {KINDS}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"llm.json: weights {self.weights!r} must be one of {WEIGHTS}")
-        if self.score not in ("answer", "likelihood"):
-            raise ValueError(f"llm.json: score {self.score!r} must be 'answer' or 'likelihood'")
+        if self.score not in SCORES:
+            raise ValueError(f"llm.json: score {self.score!r} must be one of {SCORES}")
 
     def write(self, run: str | Path) -> None:
         atomic_write_json(Path(run) / LLM_FILE, dataclasses.asdict(self))
@@ -163,7 +163,8 @@ class LLMRunInfo:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - set(doc) if n not in ("lora", "data_manifest_sha256", "format_version", "score"))
+        optional = ("lora", "data_manifest_sha256", "format_version", "score")
+        missing = sorted(n for n in names - set(doc) if n not in optional)
         if missing:
             raise ValueError(f"{path}: no {missing[0]!r} field; was it written by `seekrec llm finetune`?")
         return cls(**{k: v for k, v in doc.items() if k in names})

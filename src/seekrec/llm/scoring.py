@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from seekrec.llm.mla_scoring import MLAScorer
 from seekrec.llm.mla_scoring import supports as supports_mla
-from seekrec.llm.models import Kind, unwrap_peft
+from seekrec.llm.models import SCORES, Kind, unwrap_peft
 from seekrec.llm.prompts import History, PromptBuilder
 from seekrec.llm.tokenizer import answer_ids
 
@@ -154,9 +154,6 @@ class _EvalMode:
             self.module.train()
 
 
-SCORES = ("answer", "likelihood")
-
-
 class CausalRanker(nn.Module):
     """score(history, item) = logit(" Yes") - logit(" No") at the candidate segment's last token (``answer``),
     or log p(item's history line | history) (``likelihood``: the LM as a generative next-item model, which a
@@ -277,15 +274,14 @@ class CausalRanker(nn.Module):
         item's history line after the prefix, summed over its tokens.
 
         DeepSeek-V3 (MLA) models go through ``MLAScorer``: the prefix's keys and values are expanded once and
-        shared, and the last layer runs for each candidate's last token only (at K=50 on the ml-100k model's size,
-        p50 28 / p99 35 ms against 48 / 73 ms for the cache path below; docs/llm.md). Other decoders take the model's KV cache:
-        candidates are packed a few to a row (``candidate_rows``), each attending to the prefix and to itself
+        shared, and the last layer runs for each candidate's last token only (at K=50 on the ml-100k model's
+        size, p50 28 / p99 35 ms against 48 / 73 ms for the cache path below; docs/llm.md). Other decoders take
+        the model's KV cache: candidates are packed a few to a row (``candidate_rows``), each attending to the prefix and to itself
         only through a block mask, so fewer copies of the cache are made; flash-attention kernels take no
         block mask, so there every candidate gets its own row."""
         items = [int(i) for i in items]
         if not items:
             return torch.zeros(0)
-        device = self._device()
         with _EvalMode(self):
             backbone = self._backbone()
             prefix_ids = self.builder.prefix_ids(history)
@@ -294,18 +290,27 @@ class CausalRanker(nn.Module):
                 return self._likelihood_scores(backbone, prefix_ids, segments).cpu()
             if supports_mla(backbone):
                 return self._answer_logits(MLAScorer(backbone).last_hidden(prefix_ids, segments)).cpu()
-            prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None]
-            cache = _output_cache(backbone(input_ids=prefix, use_cache=True))
             impl = getattr(unwrap_peft(self.model).config, "_attn_implementation", "sdpa")
-            row_tokens = max(len(prefix[0]) // 2, 1) if impl in ("sdpa", "eager") else 0
-            rows = candidate_rows(segments, prefix.shape[1], self.pad_id, row_tokens)
-            cache.batch_repeat_interleave(rows.input_ids.shape[0])
-            mask = rows.attention_mask(prefix.shape[1], backbone.get_input_embeddings().weight.dtype)
-            out = backbone(input_ids=rows.input_ids.to(device), position_ids=rows.position_ids.to(device),
-                           attention_mask=None if mask is None else mask.to(device), use_cache=True,
-                           **{_cache_kwarg(backbone): cache})
-            hidden = out.last_hidden_state[rows.last_row.to(device), rows.last_column.to(device)]
-            return self._answer_logits(hidden).cpu()
+            row_tokens = max(len(prefix_ids) // 2, 1) if impl in ("sdpa", "eager") else 0
+            rows = candidate_rows(segments, len(prefix_ids), self.pad_id, row_tokens)
+            _, hidden = self._over_prefix_cache(backbone, prefix_ids, rows)
+            device = hidden.device
+            return self._answer_logits(hidden[rows.last_row.to(device), rows.last_column.to(device)]).cpu()
+
+    def _over_prefix_cache(self, backbone: nn.Module, prefix_ids: list[int],
+                           rows: CandidateRows) -> tuple[Tensor, Tensor]:
+        """``([D], [R, T, D])``: final hidden states at the prefix's last token and at every position of the
+        candidate ``rows``, which run over the prefix's KV cache repeated once per row."""
+        device = self._device()
+        prefix_out = backbone(input_ids=torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None],
+                              use_cache=True)
+        cache = _output_cache(prefix_out)
+        cache.batch_repeat_interleave(rows.input_ids.shape[0])
+        mask = rows.attention_mask(len(prefix_ids), backbone.get_input_embeddings().weight.dtype)
+        out = backbone(input_ids=rows.input_ids.to(device), position_ids=rows.position_ids.to(device),
+                       attention_mask=None if mask is None else mask.to(device), use_cache=True,
+                       **{_cache_kwarg(backbone): cache})
+        return prefix_out.last_hidden_state[0, -1], out.last_hidden_state
 
     def _likelihood_scores(self, backbone: nn.Module, prefix_ids: list[int], segments: list[list[int]]) -> Tensor:
         """``[K]`` summed log-probabilities of the segments after the prefix: MLA models through ``MLAScorer``
@@ -316,16 +321,10 @@ class CausalRanker(nn.Module):
         segment = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)  # [N]
         if supports_mla(backbone):
             prefix_last, tokens = MLAScorer(backbone).token_hidden(prefix_ids, segments)  # [D], [N, D]
-        else:
-            prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device)[None]
-            prefix_out = backbone(input_ids=prefix, use_cache=True)
-            cache = _output_cache(prefix_out)
-            rows = candidate_rows(segments, prefix.shape[1], self.pad_id, 0)
-            cache.batch_repeat_interleave(len(segments))
-            out = backbone(input_ids=rows.input_ids.to(device), position_ids=rows.position_ids.to(device),
-                           use_cache=True, **{_cache_kwarg(backbone): cache})
-            prefix_last = prefix_out.last_hidden_state[0, -1]
-            tokens = out.last_hidden_state[rows.segment.to(device) >= 0]  # [N] row-major = segment after segment
+        else:  # one segment per row: row-major real positions are the segments' tokens in order
+            rows = candidate_rows(segments, len(prefix_ids), self.pad_id, 0)
+            prefix_last, hidden = self._over_prefix_cache(backbone, prefix_ids, rows)
+            tokens = hidden[rows.segment.to(device) >= 0]  # [N, D]
         starts = torch.cumsum(lengths, 0) - lengths
         first = torch.zeros(len(ids), dtype=torch.bool, device=device)
         first[starts] = True
