@@ -172,6 +172,7 @@ def test_side_features_enter_item_embeddings() -> None:
         ({"n_dense_layers": 3}, "n_dense_layers"),
         ({"qk_rope_head_dim": 3}, "even"),
         ({"dropout": 1.0}, "dropout"),
+        ({"hidden_dropout": -0.1}, "hidden_dropout"),
         ({"similarity": "l2"}, "similarity"),
         ({"attn_implementation": "flash_attention_2"}, "attn_implementation"),
         ({"experts_implementation": "fast"}, "experts_implementation"),
@@ -202,3 +203,18 @@ def test_balance_loss_is_available_without_gradients() -> None:
     with torch.no_grad():
         model(left_pad([[1, 2, 3], [4]], 4))
         assert model.auxiliary_loss().item() > 0
+
+
+def test_hidden_dropout_drops_sublayer_outputs_in_training_only() -> None:
+    ids = left_pad([[1, 2, 3, 4], [5, 6]], 4)
+    torch.manual_seed(0)
+    plain = DeepSeekRec(_config(dropout=0.0))
+    dropped = DeepSeekRec(_config(dropout=0.0, hidden_dropout=0.5))
+    dropped.load_state_dict(plain.state_dict())  # same parameter names: the hooks add none
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(ids), plain.eval()(ids))
+        plain.train(), dropped.train()
+        torch.testing.assert_close(plain(ids), plain(ids))  # nothing random without hidden dropout
+        assert not torch.allclose(dropped(ids), plain(ids))
+    restored = pickle.loads(pickle.dumps(dropped))
+    assert not torch.allclose(restored.train()(ids), restored.eval()(ids))

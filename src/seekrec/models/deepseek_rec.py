@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DeepseekV3Config, DeepseekV3Model
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
@@ -42,7 +43,9 @@ class DeepSeekRecConfig:
     experts within its best ``topk_groups`` groups, plus ``n_shared_experts`` always-on experts;
     the first ``n_dense_layers`` layers use a dense SwiGLU FFN of width ``ffn_dim`` instead.
     ``q_lora_rank=None`` uses a full-rank query projection. ``dropout`` applies to the input
-    embeddings, ``attention_dropout`` to attention weights. ``n_side_features`` G > 0 adds the mean
+    embeddings, ``attention_dropout`` to attention weights and ``hidden_dropout`` to the output of
+    every attention and FFN/MoE sublayer before its residual add (where SASRec and GPT-2 drop; the
+    DeepSeek-V3 blocks have none of their own). ``n_side_features`` G > 0 adds the mean
     embedding of each item's active side features (a ``[N + 1, G]`` multi-hot buffer).
     ``balance_loss_alpha`` weights the sequence-wise balance loss (DeepSeek-V3: 1e-4; 0 = off);
     ``bias_update_speed`` is gamma of the aux-loss-free bias update (DeepSeek-V3: 1e-3).
@@ -56,6 +59,7 @@ class DeepSeekRecConfig:
     max_len: int = 200
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
     q_lora_rank: int | None = 32
     kv_lora_rank: int = 32
     qk_nope_head_dim: int = 16
@@ -99,7 +103,7 @@ class DeepSeekRecConfig:
             raise ValueError(
                 f"DeepSeekRecConfig.qk_rope_head_dim must be even (rotary pairs), got {self.qk_rope_head_dim}"
             )
-        for name in ("dropout", "attention_dropout"):
+        for name in ("dropout", "attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"DeepSeekRecConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("routed_scaling_factor", "rope_theta", "rms_norm_eps", "initializer_range", "temperature"):
@@ -185,6 +189,22 @@ def backbone_config(config: DeepSeekRecConfig) -> DeepseekV3Config:
     )
 
 
+class SublayerDropout:
+    """Forward hook: dropout on a sublayer's output (the first element when it returns a tuple) in
+    training mode. A hook rather than a wrapper module keeps transformers' parameter names, so weights
+    and checkpoints are the same with and without it; a plain object so the model still pickles."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not module.training:
+            return None
+        if isinstance(output, tuple):
+            return (F.dropout(output[0], self.p, training=True), *output[1:])
+        return F.dropout(output, self.p, training=True)
+
+
 class DeepSeekRec(nn.Module):
     """DeepSeek-V3 blocks over item sequences; see ``SequenceRecommender`` for the API.
 
@@ -209,6 +229,10 @@ class DeepSeekRec(nn.Module):
         self.backbone = DeepseekV3Model(backbone_config(config))
         # Unused with inputs_embeds; removing it keeps every parameter trained (DDP-friendly).
         self.backbone.register_module("embed_tokens", None)
+        if config.hidden_dropout > 0:
+            for layer in self.backbone.layers:
+                layer.self_attn.register_forward_hook(SublayerDropout(config.hidden_dropout))
+                layer.mlp.register_forward_hook(SublayerDropout(config.hidden_dropout))
         self.similarity = Similarity(config.similarity, config.temperature)
         gates = {
             f"layer{i}": layer.mlp.gate
