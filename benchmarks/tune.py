@@ -263,8 +263,6 @@ class TestRanker:
 
     def per_user(self, path: Path) -> Any:
         """``PerUser`` test NDCG@10 of the run at ``path``; RuntimeError unless its mean equals results.json."""
-        import torch
-
         from seekrec.data.splits import load_split
         from seekrec.evaluation.ranking import ModelScorer, evaluate
         from seekrec.evaluation.significance import PerUser, ndcg_per_user
@@ -282,10 +280,10 @@ class TestRanker:
             raise RuntimeError(f"{run.model_file}: {spec.n_items} items, {self.data} has {data.n_items}")
         # item-feature buffers (model.use_item_features) are part of the saved weights: load_best fills them
         model = run.load_best(spec.build()).to(self.device).eval()
+        # the batch size of the run's own test evaluation: the same sums, the same ties
         batch_size = int(config.get("train", {}).get("eval_batch_size", 512))
-        with torch.inference_mode():
-            result = evaluate(ModelScorer(model, int(data_cfg["max_len"])), split.test, data.n_items,
-                              batch_size=batch_size, device=self.device)
+        result = evaluate(ModelScorer(model, int(data_cfg["max_len"])), split.test, data.n_items,
+                          batch_size=batch_size, device=self.device)
         stored = run.read_results()["metrics"][SELECT_METRIC]
         if abs(result.metrics[SELECT_METRIC] - stored) > TOLERANCE:
             raise RuntimeError(f"{path}: recomputed test {SELECT_METRIC} {result.metrics[SELECT_METRIC]:.7f} differs "
@@ -406,7 +404,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_pm(s['test_ndcg@10'])} | {_pm(s['test_hr@10'])} | {s['best_epoch']['mean']:.1f} | "
                      f"{s['seconds_to_best']['mean']:.0f} |")
     lines += ["", f"Final settings, seeds {result['final_seeds']}", "",
-              "| family | candidate | valid NDCG@10 | test NDCG@10 | test HR@10 | s to best |", "|---|---|---|---|---|---|"]
+              "| family | candidate | valid NDCG@10 | test NDCG@10 | test HR@10 | s to best |",
+              "|---|---|---|---|---|---|"]
     for family, s in result["final"].items():
         lines.append(f"| {family} | {s['label']} | {_pm(s['valid_ndcg@10'])} | {_pm(s['test_ndcg@10'])} | "
                      f"{_pm(s['test_hr@10'])} | {s['seconds_to_best']['mean']:.0f} |")
@@ -471,8 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="JSON result (default: %(default)s)")
     parser.add_argument("--png", type=Path, help="bar chart of the study (default: none)")
     parser.add_argument("--retrain-partial", action="store_true",
-                        help="train run directories that exist without results.json (resuming or restarting them) "
-                             "instead of stopping: they may be another process's runs in progress (default: %(default)s)")
+                        help="train run directories that exist without results.json (resuming or restarting "
+                             "them) instead of stopping: they may be another process's runs in progress "
+                             "(default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the runs to train and to reuse, then stop (default: %(default)s)")
     args = parser.parse_args(argv)
