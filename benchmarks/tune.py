@@ -482,7 +482,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--data {args.data}: no manifest.json; prepare it with `seekrec data prepare`")
     args.data, args.work = args.data.resolve(), args.work.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run_study(args)
+    try:
+        result = run_study(args)
+    except ValueError as error:  # a study, reuse or data mistake: one line naming it
+        parser.exit(2, f"tune.py: error: {error}\n")
     if args.dry_run:
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
