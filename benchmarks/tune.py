@@ -218,7 +218,21 @@ def read_row(candidate: Candidate, seed: int, work: Path, reused: bool) -> dict[
         "best_epoch": record.get("best_epoch"), "epochs": record.get("epochs"),
         "seconds_to_best": record.get("seconds_to_best", record["seconds"]),
         "train_seconds": record.get("train_seconds", record["seconds"]),
+        "moe_max_load_ratio": router_load(path, record.get("best_epoch")),
     }
+
+
+def router_load(path: Path, best_epoch: int | None) -> float | None:
+    """Mean worst-expert share over its fair share (1 = balanced) over the training steps of the epoch
+    that ended at the chosen checkpoint, from the run's metrics log; None for models without a router."""
+    loads = []
+    with (path / "metrics.jsonl").open() as lines:
+        for line in lines:
+            row = json.loads(line)
+            if row.get("kind") == "train" and "moe_max_load_ratio" in row and (
+                    best_epoch is None or row.get("epoch", 0) == best_epoch - 1):
+                loads.append(row["moe_max_load_ratio"])
+    return statistics.fmean(loads) if loads else None
 
 
 # -- selection ---------------------------------------------------------------------------------------
@@ -233,6 +247,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for k in KEYS:
             out[f"{split}_{k}"] = mean_std([r[f"{split}_{k}"] for r in rows])
     out["seconds_to_best"] = mean_std([r["seconds_to_best"] for r in rows])
+    loads = [r["moe_max_load_ratio"] for r in rows if r.get("moe_max_load_ratio") is not None]
+    out["moe_max_load_ratio"] = mean_std(loads) if loads else None
     out["best_epoch"] = mean_std([r["best_epoch"] for r in rows if r["best_epoch"] is not None] or [math.nan])
     return out
 
@@ -394,15 +410,19 @@ def _pm(s: dict[str, float]) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
+def _load(s: dict[str, Any]) -> str:
+    return "–" if s.get("moe_max_load_ratio") is None else f"{s['moe_max_load_ratio']['mean']:.2f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     chosen = set(result["chosen"].values())
     lines = [f"Selection on validation, seeds {result['select_seeds']} (* = chosen for its family)", "",
-             "| candidate | family | valid NDCG@10 | test NDCG@10 | test HR@10 | best epoch | s to best |",
-             "|---|---|---|---|---|---|---|"]
+             "| candidate | family | valid NDCG@10 | test NDCG@10 | test HR@10 | best epoch | s to best | "
+             "router max load |", "|---|---|---|---|---|---|---|---|"]
     for label, s in result["ablation"].items():
         lines.append(f"| {label}{' *' if label in chosen else ''} | {s['family']} | {_pm(s['valid_ndcg@10'])} | "
                      f"{_pm(s['test_ndcg@10'])} | {_pm(s['test_hr@10'])} | {s['best_epoch']['mean']:.1f} | "
-                     f"{s['seconds_to_best']['mean']:.0f} |")
+                     f"{s['seconds_to_best']['mean']:.0f} | {_load(s)} |")
     lines += ["", f"Final settings, seeds {result['final_seeds']}", "",
               "| family | candidate | valid NDCG@10 | test NDCG@10 | test HR@10 | s to best |",
               "|---|---|---|---|---|---|"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tune import ROOT, choose, ensure_runs, expected_config, read_study, run_path, run_state
+from benchmarks.tune import ROOT, choose, ensure_runs, expected_config, read_study, router_load, run_path, run_state
 
 STUDY = """
 name = "t"
@@ -77,3 +77,15 @@ def test_unfinished_runs_are_not_trained_over_unless_asked(tmp_path):
     cand = read_study(write(tmp_path, STUDY)).candidate("sas")
     with pytest.raises(ValueError, match="--retrain-partial"):
         ensure_runs([(cand, 0)], {("sas", 0): "partial"}, tmp_path, tmp_path, 1, 1)
+
+
+def test_router_load_averages_the_best_epochs_training_steps(tmp_path: Path) -> None:
+    rows = [{"kind": "train", "epoch": 0, "moe_max_load_ratio": 3.0},
+            {"kind": "train", "epoch": 1, "moe_max_load_ratio": 1.2},
+            {"kind": "train", "epoch": 1, "moe_max_load_ratio": 1.4},
+            {"kind": "valid", "epoch": 2, "ndcg@10": 0.1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert router_load(tmp_path, best_epoch=2) == pytest.approx(1.3)  # the epoch ending at validation 2
+    assert router_load(tmp_path, best_epoch=None) == pytest.approx(5.6 / 3)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "epoch": 0, "loss": 1.0}) + "\n")
+    assert router_load(tmp_path, best_epoch=1) is None  # no router: SASRec
