@@ -117,7 +117,13 @@ class SASRec(nn.Module):
         self.final_norm = build_norm(config.norm, config.dim, config.norm_eps)
         self.similarity = Similarity(config.similarity, config.temperature)
         self.activation_checkpointing = False
-        # only when enabled: a default model has exactly the parameters (and init draws) it always had
+        if config.init == "xavier":
+            self._xavier_init()
+        self._init_context(config)
+
+    def _init_context(self, config: SASRecConfig) -> None:
+        # only when enabled, and after the id model's init: a default model has exactly the parameters (and
+        # init draws) it always had, and a flagged one starts from the same id-model weights
         self.context_embedding: ContextEmbedding | None = None
         if config.time_features or config.action_features:
             self.context_embedding = ContextEmbedding(
@@ -130,8 +136,11 @@ class SASRec(nn.Module):
                 config.n_heads, config.max_len, config.n_time_buckets, position=config.relative_position_bias,
                 time=config.relative_time_bias,
             )
-        if config.init == "xavier":
-            self._xavier_init()
+        if config.init == "xavier":  # as every other matrix of the reference code
+            with torch.no_grad():
+                for module in (self.context_embedding, self.attention_bias):
+                    for param in () if module is None else module.parameters():
+                        nn.init.xavier_normal_(param)
 
     @torch.no_grad()
     def _xavier_init(self) -> None:
