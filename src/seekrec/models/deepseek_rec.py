@@ -28,10 +28,9 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
 from seekrec.models.deepseek_routing import RouterMonitor
 from seekrec.models.layers.context import (
-    ContextEmbedding,
-    RelativeAttentionBias,
     SequenceContext,
     additive_mask,
+    context_modules,
     needs_context,
     require_context,
     validate_context_fields,
@@ -270,19 +269,7 @@ class DeepSeekRec(nn.Module):
         self._routing = RouterMonitor(gates, config.n_routed_experts, config.top_k)
         self._routing.record_routing = config.balance_loss_alpha > 0
         # created last and only when enabled: a default model draws exactly the parameters it always did
-        self.context_embedding: ContextEmbedding | None = None
-        if config.time_features or config.action_features:
-            self.context_embedding = ContextEmbedding(
-                config.dim, time_features=config.time_features, action_features=config.action_features,
-                n_time_buckets=config.n_time_buckets, n_action_buckets=config.n_action_buckets,
-                init_std=config.initializer_range,
-            )
-        self.attention_bias: RelativeAttentionBias | None = None
-        if config.relative_position_bias or config.relative_time_bias:
-            self.attention_bias = RelativeAttentionBias(
-                config.n_heads, config.max_len, config.n_time_buckets, position=config.relative_position_bias,
-                time=config.relative_time_bias, init_std=config.initializer_range,
-            )
+        self.context_embedding, self.attention_bias = context_modules(config, init_std=config.initializer_range)
 
     def _init_side_features(self, config: DeepSeekRecConfig, item_features: Tensor | None) -> None:
         n_rows, width = config.n_items + 1, config.n_side_features

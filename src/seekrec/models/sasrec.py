@@ -18,9 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from seekrec.models.layers.block import TransformerBlock
 from seekrec.models.layers.context import (
-    ContextEmbedding,
-    RelativeAttentionBias,
     SequenceContext,
+    context_modules,
     needs_context,
     require_context,
     validate_context_fields,
@@ -124,18 +123,7 @@ class SASRec(nn.Module):
     def _init_context(self, config: SASRecConfig) -> None:
         # only when enabled, and after the id model's init: a default model has exactly the parameters (and
         # init draws) it always had, and a flagged one starts from the same id-model weights
-        self.context_embedding: ContextEmbedding | None = None
-        if config.time_features or config.action_features:
-            self.context_embedding = ContextEmbedding(
-                config.dim, time_features=config.time_features, action_features=config.action_features,
-                n_time_buckets=config.n_time_buckets, n_action_buckets=config.n_action_buckets,
-            )
-        self.attention_bias: RelativeAttentionBias | None = None
-        if config.relative_position_bias or config.relative_time_bias:
-            self.attention_bias = RelativeAttentionBias(
-                config.n_heads, config.max_len, config.n_time_buckets, position=config.relative_position_bias,
-                time=config.relative_time_bias,
-            )
+        self.context_embedding, self.attention_bias = context_modules(config)
         if config.init == "xavier":  # as every other matrix of the reference code
             with torch.no_grad():
                 for module in (self.context_embedding, self.attention_bias):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from seekrec.data.sequences import SequenceContext
 
 __all__ = ["CONTEXT_FLAGS", "ContextEmbedding", "RelativeAttentionBias", "SequenceContext", "action_bucket",
-           "additive_mask", "log_bucket", "needs_context", "require_context", "validate_context_fields"]
+           "additive_mask", "context_modules", "log_bucket", "needs_context", "require_context", "validate_context_fields"]
 
 CONTEXT_FLAGS = ("time_features", "action_features", "relative_time_bias")  # what needs a SequenceContext
 
@@ -150,6 +150,23 @@ class RelativeAttentionBias(nn.Module):
             bias = time_bias if bias is None else bias + time_bias
         assert bias is not None  # the constructor requires one of the two
         return bias
+
+
+def context_modules(config: Any, *, init_std: float = 0.02) -> tuple[ContextEmbedding | None,
+                                                                    RelativeAttentionBias | None]:
+    """The token-feature and attention-bias modules a model ``config`` enables (None for each that it does not),
+    from its ``dim``, ``n_heads``, ``max_len`` and context fields."""
+    embedding = None
+    if config.time_features or config.action_features:
+        embedding = ContextEmbedding(config.dim, time_features=config.time_features,
+                                     action_features=config.action_features, n_time_buckets=config.n_time_buckets,
+                                     n_action_buckets=config.n_action_buckets, init_std=init_std)
+    bias = None
+    if config.relative_position_bias or config.relative_time_bias:
+        bias = RelativeAttentionBias(config.n_heads, config.max_len, config.n_time_buckets,
+                                     position=config.relative_position_bias, time=config.relative_time_bias,
+                                     init_std=init_std)
+    return embedding, bias
 
 
 def additive_mask(allowed: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
