@@ -48,3 +48,25 @@ def test_loader_validation():
         SequenceLoader(ds, 3, world_size=2)
     with pytest.raises(ValueError, match="max_len"):
         SequenceDataset(_seqs(), max_len=0)
+
+
+def test_context_windows_align_with_the_item_windows():
+    users = np.array([1] * 6 + [2, 2, 3])
+    items = np.array([1, 2, 3, 4, 5, 6, 10, 11, 20])
+    times = np.array([100, 110, 130, 170, 250, 410, 7, 9, 5])
+    values = np.arange(9, dtype=np.float32) + 0.5
+    seqs = UserSequences.from_interactions(users, items, times, 3, values=values)
+    assert SequenceDataset(seqs, max_len=3).batch(torch.tensor([0])).context is None  # off by default
+    ds = SequenceDataset(seqs, max_len=3, stride=2, with_context=True)
+    b = ds.batch(torch.arange(len(ds)))
+    by_item = {int(i): (int(t), float(v)) for i, t, v in zip(items, times, values)}
+    for row in range(len(ds)):
+        real = b.input_ids[row] != 0
+        got = zip(b.input_ids[row][real].tolist(), b.context.times[row][real].tolist(),
+                  b.context.values[row][real].tolist(), b.target_ids[row][real].tolist(),
+                  b.context.query_times[row][real].tolist())
+        for item, t, v, target, query in got:
+            assert (t, v) == by_item[item] and query == by_item[target][0]  # query time: the target's timestamp
+        assert (b.context.times[row][~real] == 0).all() and (b.context.query_times[row][~real] == 0).all()
+    assert b.context.times.dtype == torch.int64 and b.context.values.dtype == torch.float32
+    assert b.to("cpu").context.times.shape == b.input_ids.shape

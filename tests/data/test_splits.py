@@ -69,3 +69,28 @@ def test_temporal_split_no_future_in_history():
         assert row_ts[hist_len] > split.test.history.timestamps.max() - 1  # target after all history
     with pytest.raises(ValueError, match="unknown split"):
         make_split(seqs, "random")
+
+
+def test_values_travel_with_their_events_and_target_times_are_the_held_out_timestamps():
+    rng = np.random.default_rng(3)
+    n_users, n_events = 12, 150
+    users, items = rng.integers(1, n_users + 1, n_events), rng.integers(1, 40, n_events)
+    ts = rng.integers(0, 10_000, n_events)
+    values = rng.integers(1, 6, n_events).astype(np.float32)
+    seqs = UserSequences.from_interactions(users, items, ts, n_users, values=values)
+    event_value = {(int(u), int(i), int(t)): float(v) for u, i, t, v in zip(users, items, ts, values)}
+    for split in (leave_one_out(seqs), temporal_split(seqs)):
+        for part in (split.train, split.valid.history, split.test.history):
+            stored = zip(part.user_of_event(), part.items, part.timestamps, part.values)
+            assert all(event_value[(int(u), int(i), int(t))] == v for u, i, t, v in stored)
+        for eval_set in (split.valid, split.test):
+            hist_len = eval_set.history.lengths()[eval_set.users]
+            at = seqs.offsets[eval_set.users] + hist_len  # the held-out event follows the visible history
+            assert eval_set.target_times.tolist() == seqs.timestamps[at].tolist()
+            assert eval_set.targets.tolist() == seqs.items[at].tolist()
+    last4 = slice(seqs.offsets[2] - 4, seqs.offsets[2])  # user 1's last four events
+    padded = seqs.padded(np.array([1, 2]), 4, column="values")
+    assert padded.dtype == np.float32 and padded[0].tolist() == seqs.values[last4].tolist()
+    assert seqs.padded(np.array([1]), 4, column="timestamps")[0].tolist() == seqs.timestamps[last4].tolist()
+    with pytest.raises(ValueError, match="no values"):
+        UserSequences.from_interactions(users, items, ts, n_users).padded(np.array([1]), column="values")

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from seekrec.data.splits import UserSequences, leave_one_out
+from seekrec.data.splits import EvalSet, UserSequences, leave_one_out
 from seekrec.evaluation.ranking import METRIC_KEYS, EvalBatch, ModelScorer, evaluate, rank_targets
 from seekrec.models.factory import build_model
+from seekrec.models.layers.context import SequenceContext
 from tests.models.helpers import TINY
 
 
@@ -143,3 +144,38 @@ def test_batched_model_scores_equal_each_user_scored_alone(name, which):
         for user in eval_set.users.tolist():
             alone = torch.from_numpy(eval_set.history.row(user)[-max_len:])[None]  # [1, <= max_len]
             torch.testing.assert_close(recorder.rows[user], model.score_all(alone)[0], atol=1e-5, rtol=1e-5)
+
+
+class ContextRecordingScorer(RecordingScorer):
+    needs_context = True
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+@pytest.mark.parametrize("name", ["sasrec", "deepseek"])
+def test_context_models_are_scored_from_their_own_times_values_and_target_time(name, which):
+    """A model with event-time inputs sees its last max_len events' times and values, and the held-out
+    event's timestamp as the query time of the last position, however the batch is padded."""
+    n_items, max_len = 40, TINY[name]["max_len"]
+    torch.manual_seed(0)
+    config = {**TINY[name], "time_features": True, "action_features": True, "relative_time_bias": True}
+    model = build_model(name, config, n_items).eval()
+    base = _chains([3, 6, 12, 17, 18, 19, 25, 40], n_items, seed=1)
+    rng = np.random.default_rng(0)
+    times = np.cumsum(rng.integers(1, 10**6, base.n_events))  # increasing within every user
+    seqs = UserSequences(base.offsets, base.items, times, rng.integers(1, 6, base.n_events).astype(np.float32))
+    eval_set = leave_one_out(seqs).eval_set(which)
+    scorer = ModelScorer(model, max_len)
+    assert scorer.needs_context
+    recorder = ContextRecordingScorer(scorer)
+    evaluate(recorder, eval_set, n_items, batch_size=3)
+    with torch.no_grad():
+        for user, target_time in zip(eval_set.users.tolist(), eval_set.target_times.tolist()):
+            lo, hi = eval_set.history.offsets[user], eval_set.history.offsets[user + 1]
+            lo = max(lo, hi - max_len)
+            ids = torch.from_numpy(eval_set.history.items[lo:hi])[None]
+            event_times = torch.from_numpy(eval_set.history.timestamps[lo:hi])[None]
+            query = torch.cat([event_times[:, 1:], torch.tensor([[target_time]])], dim=1)
+            context = SequenceContext(event_times, query, torch.from_numpy(eval_set.history.values[lo:hi])[None])
+            torch.testing.assert_close(recorder.rows[user], model.score_all(ids, context)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="target_times"):
+        evaluate(scorer, EvalSet(eval_set.users, eval_set.targets, eval_set.history), n_items)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seekrec.models.layers.context import SequenceContext
 from seekrec.models.layers.similarity import Similarity
 from seekrec.models.factory import build_model
 from seekrec.models.task import NextItemBatch
@@ -61,6 +62,25 @@ def successor_batch(batch_size: int, length: int, seed: int) -> NextItemBatch:
         rows.append(items[:-1])
         targets.append(items[1:])
     return NextItemBatch(left_pad(rows, length), left_pad(targets, length))
+
+
+FLAGS = ("time_features", "action_features", "relative_position_bias", "relative_time_bias")
+ALL_FLAGS = dict.fromkeys(FLAGS, True)
+
+
+def with_context(rows: list[list[int]], length: int, seed: int = 0) -> tuple[torch.Tensor, SequenceContext]:
+    """``left_pad(rows, length)`` and a context for it: increasing random times with gaps from seconds to
+    weeks, query time = the next event's time (a later one for the last), ratings 1..5; 0 at padding."""
+    g = torch.Generator().manual_seed(seed)
+    times, queries, values = [], [], []
+    for row in rows:
+        gaps = (2.0 ** torch.randint(0, 21, (len(row) + 1,), generator=g)).long()
+        stamps = (1_000_000_000 + gaps.cumsum(0)).tolist()
+        times.append(stamps[:-1])
+        queries.append(stamps[1:])
+        values.append(torch.randint(1, 6, (len(row),), generator=g).tolist())
+    floats = left_pad(values, length).float()
+    return left_pad(rows, length), SequenceContext(left_pad(times, length), left_pad(queries, length), floats)
 
 
 class TableModel(nn.Module):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig, backbone_config
-from seekrec.models.layers.masking import positions_from_mask
+from seekrec.models.layers.masking import attention_allowed, positions_from_mask
 
-from .helpers import N_ITEMS, TINY, left_pad, make_model
+from .helpers import ALL_FLAGS, N_ITEMS, TINY, left_pad, make_model, with_context
 
 
 def _config(**overrides: Any) -> DeepSeekRecConfig:
@@ -218,3 +218,53 @@ def test_hidden_dropout_drops_sublayer_outputs_in_training_only() -> None:
         assert not torch.allclose(dropped(ids), plain(ids))
     restored = pickle.loads(pickle.dumps(dropped))
     assert not torch.allclose(restored.train()(ids), restored.eval()(ids))
+
+
+# -- relative attention biases go to transformers as a prepared 4D float mask, used as-is ------------
+def _backbone_out(model: DeepSeekRec, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = ids != 0
+    with torch.no_grad():
+        return model.backbone(inputs_embeds=model.encode_items(ids), attention_mask=attention_mask,
+                              position_ids=positions_from_mask(mask, start=0), use_cache=False).last_hidden_state
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_zero_bias_float_mask_equals_the_boolean_mask(attn: str) -> None:
+    plain = make_model("deepseek", attn_implementation=attn).eval()
+    biased = make_model("deepseek", attn_implementation=attn, relative_position_bias=True).eval()
+    with torch.no_grad():
+        biased.attention_bias.position.zero_()
+    ids = left_pad([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9], []], 8)
+    with torch.no_grad():
+        torch.testing.assert_close(biased(ids), plain(ids), atol=1e-5, rtol=0)
+        mask = biased._attention_mask(ids != 0, torch.float32, torch.zeros(1, 2, 8, 8))
+    assert mask.shape == (3, 2, 8, 8) and mask.dtype == torch.float32
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_huge_negative_bias_on_one_key_equals_masking_that_key(attn: str) -> None:
+    model = make_model("deepseek", attn_implementation=attn).eval()
+    ids = left_pad([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9]], 8)
+    mask, key = ids != 0, 5
+    allowed = attention_allowed(mask)  # [B, 1, L, L]
+    others = torch.arange(8) != key  # queries other than the key itself (a query always sees itself)
+    bias = torch.zeros(1, 2, 8, 8)
+    bias[0, :, others, key] = -1e9
+    without_key = allowed.clone()
+    without_key[:, :, others, key] = False
+    reference = without_key if attn == "sdpa" else model._attention_mask(mask, torch.float32).masked_fill(
+        ~without_key, torch.finfo(torch.float32).min)
+    torch.testing.assert_close(_backbone_out(model, ids, model._attention_mask(mask, torch.float32, bias)),
+                               _backbone_out(model, ids, reference), atol=1e-5, rtol=0)
+    # and a per-head bias reaches each head: biasing one head only changes the output
+    one_head = torch.zeros(1, 2, 8, 8)
+    one_head[0, 1] = torch.randn(8, 8)
+    assert not torch.allclose(_backbone_out(model, ids, model._attention_mask(mask, torch.float32, one_head)),
+                              _backbone_out(model, ids, model._attention_mask(mask, torch.float32)), atol=1e-4)
+
+
+def test_sdpa_and_eager_agree_with_every_context_input() -> None:
+    ids, context = with_context([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9]], 8)
+    outs = [make_model("deepseek", attn_implementation=attn, **ALL_FLAGS).eval()(ids, context).detach()
+            for attn in ("sdpa", "eager")]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)

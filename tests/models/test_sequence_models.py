@@ -7,11 +7,22 @@ import torch
 import torch.nn.functional as F
 
 from seekrec.models.base import SequenceRecommender
+from seekrec.models.layers.context import SequenceContext
 from seekrec.models.losses import LossConfig
 from seekrec.models.factory import build_loss
 from seekrec.models.task import NextItemTask
 
-from .helpers import MAX_LEN, MODEL_NAMES, N_ITEMS, left_pad, make_model, successor_batch
+from .helpers import (
+    ALL_FLAGS,
+    FLAGS,
+    MAX_LEN,
+    MODEL_NAMES,
+    N_ITEMS,
+    left_pad,
+    make_model,
+    successor_batch,
+    with_context,
+)
 
 
 @pytest.fixture(params=MODEL_NAMES)
@@ -156,3 +167,85 @@ def test_grow_items_keeps_existing_scores_and_adds_trainable_rows(name: str) -> 
     assert model.encode_items(torch.tensor(N_ITEMS + 3)).requires_grad
     with pytest.raises(ValueError, match="shrink"):
         model.grow_items(1)
+
+
+# -- event-time and action inputs (models.layers.context) ---------------------------------------------
+def test_defaults_have_exactly_the_parameters_of_before(name: str) -> None:
+    """All flags off adds no module and draws no extra init: the same state dict, so old checkpoints load."""
+    default = make_model(name).state_dict()
+    explicit = make_model(name, **dict.fromkeys(FLAGS, False), n_time_buckets=32, n_action_buckets=11).state_dict()
+    assert default.keys() == explicit.keys()
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
+    assert not any("context_embedding" in k or "attention_bias" in k for k in default)
+    flagged = make_model(name, **ALL_FLAGS).state_dict()
+    assert set(flagged) - set(default) and set(default) < set(flagged)
+    assert all(torch.equal(default[k], flagged[k]) for k in default)  # new modules draw after the old ones
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_each_flag_changes_the_output_and_stays_causal(name: str, flag: str) -> None:
+    model, plain = make_model(name, **{flag: True}).eval(), make_model(name).eval()
+    ids, context = with_context([[4, 8, 15, 16, 23, 29]], 8)
+    later = SequenceContext(context.times.clone(), context.query_times.clone(), context.values.clone())
+    later.times[0, 5:] += 10**6  # the 4th real event (index 5 of 8) and after: other times, other values
+    later.query_times[0, 5:] += 10**6
+    later.values[0, 5:] = 5.0 - later.values[0, 5:]
+    with torch.no_grad():
+        out, changed = model(ids, context), model(ids, later)
+        assert not torch.allclose(out, plain(ids), atol=1e-4)
+    torch.testing.assert_close(out[:, :5], changed[:, :5], atol=1e-6, rtol=0)
+    if flag != "relative_position_bias":
+        assert not torch.allclose(out[:, 5:], changed[:, 5:], atol=1e-6)
+
+
+def test_left_padding_invariance_with_context(name: str) -> None:
+    model = make_model(name, **ALL_FLAGS).eval()
+    seq = [7, 3, 9, 12, 1]
+    with torch.no_grad():
+        reference = model.encode_users(*with_context([seq], len(seq)))
+        for length in (6, 11, MAX_LEN):
+            torch.testing.assert_close(model.encode_users(*with_context([seq], length)), reference, atol=1e-5, rtol=0)
+        ids, context = with_context([[2, 2, 2, 2, 2, 2, 2, 2], seq, [], [30]], 10, seed=0)
+        _, own = with_context([seq], 10, seed=0)
+        for field in ("times", "query_times", "values"):  # row 1 carries seq's own times and values
+            getattr(context, field)[1] = getattr(own, field)[0]
+        torch.testing.assert_close(model.encode_users(ids, context)[1:2], reference, atol=1e-5, rtol=0)
+
+
+def test_context_models_encode_users_as_the_last_position_and_score_with_context(name: str) -> None:
+    model = make_model(name, **ALL_FLAGS).eval()
+    ids, context = with_context([[1, 2, 3], [], [5, 6, 7, 8, 9, 10]], 8)
+    with torch.no_grad():
+        hidden, users = model(ids, context), model.encode_users(ids, context)
+        torch.testing.assert_close(users, hidden[:, -1], atol=1e-5, rtol=0)
+        all_ids = torch.arange(N_ITEMS + 1)
+        torch.testing.assert_close(model.score_all(ids, context), users @ model.encode_items(all_ids).T)
+    assert torch.isfinite(hidden).all() and (hidden[ids == 0] == 0).all()
+
+
+def test_missing_context_is_named(name: str) -> None:
+    model = make_model(name, time_features=True, action_features=True)
+    with pytest.raises(ValueError, match="time_features, action_features"):
+        model(left_pad([[1, 2]], 4))
+    ids, context = with_context([[1, 2]], 4)
+    with pytest.raises(ValueError, match="input_ids has"):
+        model(ids, context.last(3))
+    make_model(name, relative_position_bias=True)(ids)  # positions alone need no context
+
+
+def test_context_models_train_every_parameter_with_and_without_checkpointing(name: str) -> None:
+    batch = successor_batch(8, 10, seed=1)
+    _, batch.context = with_context([row[row != 0].tolist() for row in batch.input_ids], 10, seed=2)
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = make_model(name, **ALL_FLAGS).train()
+        model.set_activation_checkpointing(enabled)
+        task = NextItemTask(model, build_loss(LossConfig(name="full_softmax"), N_ITEMS), seed=0)
+        torch.manual_seed(1)
+        task.step_loss(batch).loss.backward()
+        for param_name, param in model.named_parameters():
+            assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
+            assert param.grad.abs().sum() > 0, f"{param_name} has an all-zero gradient"
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

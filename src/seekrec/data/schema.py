@@ -130,6 +130,11 @@ class InteractionData:
         cols = [self.events.column(name).to_numpy() for name in ("user_id", "item_id", "timestamp")]
         return cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(np.int64)
 
+    def event_values(self) -> np.ndarray:
+        """``[E]`` float32 ``value`` of every event (e.g. a rating; missing values are 0), in stored order."""
+        column = self.events.column("value").fill_null(0.0)
+        return column.to_numpy().astype(np.float32)
+
     def write(self, out_dir: str | Path) -> dict[str, Any]:
         """Write tables then the manifest, each atomically; returns the manifest."""
         out = Path(out_dir)

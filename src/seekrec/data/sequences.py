@@ -1,7 +1,8 @@
 """Training examples for next-item models: left-padded windows over each user's sequence.
 
 All windows are materialised once into one ``[E, L + 1]`` tensor, so a batch is a single index
-into it: no per-example Python work and no collate function on the hot path.
+into it: no per-example Python work and no collate function on the hot path. With ``with_context`` the
+events' timestamps and values are windowed the same way, for models with event-time / action inputs.
 """
 
 from __future__ import annotations
@@ -16,18 +17,59 @@ from seekrec.data.splits import UserSequences, concat_ranges
 
 
 @dataclass
+class SequenceContext:
+    """Per-event context of left-padded ``input_ids [B, L]``, the input of models with event-time / action
+    inputs (``seekrec.models.layers.context``, which re-exports it).
+
+    ``times [B, L]`` int64: Unix seconds of each input event (0 at padding). ``query_times [B, L]`` int64:
+    when the prediction made at position t is requested (training: the timestamp of the target event at
+    t; evaluation: the held-out event's timestamp at the last position; serving would be "now").
+    ``values [B, L]`` float32 or None: the event value (e.g. a rating), needed by ``action_features``.
+    """
+
+    times: torch.Tensor
+    query_times: torch.Tensor
+    values: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SequenceContext:
+        values = None if self.values is None else self.values.to(device, non_blocking=non_blocking)
+        return SequenceContext(self.times.to(device, non_blocking=non_blocking),
+                               self.query_times.to(device, non_blocking=non_blocking), values)
+
+    def last(self, length: int) -> SequenceContext:
+        """The last ``length`` positions (the window ``input_ids[:, -length:]`` of a longer history)."""
+        values = None if self.values is None else self.values[:, -length:]
+        return SequenceContext(self.times[:, -length:], self.query_times[:, -length:], values)
+
+    def check(self, input_ids: torch.Tensor) -> None:
+        """ValueError unless every tensor has the ``input_ids`` shape."""
+        shape = tuple(input_ids.shape)
+        named = {"times": self.times, "query_times": self.query_times, "values": self.values}
+        for name, tensor in named.items():
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"SequenceContext.{name} has shape {list(tensor.shape)} but input_ids has "
+                                 f"{list(shape)}; build the context from the same padded window")
+
+
+@dataclass
 class SeqBatch:
-    """A batch of next-item examples; position ``j`` of ``input_ids`` predicts ``target_ids[:, j]``."""
+    """A batch of next-item examples; position ``j`` of ``input_ids`` predicts ``target_ids[:, j]``.
+
+    ``context`` (datasets built ``with_context``): the inputs' timestamps and values, and as query time of
+    position ``j`` the timestamp of its target (0 where there is no target).
+    """
 
     input_ids: torch.Tensor  # [B, L] left-padded, 0 = padding
     target_ids: torch.Tensor  # [B, L] next item at each position, 0 = no target
     user_ids: torch.Tensor  # [B]
+    context: SequenceContext | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SeqBatch:
         return SeqBatch(
             self.input_ids.to(device, non_blocking=non_blocking),
             self.target_ids.to(device, non_blocking=non_blocking),
             self.user_ids.to(device, non_blocking=non_blocking),
+            None if self.context is None else self.context.to(device, non_blocking=non_blocking),
         )
 
     def __len__(self) -> int:
@@ -39,10 +81,13 @@ class SequenceDataset:
 
     With ``stride=None`` a user contributes one window, their latest ``max_len + 1`` items (the
     original SASRec recipe). With a stride, earlier windows ending every ``stride`` items are added
-    too, so long histories are fully used.
+    too, so long histories are fully used. ``with_context``: also materialise the ``[E, L + 1]`` windows of
+    timestamps (int64) and, when ``seqs`` has them, values (float32), so batches carry a ``SequenceContext``;
+    off by default to keep the memory of id-only models.
     """
 
-    def __init__(self, seqs: UserSequences, max_len: int, stride: int | None = None, min_len: int = 2) -> None:
+    def __init__(self, seqs: UserSequences, max_len: int, stride: int | None = None, min_len: int = 2, *,
+                 with_context: bool = False) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if stride is not None and stride < 1:
@@ -60,11 +105,18 @@ class SequenceDataset:
         starts = np.maximum(win_ends - (max_len + 1), seqs.offsets[win_users])
         take = win_ends - starts
         width = max_len + 1
-        windows = np.zeros((len(win_users), width), dtype=np.int64)
         rows = np.repeat(np.arange(len(win_users)), take)
         cols = width - np.repeat(take, take) + concat_ranges(take)
-        windows[rows, cols] = seqs.items[np.repeat(starts, take) + concat_ranges(take)]
-        self.windows = torch.from_numpy(windows)  # [E, L + 1]
+        src = np.repeat(starts, take) + concat_ranges(take)
+
+        def windowed(column: np.ndarray) -> torch.Tensor:  # [E, L + 1], left-padded with 0
+            out = np.zeros((len(win_users), width), dtype=column.dtype)
+            out[rows, cols] = column[src]
+            return torch.from_numpy(out)
+
+        self.windows = windowed(seqs.items)  # [E, L + 1]
+        self.times = windowed(seqs.timestamps) if with_context else None  # [E, L + 1] int64
+        self.values = windowed(seqs.values) if with_context and seqs.values is not None else None  # float32
         self.users = torch.from_numpy(win_users.astype(np.int64))
 
     def __len__(self) -> int:
@@ -73,8 +125,16 @@ class SequenceDataset:
     def batch(self, index: torch.Tensor) -> SeqBatch:
         rows = self.windows.index_select(0, index)
         inputs, targets = rows[:, :-1], rows[:, 1:]
-        targets = targets.masked_fill(inputs == 0, 0)  # a padded position predicts nothing
-        return SeqBatch(inputs.contiguous(), targets.contiguous(), self.users.index_select(0, index))
+        padded = inputs == 0
+        targets = targets.masked_fill(padded, 0)  # a padded position predicts nothing
+        context = None
+        if self.times is not None:
+            times = self.times.index_select(0, index)
+            values = None if self.values is None else self.values.index_select(0, index)[:, :-1].contiguous()
+            # query time of position j: when its target happened, shifted exactly as the targets are
+            query_times = times[:, 1:].masked_fill(padded, 0).contiguous()
+            context = SequenceContext(times[:, :-1].contiguous(), query_times, values)
+        return SeqBatch(inputs.contiguous(), targets.contiguous(), self.users.index_select(0, index), context)
 
 
 class SequenceLoader:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from seekrec.data.splits import EvalSet
+from seekrec.data.splits import EvalSet, UserSequences
 from seekrec.evaluation import metrics
+from seekrec.models.layers.context import SequenceContext
 
 RANK_KS = (10, 50, 200)
 METRIC_KEYS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
@@ -26,30 +27,59 @@ COVERAGE_K = 10
 
 @dataclass
 class EvalBatch:
-    """What a scorer sees of a batch of evaluation users."""
+    """What a scorer sees of a batch of evaluation users.
+
+    ``context`` (only for scorers that declare ``needs_context``): the history's timestamps and values
+    ``[B, H]``, with query times from ``history_context``.
+    """
 
     users: torch.Tensor  # [B] user ids
     history: torch.Tensor  # [B, H] left-padded visible history, 0 = padding
     targets: torch.Tensor  # [B] held-out item ids (for the evaluator; scorers must not read them)
+    context: SequenceContext | None = None
 
     def to(self, device: torch.device | str) -> EvalBatch:
-        return EvalBatch(self.users.to(device), self.history.to(device), self.targets.to(device))
+        context = None if self.context is None else self.context.to(device)
+        return EvalBatch(self.users.to(device), self.history.to(device), self.targets.to(device), context)
 
 
 class Scorer(Protocol):
-    """Anything that scores every item for a batch of users: ``[B, N + 1]``, column 0 = padding."""
+    """Anything that scores every item for a batch of users: ``[B, N + 1]``, column 0 = padding.
+
+    A scorer with a true ``needs_context`` attribute gets ``EvalBatch.context``."""
 
     def score(self, batch: EvalBatch) -> torch.Tensor: ...
 
 
 class ModelScorer:
-    """Adapts a next-item model to the evaluator: scores every item from the last ``max_len`` items."""
+    """Adapts a next-item model to the evaluator: scores every item from the last ``max_len`` items (and,
+    for a model whose config ``needs_context``, their ``SequenceContext``)."""
 
     def __init__(self, model: torch.nn.Module, max_len: int) -> None:
         self.model, self.max_len = model, max_len
+        config = getattr(getattr(model, "module", model), "config", None)
+        self.needs_context = bool(getattr(config, "needs_context", False))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
-        return self.model.score_all(batch.history[:, -self.max_len :])  # [B, N + 1]
+        history = batch.history[:, -self.max_len :]  # [B, L]
+        if not self.needs_context:
+            return self.model.score_all(history)  # [B, N + 1]
+        if batch.context is None:
+            raise ValueError("the model needs event times (config.needs_context) but the EvalBatch has no context; "
+                             "evaluate() builds it when the scorer sets needs_context")
+        return self.model.score_all(history, batch.context.last(history.shape[1]))  # [B, N + 1]
+
+
+def history_context(history: UserSequences, users: np.ndarray, target_times: np.ndarray) -> SequenceContext:
+    """The ``SequenceContext`` of ``history.padded(users)`` ``[B, H]``: the events' timestamps and values (when
+    the history has them), and as query time of each position the next event's timestamp, ``target_times [B]``
+    (the held-out events') at the last position; 0 at padding. Only the last position matters for scoring."""
+    times = history.padded(users, column="timestamps")  # [B, H]
+    values = history.padded(users, column="values") if history.values is not None else None
+    query = np.concatenate([times[:, 1:], np.asarray(target_times, dtype=np.int64)[:, None]], axis=1)
+    query[history.padded(users) == 0] = 0
+    return SequenceContext(torch.from_numpy(times), torch.from_numpy(query),
+                           None if values is None else torch.from_numpy(values))
 
 
 @dataclass
@@ -104,9 +134,16 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """Score every item for each evaluation user in batches and rank their target."""
+    """Score every item for each evaluation user in batches and rank their target.
+
+    A scorer whose ``needs_context`` is true also gets the histories' event times and values
+    (``history_context``, query time of the last position = ``eval_set.target_times``)."""
     if len(eval_set) == 0:
         raise ValueError("the evaluation set is empty: no user has a held-out event")
+    with_context = bool(getattr(scorer, "needs_context", False))
+    if with_context and eval_set.target_times is None:
+        raise ValueError("the scorer needs event times but the EvalSet has no target_times; build it with "
+                         "leave_one_out or temporal_split")
     start = time.perf_counter()
     index = np.arange(len(eval_set))
     ranks, tops = [], []
@@ -118,6 +155,8 @@ def evaluate(
             torch.from_numpy(batch_users),
             torch.from_numpy(eval_set.history.padded(batch_users)),
             torch.from_numpy(eval_set.targets[sel]),
+            history_context(eval_set.history, batch_users, eval_set.target_times[sel])
+            if with_context and eval_set.target_times is not None else None,
         ).to(device)
         scores = scorer.score(batch).float()
         if scores.shape != (len(sel), n_items + 1):

@@ -7,21 +7,26 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from seekrec.models.layers.context import SequenceContext
 from seekrec.models.layers.similarity import Similarity
 
 
 @runtime_checkable
 class SequenceRecommender(Protocol):
-    """A causal model over left-padded item sequences ``[B, L]`` (0 = padding, items 1..N)."""
+    """A causal model over left-padded item sequences ``[B, L]`` (0 = padding, items 1..N).
+
+    ``context``: the events' times, query times and values ``[B, L]`` (``SequenceContext``), required by a
+    model whose ``config.needs_context`` (event-time / action inputs) and ignored by the others.
+    """
 
     n_items: int
     similarity: Similarity
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, L, D]`` hidden states; position t summarises items up to t."""
         ...
 
-    def encode_users(self, input_ids: Tensor) -> Tensor:
+    def encode_users(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, D]``: hidden state at the last (most recent) position."""
         ...
 
@@ -29,7 +34,7 @@ class SequenceRecommender(Protocol):
         """``[...] -> [..., D]`` item embeddings on the output side."""
         ...
 
-    def score_all(self, input_ids: Tensor) -> Tensor:
+    def score_all(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, N + 1]`` next-item scores; column 0 is padding (callers mask it)."""
         ...
 

@@ -27,6 +27,14 @@ from transformers import DeepseekV3Config, DeepseekV3Model
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
 from seekrec.models.deepseek_routing import RouterMonitor
+from seekrec.models.layers.context import (
+    SequenceContext,
+    additive_mask,
+    context_modules,
+    needs_context,
+    require_context,
+    validate_context_fields,
+)
 from seekrec.models.layers.embeddings import grow_embedding
 from seekrec.models.layers.masking import attention_allowed, padding_mask, positions_from_mask
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
@@ -50,6 +58,13 @@ class DeepSeekRecConfig:
     ``balance_loss_alpha`` weights the sequence-wise balance loss (DeepSeek-V3: 1e-4; 0 = off);
     ``bias_update_speed`` is gamma of the aux-loss-free bias update (DeepSeek-V3: 1e-3).
     ``experts_implementation=None`` lets transformers pick (grouped_mm when available).
+
+    Event-time and action inputs (``models.layers.context``; all off by default): ``time_features`` sums
+    into each token embeddings of the log-bucketed gap to the previous event and to the query time,
+    ``action_features`` an embedding of the event value rounded and clipped to ``0..n_action_buckets - 1``;
+    ``relative_position_bias`` / ``relative_time_bias`` add per-head learned biases over the clipped
+    ``i - j`` / the log-bucketed ``|t_i - t_j|`` (``n_time_buckets`` buckets) to every layer's attention
+    logits. All but ``relative_position_bias`` need ``context=`` (``needs_context``).
     """
 
     n_items: int
@@ -85,6 +100,17 @@ class DeepSeekRecConfig:
     bias_update_speed: float = 0.001
     attn_implementation: str = "sdpa"
     experts_implementation: str | None = None
+    time_features: bool = False
+    action_features: bool = False
+    n_action_buckets: int = 11
+    relative_position_bias: bool = False
+    relative_time_bias: bool = False
+    n_time_buckets: int = 32
+
+    @property
+    def needs_context(self) -> bool:
+        """Whether the model needs a ``SequenceContext`` (time_features, action_features or relative_time_bias)."""
+        return needs_context(self)
 
     def __post_init__(self) -> None:
         positive = ("n_items", "dim", "n_layers", "n_heads", "max_len", "kv_lora_rank", "qk_nope_head_dim",
@@ -124,6 +150,7 @@ class DeepSeekRecConfig:
                 f"DeepSeekRecConfig.experts_implementation must be one of {EXPERTS_IMPLEMENTATIONS}, "
                 f"got {self.experts_implementation!r}"
             )
+        validate_context_fields(self)
 
     def _check_moe(self) -> None:
         if self.n_dense_layers > self.n_layers:
@@ -241,6 +268,8 @@ class DeepSeekRec(nn.Module):
         }
         self._routing = RouterMonitor(gates, config.n_routed_experts, config.top_k)
         self._routing.record_routing = config.balance_loss_alpha > 0
+        # created last and only when enabled: a default model draws exactly the parameters it always did
+        self.context_embedding, self.attention_bias = context_modules(config, init_std=config.initializer_range)
 
     def _init_side_features(self, config: DeepSeekRecConfig, item_features: Tensor | None) -> None:
         n_rows, width = config.n_items + 1, config.n_side_features
@@ -261,26 +290,37 @@ class DeepSeekRec(nn.Module):
         self.side_projection = nn.Linear(width, config.dim, bias=False)
         nn.init.normal_(self.side_projection.weight, std=config.initializer_range)
 
-    def _attention_mask(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    def _attention_mask(self, mask: Tensor, dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
         allowed = attention_allowed(mask)  # [B, 1, L, L] bool
+        if bias is not None:  # [B, H, L, L] float: the bias where allowed, finfo.min elsewhere (sdpa and eager)
+            return additive_mask(allowed, bias, dtype)
         if self.config.attn_implementation == "sdpa":
             return allowed
         # eager attention adds the mask to the scores
         return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """``input_ids [B, L] -> hidden [B, L, D]`` after the final RMSNorm; zero at padded positions."""
+    def forward(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
+        """``input_ids [B, L] -> hidden [B, L, D]`` after the final RMSNorm; zero at padded positions.
+
+        ``context`` (event times, query times, values ``[B, L]``) is required when ``config.needs_context``
+        and ignored otherwise. Relative attention biases go to transformers as the prepared 4D float mask.
+        """
         if input_ids.shape[-1] > self.config.max_len:
             raise ValueError(
                 f"sequence length {input_ids.shape[-1]} exceeds max_len={self.config.max_len}; "
                 "truncate the input or raise max_len in the model config"
             )
+        context = require_context(self.config, input_ids, context)
         mask = padding_mask(input_ids)  # [B, L]
-        x = self.dropout(self.encode_items(input_ids))  # [B, L, D]
+        x = self.encode_items(input_ids)  # [B, L, D]
+        if self.context_embedding is not None and context is not None:
+            x = x + self.context_embedding(mask, context)
+        x = self.dropout(x)
+        bias = None if self.attention_bias is None else self.attention_bias(mask, context)  # [B or 1, H, L, L]
         self._routing.begin(mask)
         hidden = self.backbone(
             inputs_embeds=x,
-            attention_mask=self._attention_mask(mask, x.dtype),
+            attention_mask=self._attention_mask(mask, x.dtype, bias),
             position_ids=positions_from_mask(mask, start=0),
             use_cache=False,
         ).last_hidden_state
@@ -310,9 +350,9 @@ class DeepSeekRec(nn.Module):
         else:
             self.backbone.activation_checkpointing_disable()
 
-    def encode_users(self, input_ids: Tensor) -> Tensor:
+    def encode_users(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding)."""
-        return self.forward(input_ids)[:, -1]
+        return self.forward(input_ids, context)[:, -1]
 
     def encode_items(self, ids: Tensor) -> Tensor:
         """``[...] -> [..., D]``: id embedding plus the mean embedding of the item's side features."""
@@ -323,10 +363,10 @@ class DeepSeekRec(nn.Module):
             embedded = embedded + self.side_projection(features)
         return embedded
 
-    def score_all(self, input_ids: Tensor) -> Tensor:
+    def score_all(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, N + 1]`` scores of every item id; column 0 is padding."""
         all_ids = torch.arange(self.n_items + 1, device=input_ids.device)
-        return self.similarity.matrix(self.encode_users(input_ids), self.encode_items(all_ids))
+        return self.similarity.matrix(self.encode_users(input_ids, context), self.encode_items(all_ids))
 
     @property
     def routers(self) -> Mapping[str, nn.Module]:

@@ -17,6 +17,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from seekrec.models.layers.block import TransformerBlock
+from seekrec.models.layers.context import (
+    SequenceContext,
+    context_modules,
+    needs_context,
+    require_context,
+    validate_context_fields,
+)
 from seekrec.models.layers.embeddings import SequenceEmbedding, grow_embedding
 from seekrec.models.layers.masking import padding_mask
 from seekrec.models.layers.norms import NORM_KINDS, build_norm
@@ -29,6 +36,13 @@ class SASRecConfig:
 
     ``ffn_dim=None`` uses ``dim`` (the paper's D -> D point-wise FFN). ``temperature`` only applies
     to ``similarity="cosine"``. ``init`` "xavier" is the xavier-normal init of the reference code.
+
+    Event-time and action inputs (``models.layers.context``; all off by default): ``time_features`` sums
+    into each token embeddings of the log-bucketed gap to the previous event and to the query time,
+    ``action_features`` an embedding of the event value rounded and clipped to ``0..n_action_buckets - 1``;
+    ``relative_position_bias`` / ``relative_time_bias`` add per-head learned biases over the clipped
+    ``i - j`` / the log-bucketed ``|t_i - t_j|`` (``n_time_buckets`` buckets) to every block's attention
+    logits. All but ``relative_position_bias`` need ``context=`` (``needs_context``).
     """
 
     n_items: int
@@ -44,6 +58,17 @@ class SASRecConfig:
     similarity: str = "dot"
     temperature: float = 0.05
     init: str = "xavier"
+    time_features: bool = False
+    action_features: bool = False
+    n_action_buckets: int = 11
+    relative_position_bias: bool = False
+    relative_time_bias: bool = False
+    n_time_buckets: int = 32
+
+    @property
+    def needs_context(self) -> bool:
+        """Whether the model needs a ``SequenceContext`` (time_features, action_features or relative_time_bias)."""
+        return needs_context(self)
 
     def __post_init__(self) -> None:
         for name in ("n_items", "dim", "n_layers", "n_heads", "max_len"):
@@ -65,6 +90,7 @@ class SASRecConfig:
             raise ValueError(f"SASRecConfig.temperature must be > 0, got {self.temperature}")
         if self.init not in ("xavier", "default"):
             raise ValueError(f"SASRecConfig.init must be 'xavier' or 'default', got {self.init!r}")
+        validate_context_fields(self)
 
 
 class SASRec(nn.Module):
@@ -92,6 +118,17 @@ class SASRec(nn.Module):
         self.activation_checkpointing = False
         if config.init == "xavier":
             self._xavier_init()
+        self._init_context(config)
+
+    def _init_context(self, config: SASRecConfig) -> None:
+        # only when enabled, and after the id model's init: a default model has exactly the parameters (and
+        # init draws) it always had, and a flagged one starts from the same id-model weights
+        self.context_embedding, self.attention_bias = context_modules(config)
+        if config.init == "xavier":  # as every other matrix of the reference code
+            with torch.no_grad():
+                for module in (self.context_embedding, self.attention_bias):
+                    for param in () if module is None else module.parameters():
+                        nn.init.xavier_normal_(param)
 
     @torch.no_grad()
     def _xavier_init(self) -> None:
@@ -102,15 +139,30 @@ class SASRec(nn.Module):
         self.embedding.item_table.weight[0].zero_()
         self.embedding.position_table.weight[0].zero_()
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """``input_ids [B, L] -> hidden [B, L, D]``; zero at padded positions."""
+    def _inputs(self, input_ids: Tensor, context: SequenceContext | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The block inputs: ``mask [B, L]``, embedded tokens ``x [B, L, D]`` and the attention bias
+        ``[B or 1, H, L, L]`` (None without relative biases)."""
+        context = require_context(self.config, input_ids, context)
         mask = padding_mask(input_ids)  # [B, L]
-        x = self.embedding(input_ids)  # zero at padding: both tables have a zero padding row
+        extra = None
+        if self.context_embedding is not None and context is not None:
+            extra = self.context_embedding(mask, context)  # [B, L, D], zero at padding
+        x = self.embedding(input_ids, extra=extra)  # zero at padding: both tables have a zero padding row
+        bias = None if self.attention_bias is None else self.attention_bias(mask, context)
+        return mask, x, bias
+
+    def forward(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
+        """``input_ids [B, L] -> hidden [B, L, D]``; zero at padded positions.
+
+        ``context`` (event times, query times, values ``[B, L]``) is required when ``config.needs_context``
+        and ignored otherwise."""
+        mask, x, bias = self._inputs(input_ids, context)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, use_reentrant=False)  # recompute in backward: less memory
+                # recompute in backward: less memory
+                x = checkpoint(block, x, mask, bias=bias, use_reentrant=False)
             else:
-                x = block(x, mask)
+                x = block(x, mask, bias=bias)
         return self.final_norm(x) * mask.unsqueeze(-1).to(x.dtype)
 
     def grow_items(self, n_items: int) -> None:
@@ -126,23 +178,22 @@ class SASRec(nn.Module):
         """Trade compute for memory: keep only block inputs and recompute activations in backward."""
         self.activation_checkpointing = enabled
 
-    def encode_users(self, input_ids: Tensor) -> Tensor:
+    def encode_users(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding).
 
-        Equal to ``forward(input_ids)[:, -1]``, but the final block computes only that position: at
+        Equal to ``forward(input_ids, context)[:, -1]``, but the final block computes only that position: at
         serving batch sizes this saves about a third of the forward pass."""
-        mask = padding_mask(input_ids)  # [B, L]
-        x = self.embedding(input_ids)
+        mask, x, bias = self._inputs(input_ids, context)
         for block in self.blocks[:-1]:
-            x = block(x, mask)
-        x = self.blocks[-1](x, mask, last_only=True)  # [B, 1, D]
+            x = block(x, mask, bias=bias)
+        x = self.blocks[-1](x, mask, last_only=True, bias=bias)  # [B, 1, D]
         return (self.final_norm(x) * mask[:, -1:].unsqueeze(-1).to(x.dtype))[:, 0]
 
     def encode_items(self, ids: Tensor) -> Tensor:
         """``[...] -> [..., D]``: rows of the shared input item table (unscaled)."""
         return self.embedding.item_table(ids)
 
-    def score_all(self, input_ids: Tensor) -> Tensor:
+    def score_all(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, N + 1]`` scores of every item id; column 0 is padding."""
         all_ids = torch.arange(self.n_items + 1, device=input_ids.device)
-        return self.similarity.matrix(self.encode_users(input_ids), self.encode_items(all_ids))
+        return self.similarity.matrix(self.encode_users(input_ids, context), self.encode_items(all_ids))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from seekrec.models.base import AuxiliaryOutputs, SequenceRecommender
+from seekrec.models.layers.context import SequenceContext
 from seekrec.models.losses import NextItemLoss
 
 
@@ -23,14 +24,16 @@ class NextItemBatch:
 
     ``input_ids [B, L]``: item ids, 0 = padding. ``target_ids [B, L]``: the item that follows
     ``input_ids[:, t]`` (typically ``input_ids`` shifted left by one plus the next item), 0 where
-    there is no target (padding).
+    there is no target (padding). ``context``: event times / values for models that need them.
     """
 
     input_ids: Tensor
     target_ids: Tensor
+    context: SequenceContext | None = None
 
     def to(self, device: torch.device | str) -> NextItemBatch:
-        return NextItemBatch(self.input_ids.to(device), self.target_ids.to(device))
+        context = None if self.context is None else self.context.to(device)
+        return NextItemBatch(self.input_ids.to(device), self.target_ids.to(device), context)
 
 
 class HasNextItemTensors(Protocol):
@@ -104,9 +107,12 @@ class NextItemTask:
         """Forward the batch and return the scalar loss plus detached stats.
 
         Stats: ``loss`` (total), ``loss_main``, ``loss_aux`` (0 without auxiliary outputs),
-        ``n_targets``, plus the model's own auxiliary stats.
+        ``n_targets``, plus the model's own auxiliary stats. A batch's ``context`` (when it has one) goes to
+        the model as ``context=``.
         """
-        hidden = self.model(batch.input_ids)  # [B, L, D]
+        context = getattr(batch, "context", None)
+        # a keyword, so DDP wrappers pass it on; left out when absent so context-free models need not take it
+        hidden = self.model(batch.input_ids) if context is None else self.model(batch.input_ids, context=context)
         has_target = batch.target_ids != 0  # [B, L]
         if not bool(has_target.any()):
             raise ValueError("batch has no targets: every target_ids entry is 0 (padding)")

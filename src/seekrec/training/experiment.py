@@ -157,7 +157,8 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
                                      n_side_features=None if side is None else side.shape[1])
         model = run_model.build(item_features=side)
         loss = build_loss(config.loss, data.n_items, item_counts=item_counts(split.train.items, data.n_items))
-        dataset = SequenceDataset(split.train, config.data.max_len, stride=config.data.stride)
+        dataset = SequenceDataset(split.train, config.data.max_len, stride=config.data.stride,
+                                  with_context=bool(getattr(model.config, "needs_context", False)))
         manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
         if ctx.is_main:
             run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,

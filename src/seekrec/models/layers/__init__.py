@@ -2,6 +2,7 @@
 
 from seekrec.models.layers.attention import CausalSelfAttention
 from seekrec.models.layers.block import TransformerBlock
+from seekrec.models.layers.context import ContextEmbedding, RelativeAttentionBias, SequenceContext
 from seekrec.models.layers.embeddings import SequenceEmbedding
 from seekrec.models.layers.feedforward import PointwiseFeedForward
 from seekrec.models.layers.masking import attention_allowed, padding_mask, positions_from_mask
@@ -12,7 +13,10 @@ __all__ = [
     "NORM_KINDS",
     "SIMILARITY_KINDS",
     "CausalSelfAttention",
+    "ContextEmbedding",
     "PointwiseFeedForward",
+    "RelativeAttentionBias",
+    "SequenceContext",
     "SequenceEmbedding",
     "Similarity",
     "TransformerBlock",

@@ -36,14 +36,15 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = build_norm(norm, dim, eps)
         self.ffn = PointwiseFeedForward(dim, ffn_dim, dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, *, last_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, *, last_only: bool = False, bias: Tensor | None = None) -> Tensor:
         """``last_only``: the output at the last position only, ``[B, 1, D]`` (equal to ``[:, -1:]`` of
-        the full output): a user encoding needs no other position from the final block."""
+        the full output): a user encoding needs no other position from the final block. ``bias``
+        ``[B or 1, H, L, L]``: added to the attention logits (see ``CausalSelfAttention``)."""
         residual, out_mask = (x[:, -1:], mask[:, -1:]) if last_only else (x, mask)
         if self.norm_first:
-            h = residual + self.attn(self.attn_norm(x), mask, last_only=last_only)
+            h = residual + self.attn(self.attn_norm(x), mask, last_only=last_only, bias=bias)
             h = h + self.ffn(self.ffn_norm(h))
         else:
-            h = self.attn_norm(residual + self.attn(x, mask, last_only=last_only))
+            h = self.attn_norm(residual + self.attn(x, mask, last_only=last_only, bias=bias))
             h = self.ffn_norm(h + self.ffn(h))
         return h * out_mask.unsqueeze(-1).to(h.dtype)

@@ -26,7 +26,8 @@ class SequenceEmbedding(nn.Module):
         self.max_len = max_len
         self.scale = math.sqrt(dim) if scale else 1.0
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, extra: Tensor | None = None) -> Tensor:
+        """``extra [B, L, D]`` (e.g. event-time features) is summed in before dropout."""
         if input_ids.shape[-1] > self.max_len:
             raise ValueError(
                 f"sequence length {input_ids.shape[-1]} exceeds max_len={self.max_len}; "
@@ -34,6 +35,8 @@ class SequenceEmbedding(nn.Module):
             )
         positions = positions_from_mask(padding_mask(input_ids), start=1)  # [B, L], 0 at padding
         x = self.item_table(input_ids) * self.scale + self.position_table(positions)
+        if extra is not None:
+            x = x + extra
         return self.dropout(x)
 
 
