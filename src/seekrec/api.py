@@ -114,6 +114,9 @@ def load(source: str | Path, version: str | None = None, *, data: str | Path | N
         raise ValueError(f"{path} is a run directory, not a registry: it has one model; drop version={version!r}")
     else:
         predictor = _from_run(RunDir(path), candidates, device)
+    if predictor.needs_context:
+        raise ValueError(f"{predictor.version} uses event-time/action inputs, which seekrec.api's item-id histories "
+                         "cannot feed; serve it with `seekrec serve` (its histories keep event times)")
     return Recommender(predictor, None if data is None else user_histories(data))
 
 

@@ -8,6 +8,7 @@ from a server that imported seekrec once), so each restart costs milliseconds in
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -338,3 +339,58 @@ def test_a_trainer_started_before_redis_waits_for_it(config_for: Any, throwaway_
     throwaway_redis.resume()
     runner.join(60)
     assert not runner.is_alive() and result["position"] == 4
+
+
+CONTEXT_FLAGS = ["model.time_features=true", "model.action_features=true", "model.relative_time_bias=true"]
+
+
+def test_context_windows_align_times_and_values_with_items() -> None:
+    """Each online example of a model with event-time inputs carries its events' times and values at the same
+    positions as their items, and as query time the time of the event each position predicts (the target's
+    time at the last), as ``SequenceDataset.batch`` builds offline windows."""
+    from seekrec.data.schema import IdMap
+    from seekrec.online.event_log import LoggedEvent
+    from seekrec.online.histories import UserHistories
+    from seekrec.online.updates import ReplayBuffer, consume_events, rows_to_batch
+
+    catalog = Catalog.from_data(IdMap.fit(["a", "b", "c"]), torch.tensor([1]).numpy())
+    hist = UserHistories(4)
+    events = [LoggedEvent("u", item, 100.0 * (k + 1), value=float(k + 1), offset=k + 1)
+              for k, item in enumerate(["a", "b", "c", "a", "b"])]
+    rows, max_ts = consume_events(events, hist, catalog, width=4, with_context=True)
+    assert max_ts == 500.0 and len(rows) == 4  # the first event has no history: no row
+    assert rows.items[-1].tolist() == [2, 3, 1, 2] and rows.times[-1].tolist() == [200, 300, 400, 500]
+    assert rows.values[-1].tolist() == [2.0, 3.0, 4.0, 5.0] and rows.items[0].tolist() == [0, 0, 1, 2]
+    batch = rows_to_batch(rows)
+    assert batch.context is not None and batch.target_ids[:, :-1].eq(0).all()
+    assert batch.context.times[0].tolist() == [0, 0, 100] and batch.context.query_times[0].tolist() == [0, 0, 200]
+    assert batch.context.query_times[-1].tolist() == [300, 400, 500]  # each position: its next event's time
+    assert batch.context.values[-1].tolist() == [2.0, 3.0, 4.0]
+    plain, _ = consume_events([LoggedEvent("v", "a", 1.0, offset=6), LoggedEvent("v", "b", 2.0, offset=7)], hist,
+                              catalog, width=4)
+    assert plain.times is None and rows_to_batch(plain).context is None  # id-only models: rows as before
+    buffer = ReplayBuffer(3, 4, with_context=True)
+    buffer.push(rows)
+    sampled = buffer.sample(5, torch.Generator().manual_seed(0))
+    assert len(buffer) == 3 and all(sampled.times[r, -1] == 100 * (sampled.items[r, -1] % 3 + 3) for r in range(5))
+
+
+def test_trains_and_publishes_a_model_with_event_time_inputs(tmp_path: Path, sim_data_dir: Path) -> None:
+    run = tmp_path / "context-run"
+    train_experiment(ExperimentConfig.load(None, [*BASE_OVERRIDES, *CONTEXT_FLAGS]), sim_data_dir, run)
+    ModelRegistry(tmp_path / "registry").publish_run(run)
+    config = OnlineTrainerConfig(registry=tmp_path / "registry", event_log=f"sqlite://{tmp_path / 'events.db'}",
+                                 dataset=sim_data_dir, state_dir=tmp_path / "state", device="cpu", block_ms=0,
+                                 stop_when_idle=True, events_per_step=8, publish_every_events=20,
+                                 publish_every_seconds=3600.0, threads=1, replay_ratio=1.0)
+    catalog = Catalog.from_bytes((ModelRegistry(config.registry).load().directory / CATALOG_FILE).read_bytes())
+    raw = catalog.items.decode([1, 2, 3])
+    _append(config, [Event(f"ctx-{u}", raw[k % 3], 2_000_000_000.0 + 3600 * k, value=float(k % 5))
+                     for k in range(6) for u in range(4)] + [Event("ctx-0", "new-item", 2_000_100_000.0)])
+    with OnlineTrainer(config) as trainer:
+        summary = trainer.run()
+        assert trainer.examples.replay.rows.times is not None
+    assert summary["position"] == 25 and summary["steps"] >= 2 and summary["versions_published"]
+    current = ModelRegistry(config.registry).load()
+    assert current.model.config.needs_context and current.model.n_items == len(catalog.items) + 1
+    assert all(math.isfinite(r["loss"]) for r in _records(config, "train") if "loss" in r)

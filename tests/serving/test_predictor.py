@@ -152,3 +152,69 @@ def test_compiled_encoder_gives_the_same_recommendations(registry: ModelRegistry
         for a, b in zip(compiled.recommend(batch), predictor.recommend(batch)):
             assert a.item_ids == b.item_ids
             torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4)
+
+
+CONTEXT_CONFIG = {"dim": 16, "n_layers": 1, "n_heads": 2, "max_len": 12, "time_features": True,
+                  "action_features": True, "relative_time_bias": True}
+
+
+@pytest.fixture
+def context_predictor(tmp_path: Path, sim_data_dir: Path) -> SequencePredictor:
+    """A tiny SASRec with event-time / action inputs (untrained: its query-gap embeddings are random, so the
+    request time moves its scores), published with the dataset's catalog and loaded from the registry."""
+    from seekrec.data.schema import InteractionData
+    from seekrec.data.vocab import Catalog
+    from seekrec.models.factory import build_model
+
+    data = InteractionData.read(sim_data_dir)
+    catalog = Catalog.from_data(data.item_ids, data.interactions()[1])
+    torch.manual_seed(0)
+    model = build_model("sasrec", CONTEXT_CONFIG, data.n_items)
+    registry = ModelRegistry(tmp_path / "context-registry")
+    registry.publish(model, model_name="sasrec", model_config={**CONTEXT_CONFIG, "n_items": data.n_items},
+                     extra_files={CATALOG_FILE: catalog.to_bytes()})
+    return SequencePredictor.from_registry(registry)  # loads (no refusal) and passes its self-check
+
+
+def test_a_model_with_event_time_inputs_serves_as_of_the_request_time(context_predictor: SequencePredictor,
+                                                                       sim_data_dir: Path) -> None:
+    predictor = context_predictor
+    assert predictor.needs_context
+    histories = UserHistories.from_dataset(sim_data_dir, 200, predictor.catalog)
+    users = [str(u) for u in range(1, 21)]
+
+    def served(now: int) -> list[Recommendation]:
+        predictor.clock = lambda: now + 0.9  # whole seconds: the fraction is dropped
+        queries = []
+        for user in users:
+            items, times, values = zip(*histories.events(user))
+            queries.append(Query(user, items, 10, exclude_seen=False, times=times, values=values))
+        return predictor.recommend(queries)
+
+    def reference(now: int) -> torch.Tensor:
+        inputs, context = histories.padded_with_context(users, now, predictor.max_len)
+        with torch.no_grad():
+            return predictor.model.score_all(inputs, context)  # [B, N + 1]
+
+    last = max(t for u in users for _, t, _ in histories.events(u))
+    soon, later = last + 60, last + 3 * 365 * 86400
+    results = {}
+    for now in (soon, later):
+        recs, scores = served(now), reference(now)
+        scores[:, 0] = float("-inf")
+        ref_scores, ref_ids = scores.topk(10, dim=1)
+        for row, rec in enumerate(recs):
+            assert not rec.fallback and list(rec.item_ids) == predictor.catalog.items.decode(ref_ids[row])
+            torch.testing.assert_close(torch.tensor(rec.scores), ref_scores[row], rtol=1e-4, atol=1e-5)
+        results[now] = recs
+    assert any(a.scores != b.scores for a, b in zip(results[soon], results[later]))
+    assert any(a.item_ids != b.item_ids for a, b in zip(results[soon], results[later]))
+    with pytest.raises(ValueError, match="needs the events' times and values"):
+        predictor.recommend([Query("no-times", (1, 2), 5)])
+
+
+def test_queries_without_times_still_serve_models_without_event_time_inputs(predictor: SequencePredictor) -> None:
+    assert not predictor.needs_context
+    assert not predictor.recommend([Query("plain", (1, 2), 5)])[0].fallback
+    with pytest.raises(ValueError, match="times has 1 entries but history has 2"):
+        Query("bad", (1, 2), 5, times=(1,), values=(1.0, 1.0))

@@ -1,5 +1,5 @@
 """``train_experiment`` with event-time and action inputs, end to end on a small simulated dataset, and the
-serving / online loaders refusing what they cannot feed."""
+registry loading and serving them (``seekrec.api``, which keeps item ids only, refuses them)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from seekrec.api import load
-from seekrec.registry import ModelRegistry, RegistryError
+from seekrec.registry import ModelRegistry
 from seekrec.registry.artifacts import read_run
+from seekrec.serving.predictor import Query
+from seekrec.serving.sequence_predictor import SequencePredictor
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.run_dir import RunDir
 
@@ -36,13 +38,15 @@ def test_a_run_with_event_time_inputs_trains_evaluates_and_round_trips(context_r
     assert model.config.needs_context and model.context_embedding is not None
 
 
-def test_serving_and_the_registry_refuse_models_with_event_time_inputs(context_run: Path, tmp_path: Path) -> None:
-    message = "supported for offline training and evaluation only"
-    with pytest.raises(RegistryError, match=message):
-        load(context_run)  # a run directory, as `seekrec.api.load` serves it
+def test_the_registry_loads_and_serves_models_with_event_time_inputs(context_run: Path, tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "registry")
-    artifact = read_run(context_run)  # publishing (archiving) is fine ...
+    artifact = read_run(context_run)
     registry.publish(artifact.model, model_name=artifact.model_name, model_config=artifact.model_config,
                      extra_files=artifact.extra_files)
-    with pytest.raises(RegistryError, match=f"time_features, action_features, relative_time_bias.*{message}"):
-        registry.load()  # ... loading it for the server or the online trainer is not
+    loaded = registry.load()  # for the server or the online trainer
+    assert loaded.model.config.needs_context
+    predictor = SequencePredictor.from_registry(registry)  # self-checked with event times
+    rec = predictor.recommend([Query("u", (1, 2, 3), 5, times=(1_000, 2_000, 3_000), values=(1.0, 4.0, 5.0))])[0]
+    assert not rec.fallback and len(rec.item_ids) == 5
+    with pytest.raises(ValueError, match="seekrec.api's item-id histories cannot feed"):
+        load(context_run)  # `seekrec.api` keeps item ids only: refused at load, with what to do instead

@@ -31,6 +31,19 @@ class SequenceContext:
     query_times: torch.Tensor
     values: torch.Tensor | None = None
 
+    @classmethod
+    def of_history(cls, input_ids: np.ndarray, times: np.ndarray, values: np.ndarray | None,
+                   last_query_times: np.ndarray | int) -> SequenceContext:
+        """The context of left-padded histories ``input_ids [B, L]`` (0 = padding) whose events happened at
+        ``times [B, L]`` with ``values [B, L]`` (or None): as query time of each position the next event's
+        time, and ``last_query_times`` (``[B]``, or one time for every row: a request's "now") at the last
+        position; 0 at padding. Evaluation (the held-out event's time) and serving (the request time) share it."""
+        last = np.broadcast_to(np.asarray(last_query_times, dtype=np.int64), (times.shape[0],))
+        query = np.concatenate([times[:, 1:], last[:, None]], axis=1).astype(np.int64)
+        query[input_ids == 0] = 0
+        return cls(torch.from_numpy(np.ascontiguousarray(times, dtype=np.int64)), torch.from_numpy(query),
+                   None if values is None else torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SequenceContext:
         values = None if self.values is None else self.values.to(device, non_blocking=non_blocking)
         return SequenceContext(self.times.to(device, non_blocking=non_blocking),

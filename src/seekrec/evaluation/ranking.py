@@ -76,10 +76,7 @@ def history_context(history: UserSequences, users: np.ndarray, target_times: np.
     (the held-out events') at the last position; 0 at padding. Only the last position matters for scoring."""
     times = history.padded(users, column="timestamps")  # [B, H]
     values = history.padded(users, column="values") if history.values is not None else None
-    query = np.concatenate([times[:, 1:], np.asarray(target_times, dtype=np.int64)[:, None]], axis=1)
-    query[history.padded(users) == 0] = 0
-    return SequenceContext(torch.from_numpy(times), torch.from_numpy(query),
-                           None if values is None else torch.from_numpy(values))
+    return SequenceContext.of_history(history.padded(users), times, values, np.asarray(target_times, dtype=np.int64))
 
 
 @dataclass

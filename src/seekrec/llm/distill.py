@@ -42,6 +42,7 @@ from seekrec.llm.teacher_targets import (
     TeacherTargets,
     compute_targets,
     load_run_model,
+    refuse_context_inputs,
     teacher_name,
 )
 from seekrec.models.base import AuxiliaryOutputs, SequenceRecommender
@@ -311,6 +312,7 @@ def student_model(config: DistillConfig, data: InteractionData, manifest_sha: st
     side = genre_features(data) if section.use_item_features else None
     spec = RunModel.resolve(section, data_max_len=config.data.max_len, n_items=data.n_items,
                             n_side_features=None if side is None else side.shape[1])
+    refuse_context_inputs(spec.config, "[model]")
     return spec.build(item_features=side), spec
 
 

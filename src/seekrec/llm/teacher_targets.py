@@ -31,6 +31,7 @@ from seekrec.data.splits import Split, UserSequences, load_split
 from seekrec.io import atomic_path, atomic_write_json, sha256_file
 from seekrec.llm.examples import UserEvents
 from seekrec.llm.prompts import History
+from seekrec.models.layers.context import CONTEXT_FLAGS
 from seekrec.training.distributed import resolve_device
 from seekrec.training.experiment import genre_features
 from seekrec.training.progress import progress_log
@@ -282,5 +283,16 @@ def load_run_model(run: str | Path, data: InteractionData, manifest_sha: str) ->
         raise ValueError(f"{run}: trained on another dataset (manifest sha256 {str(trained_on)[:12]}...); use a run "
                          "trained on this data")
     spec = run_dir.read_model()
+    refuse_context_inputs(spec.config, str(run))
     model = spec.build(item_features=genre_features(data) if spec.use_item_features else None)
     return run_dir.load_best(model), spec
+
+
+def refuse_context_inputs(model_config: dict[str, Any], what: str) -> None:
+    """ValueError when ``model_config`` has event-time / action inputs: teacher targets and distillation
+    keep item-id prefixes only (no event times to feed such a model)."""
+    flags = [name for name in CONTEXT_FLAGS if model_config.get(name)]
+    if flags:
+        raise ValueError(f"{what}: the model uses event-time/action inputs ({', '.join(flags)}), which teacher "
+                         "targets and distillation do not feed (their prefixes are item ids only); use a model "
+                         "trained without them")

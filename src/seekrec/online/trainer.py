@@ -211,7 +211,8 @@ class OnlineTrainer:
             raise ValueError(f"max_len {self.max_len} exceeds the model's max_len {model_max_len}")
         self.catalog = Catalog.from_bytes((self.state_dir / BASE_CATALOG_FILE).read_bytes())
         self.examples = StreamExamples(cfg.dataset, self.catalog, self.max_len, cfg.replay_window,
-                                       add_items=cfg.unknown_items == "accept")
+                                       add_items=cfg.unknown_items == "accept",
+                                       with_context=bool(getattr(self.model.config, "needs_context", False)))
         position = int(self.state["position"])
         self.examples.catch_up(self.events, position)
         if "n_items" in self.state and len(self.catalog.items) != self.state["n_items"]:
@@ -335,8 +336,8 @@ class OnlineTrainer:
         if len(self.catalog.items) > self.model.n_items:
             self._grow()
         record: dict[str, Any] = {"kind": "train", "time": time.time(), "from": events[0].offset,
-                                  "to": self.position, "events": len(events), "examples": int(rows.shape[0])}
-        if rows.shape[0]:
+                                  "to": self.position, "events": len(events), "examples": len(rows)}
+        if len(rows):
             train_batch, replayed = self.examples.batch(rows, self.config.replay_ratio, self.generator)
             stats = self.step_fn([train_batch])
             self.last_loss = stats.loss

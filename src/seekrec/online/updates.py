@@ -11,16 +11,17 @@ r / (1 + r) of the loss, the share that guards against forgetting.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seekrec.data.schema import InteractionData
-from seekrec.data.sequences import SeqBatch
+from seekrec.data.sequences import SeqBatch, SequenceContext
 from seekrec.data.vocab import Catalog
 from seekrec.online.event_log import EventLog, LoggedEvent
-from seekrec.online.histories import UserHistories
+from seekrec.online.histories import HistoryEvent, UserHistories
 from seekrec.training.config import TrainConfig
 from seekrec.training.step import build_optimizer
 
@@ -33,41 +34,98 @@ def window_row(history: Sequence[int], target: int, width: int) -> np.ndarray:
     return row
 
 
+@dataclass
+class ExampleRows:
+    """Example windows ``[E, L + 1]``, left-padded, the target last: the item ids and, for a model with
+    event-time / action inputs, the events' unix seconds (int64) and values (float32) aligned with them
+    (None for the others, which keep the memory of id-only rows)."""
+
+    items: torch.Tensor  # [E, L + 1]
+    times: torch.Tensor | None = None  # [E, L + 1] int64, 0 at padding
+    values: torch.Tensor | None = None  # [E, L + 1] float32, 0 at padding
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @classmethod
+    def empty(cls, width: int, with_context: bool) -> ExampleRows:
+        return cls(torch.zeros(0, width, dtype=torch.long), *((torch.zeros(0, width, dtype=torch.long),
+                   torch.zeros(0, width, dtype=torch.float32)) if with_context else (None, None)))
+
+    @classmethod
+    def of_windows(cls, windows: Sequence[Sequence[HistoryEvent]], width: int, with_context: bool) -> ExampleRows:
+        """Rows of ``windows`` (each the user's events before the target event, then it; the last
+        ``width`` are kept); times and values only ``with_context``."""
+        if not windows:
+            return cls.empty(width, with_context)
+        items = np.zeros((len(windows), width), dtype=np.int64)
+        times = np.zeros((len(windows), width), dtype=np.int64) if with_context else None
+        values = np.zeros((len(windows), width), dtype=np.float32) if with_context else None
+        for row, window in enumerate(windows):
+            recent = list(window[-width:])
+            columns = list(zip(*recent))
+            items[row, width - len(recent) :] = columns[0]
+            if times is not None and values is not None:
+                times[row, width - len(recent) :] = columns[1]
+                values[row, width - len(recent) :] = columns[2]
+        return cls(torch.from_numpy(items), None if times is None else torch.from_numpy(times),
+                   None if values is None else torch.from_numpy(values))
+
+    def select(self, index: torch.Tensor | slice) -> ExampleRows:
+        return ExampleRows(self.items[index], None if self.times is None else self.times[index],
+                           None if self.values is None else self.values[index])
+
+    def cat(self, other: ExampleRows) -> ExampleRows:
+        def join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else torch.cat([a, b])
+
+        return ExampleRows(torch.cat([self.items, other.items]), join(self.times, other.times),
+                           join(self.values, other.values))
+
+
 def consume_events(
-    events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int, add_items: bool = True
-) -> tuple[torch.Tensor, float | None]:
+    events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int, add_items: bool = True,
+    *, with_context: bool = False,
+) -> tuple[ExampleRows, float | None]:
     """Apply ``events`` (new items join ``catalog`` when ``add_items``, else their events are skipped)
     and return one example row per event.
 
-    Returns ``rows [E', L + 1]`` (the user's window before the event, then the event's item) and
-    the largest timestamp applied. A user's first event has no history to condition on, so it
-    updates the histories but yields no row. Offsets already applied are skipped, which makes the
-    start-up replay of the log and the live loop one code path.
+    Returns ``rows [E', L + 1]`` (the user's window before the event, then the event; with times and values
+    when ``with_context``) and the largest timestamp applied. A user's first event has no history to
+    condition on, so it updates the histories but yields no row. Offsets already applied are skipped, which
+    makes the start-up replay of the log and the live loop one code path.
     """
-    rows: list[np.ndarray] = []
+    windows: list[list[HistoryEvent]] = []
     max_ts: float | None = None
     for event in events:
-        before = histories.get(event.user_id)
+        before = histories.events(event.user_id)
         applied = histories.apply([event], catalog, add_items=add_items)
         if not applied:
             continue
         max_ts = event.timestamp if max_ts is None else max(max_ts, event.timestamp)
-        if before:
-            rows.append(window_row(before, applied[0][1], width))
-    tensor = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width, dtype=torch.long)
-    return tensor, max_ts
+        latest = histories.last(event.user_id)  # the event as the histories keep it
+        if before and latest is not None:
+            windows.append([*before, latest])
+    return ExampleRows.of_windows(windows, width, with_context), max_ts
 
 
-def rows_to_batch(rows: torch.Tensor) -> SeqBatch:
+def rows_to_batch(rows: ExampleRows) -> SeqBatch:
     """``[B, L + 1]`` rows -> a ``SeqBatch`` whose only target is the last position of each row.
 
-    The next-item task does not read user ids, and online users are raw strings without a model id,
-    so ``user_ids`` is zeros.
+    With times, the batch's context is built as ``SequenceDataset.batch`` builds it offline: the inputs'
+    times and values, and as query time of each position the time of the event after it (so the target's
+    time at the last position). The next-item task does not read user ids, and online users are raw strings
+    without a model id, so ``user_ids`` is zeros.
     """
-    inputs = rows[:, :-1].contiguous()  # [B, L]
+    inputs = rows.items[:, :-1].contiguous()  # [B, L]
     targets = torch.zeros_like(inputs)
-    targets[:, -1] = rows[:, -1]
-    return SeqBatch(inputs, targets, torch.zeros(rows.shape[0], dtype=torch.long))
+    targets[:, -1] = rows.items[:, -1]
+    context = None
+    if rows.times is not None:
+        query_times = rows.times[:, 1:].masked_fill(inputs == 0, 0).contiguous()
+        values = None if rows.values is None else rows.values[:, :-1].contiguous()
+        context = SequenceContext(rows.times[:, :-1].contiguous(), query_times, values)
+    return SeqBatch(inputs, targets, torch.zeros(len(rows), dtype=torch.long), context)
 
 
 class ReplayBuffer:
@@ -77,33 +135,41 @@ class ReplayBuffer:
     replayed up to its checkpoint, so it never needs to be saved and restarts see the same buffer.
     """
 
-    def __init__(self, capacity: int, width: int) -> None:
+    def __init__(self, capacity: int, width: int, *, with_context: bool = False) -> None:
         if capacity < 1 or width < 2:
             raise ValueError(f"replay capacity must be >= 1 and width >= 2, got {capacity}, {width}")
-        self.rows = torch.zeros(capacity, width, dtype=torch.long)  # [M, L + 1]
+        empty = ExampleRows.empty(width, with_context)
+        self.rows = ExampleRows(*(None if t is None else t.new_zeros(capacity, width)
+                                  for t in (empty.items, empty.times, empty.values)))  # [M, L + 1] each
         self.size = 0
         self.next = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def push(self, rows: torch.Tensor) -> None:
+    def push(self, rows: ExampleRows) -> None:
         """Add ``rows [E, L + 1]``, overwriting the oldest rows once full."""
-        capacity = self.rows.shape[0]
-        rows = rows[-capacity:]
-        index = (self.next + torch.arange(rows.shape[0])) % capacity
-        self.rows[index] = rows
-        self.next = int((self.next + rows.shape[0]) % capacity)
-        self.size = min(capacity, self.size + rows.shape[0])
+        capacity = len(self.rows)
+        rows = rows.select(slice(-capacity, None))
+        index = (self.next + torch.arange(len(rows))) % capacity
+        for mine, theirs in ((self.rows.items, rows.items), (self.rows.times, rows.times),
+                             (self.rows.values, rows.values)):
+            if mine is not None:
+                if theirs is None:
+                    raise ValueError("this replay buffer keeps event times and values; push rows that have them")
+                mine[index] = theirs
+        self.next = int((self.next + len(rows)) % capacity)
+        self.size = min(capacity, self.size + len(rows))
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator) -> ExampleRows:
         """``[n, L + 1]`` rows drawn uniformly with replacement (none when the buffer is empty)."""
         if n < 1 or self.size == 0:
-            return self.rows[:0]
-        return self.rows[torch.randint(0, self.size, (n,), generator=generator)]
+            return self.rows.select(slice(0, 0))
+        return self.rows.select(torch.randint(0, self.size, (n,), generator=generator))
 
 
-def dataset_rows(data_dir: str | Path, histories: UserHistories, capacity: int) -> torch.Tensor:
+def dataset_rows(data_dir: str | Path, histories: UserHistories, capacity: int, *,
+                 with_context: bool = False) -> ExampleRows:
     """Replay rows for the dataset's users, most recently active last, so the buffer starts full of
     what the base model was trained on rather than empty (early online steps would forget it)."""
     data = InteractionData.read(data_dir)
@@ -111,13 +177,12 @@ def dataset_rows(data_dir: str | Path, histories: UserHistories, capacity: int) 
     last_ts = np.full(data.n_users + 1, np.iinfo(np.int64).min)
     np.maximum.at(last_ts, users, ts)
     order = np.argsort(last_ts[1:], kind="stable") + 1  # user ids, least recent first
-    width = histories.max_len
-    rows = []
+    windows = []
     for uid in order.tolist()[-capacity:]:
-        items = histories.get(str(data.user_ids.raw[uid - 1]))
-        if len(items) >= 2:
-            rows.append(window_row(items[:-1], items[-1], width))
-    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, width, dtype=torch.long)
+        events = histories.events(str(data.user_ids.raw[uid - 1]))
+        if len(events) >= 2:
+            windows.append(events)
+    return ExampleRows.of_windows(windows, histories.max_len, with_context)
 
 
 class StreamExamples:
@@ -128,13 +193,14 @@ class StreamExamples:
     """
 
     def __init__(self, data_dir: str | Path, catalog: Catalog, max_len: int, replay_window: int, *,
-                 add_items: bool = True) -> None:
+                 add_items: bool = True, with_context: bool = False) -> None:
         # add_items False: the "reject" unknown-item policy, events for items outside the catalog are skipped
         self.catalog, self.width, self.add_items = catalog, max_len + 1, add_items
+        self.with_context = with_context  # rows carry event times and values (models with event-time inputs)
         # max_len + 1 items per user, so replay rows seeded from the dataset have full-length inputs
         self.histories = UserHistories.from_dataset(data_dir, max_len + 1, catalog)
-        self.replay = ReplayBuffer(replay_window, self.width)
-        self.replay.push(dataset_rows(data_dir, self.histories, replay_window))
+        self.replay = ReplayBuffer(replay_window, self.width, with_context=with_context)
+        self.replay.push(dataset_rows(data_dir, self.histories, replay_window, with_context=with_context))
 
     @property
     def position(self) -> int:
@@ -150,18 +216,19 @@ class StreamExamples:
                                  f"is at {position}: is this the log the trainer was reading?")
             self.replay.push(self.consume(events)[0])
 
-    def consume(self, events: Sequence[LoggedEvent]) -> tuple[torch.Tensor, float | None]:
+    def consume(self, events: Sequence[LoggedEvent]) -> tuple[ExampleRows, float | None]:
         """``consume_events`` on this state: ``rows [E', L + 1]`` and the largest timestamp."""
-        return consume_events(events, self.histories, self.catalog, self.width, self.add_items)
+        return consume_events(events, self.histories, self.catalog, self.width, self.add_items,
+                              with_context=self.with_context)
 
-    def batch(self, rows: torch.Tensor, replay_ratio: float, generator: torch.Generator) -> tuple[SeqBatch, int]:
+    def batch(self, rows: ExampleRows, replay_ratio: float, generator: torch.Generator) -> tuple[SeqBatch, int]:
         """New ``rows`` plus ``replay_ratio`` replayed rows each, as one batch; returns it and the replay count.
 
         The new rows join the buffer after sampling, so a step's replay never repeats its own examples.
         """
-        replayed = self.replay.sample(round(replay_ratio * rows.shape[0]), generator)
+        replayed = self.replay.sample(round(replay_ratio * len(rows)), generator)
         self.replay.push(rows)
-        return rows_to_batch(torch.cat([rows, replayed])), int(replayed.shape[0])
+        return rows_to_batch(rows.cat(replayed)), len(replayed)
 
 
 def grow_items_keeping_state(

@@ -116,6 +116,9 @@ class SequenceRetriever:
     retrieves_added_items = False  # no item-table row for an item without interactions
 
     def __init__(self, model: torch.nn.Module, max_len: int) -> None:
+        if getattr(getattr(model, "config", None), "needs_context", False):
+            raise ValueError(f"{type(model).__name__} uses event-time/action inputs, but the pipeline's user rows "
+                             "keep item ids only: use a sequence retriever trained without them")
         self.model, self.max_len = model.eval(), max_len
         self.metric = model.similarity.kind
         self.n_items = int(model.n_items)

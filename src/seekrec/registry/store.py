@@ -30,7 +30,6 @@ from safetensors.torch import save_model
 from torch import nn
 
 from seekrec.io import atomic_write_json, sha256_file
-from seekrec.models.layers.context import CONTEXT_FLAGS
 from seekrec.registry.artifacts import (
     RegistryError,
     checked_config,
@@ -53,25 +52,13 @@ _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 class LoadedModel:
     """A verified model in eval mode, with its manifest and directory (for extra files).
 
-    Every served or online-trained sequence model is one of these (registry versions, run directories,
-    bundles' retrievers), and those paths keep histories of item ids only: a model with event-time /
-    action inputs is refused here, when it is loaded, rather than failing at its first request.
-    """
+    A model with event-time / action inputs (``model_config`` with ``time_features``, ...) is served and
+    trained online like any other: the user histories keep each event's time and value to feed it."""
 
     version: str
     manifest: dict[str, Any]
     model: nn.Module
     directory: Path
-
-    def __post_init__(self) -> None:
-        config = self.manifest.get("model_config") or {}
-        flags = [name for name in CONTEXT_FLAGS if config.get(name)]
-        if flags:
-            raise RegistryError(
-                f"{self.version}: {self.manifest.get('model_name', 'the model')} uses event-time/action inputs "
-                f"({', '.join(flags)}), which are supported for offline training and evaluation only; serving and "
-                "online training feed item ids alone: serve a model trained without them"
-            )
 
 
 @dataclass

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from seekrec.data.vocab import Catalog, Vocab
+from seekrec.online.histories import HistoryEvent
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.serving.loading import load_predictor
 from seekrec.serving.metrics import ServingMetrics
@@ -28,15 +29,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class ArmModel:
-    """A predictor and the map ``server item id -> model item id`` (0: the model does not know it)."""
+    """A predictor and the map ``server item id -> model item id`` (0: the model does not know it).
+
+    ``needs_context``: the predictor's model has event-time / action inputs, so its queries carry the
+    events' times and values (``translate_events``); predictors without the attribute need none."""
 
     predictor: Predictor
     to_model: np.ndarray  # [M + 1]
+    needs_context: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_context", bool(getattr(self.predictor, "needs_context", False)))
 
     def translate(self, items: Sequence[int]) -> tuple[int, ...]:
         """Server ids -> this model's ids, dropping items it does not know (ids added after it loaded too)."""
         size = len(self.to_model)
         return tuple(m for m in (int(self.to_model[i]) if i < size else 0 for i in items) if m > 0)
+
+    def translate_events(self, events: Sequence[HistoryEvent]) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                                        tuple[float, ...]]:
+        """``translate`` for ``(server id, time, value)`` events: this model's ids and, aligned with them,
+        the kept events' times and values."""
+        size = len(self.to_model)
+        kept = [(m, t, v) for m, t, v in ((int(self.to_model[i]) if i < size else 0, t, v) for i, t, v in events)
+                if m > 0]
+        if not kept:
+            return (), (), ()
+        items, times, values = zip(*kept)
+        return items, times, values
 
 
 class ArmTable:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from seekrec.data.vocab import Catalog
 from seekrec.online.event_log import EventLog, LoggedEvent
-from seekrec.online.histories import UserHistories
+from seekrec.online.histories import HistoryEvent, UserHistories
 from seekrec.serving.predictor import REPLAY_CHUNK, Predictor, replay_log
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,11 @@ class HistoryTail:
         """The user's recent items as server ids, oldest first (call only once ``histories`` exist)."""
         assert self.histories is not None  # callers check readiness first
         return self.histories.get(user_id)
+
+    def events(self, user_id: str) -> list[HistoryEvent]:
+        """The user's recent ``(server id, unix seconds, value)`` events, oldest first (once ``histories`` exist)."""
+        assert self.histories is not None  # callers check readiness first
+        return self.histories.events(user_id)
 
     async def catch_up(self, own: Sequence[LoggedEvent] = ()) -> None:
         """Apply every logged event not yet in the histories, in offset order.

@@ -98,6 +98,11 @@ class LLMPredictor:
         return self.retrieval.n_items
 
     @property
+    def needs_context(self) -> bool:
+        """Whether queries must carry event times and values (a retriever with event-time / action inputs)."""
+        return self.retrieval.needs_context
+
+    @property
     def catalog(self) -> Catalog:
         return self.retrieval.catalog
 
@@ -109,7 +114,8 @@ class LLMPredictor:
     def check(self) -> None:
         """One request through retrieval and the LLM must give finite scores and a full list."""
         k = min(10, self.n_items)
-        rec = self._rank([Query("self-check", (1,), k, exclude_seen=False)])[0]
+        now = int(self.retrieval.clock())
+        rec = self._rank([Query("self-check", (1,), k, exclude_seen=False, times=(now,), values=(1.0,))])[0]
         if len(rec.item_ids) != k or not all(map(math.isfinite, rec.scores)):
             raise RegistryError(f"{self.version}: the LLM re-ranker produces non-finite scores or short lists; it "
                                 "will not be served: promote another version")

@@ -29,16 +29,25 @@ REPLAY_CHUNK = 10_000  # events read from the log per call while replaying it
 class Query:
     """One user's request. ``history``: the user's recent items as this model's item ids, oldest first
     (ids the model does not know are already dropped); the last ``max_len`` feed the model and all of
-    them are excluded from the results when ``exclude_seen``."""
+    them are excluded from the results when ``exclude_seen``. ``times`` (unix seconds) and ``values`` of
+    those events, aligned with ``history``: given only to a predictor whose ``needs_context`` (a model
+    with event-time / action inputs), None otherwise."""
 
     user_id: str
     history: tuple[int, ...]
     k: int
     exclude_seen: bool = True
+    times: tuple[int, ...] | None = None
+    values: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        for name in ("times", "values"):
+            column = getattr(self, name)
+            if column is not None and len(column) != len(self.history):
+                raise ValueError(f"Query.{name} has {len(column)} entries but history has {len(self.history)}; "
+                                 "give one per history event")
 
     @property
     def personal(self) -> bool:

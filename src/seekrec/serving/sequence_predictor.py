@@ -5,6 +5,10 @@ one ANN search for candidates, and an exact rescoring of those candidates with t
 ``similarity``, so a returned score is the score ``score_all`` would give that item. Users the model
 cannot personalise for (unknown, or no item it knows) get the most popular items instead, flagged
 as a fallback so clients and experiment analysis can tell the two apart.
+
+A model with event-time / action inputs (``needs_context``) also gets the events' times and values from
+the queries and, as the query time of the last position, the request time ("now", in unix seconds):
+what it predicts is the next item as of the moment it is asked.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from seekrec.data.sequences import SequenceContext
 from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.registry import MODEL_KIND, LoadedModel, ModelRegistry, RegistryError
@@ -45,12 +51,16 @@ class SequencePredictor:
     kind = MODEL_KIND
 
     def __init__(self, loaded: LoadedModel, catalog: Catalog, *, candidates: int = 200,
-                 index_config: IndexConfig | None = None, compile_encoder: bool = False) -> None:
+                 index_config: IndexConfig | None = None, compile_encoder: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         self.version, self.manifest, self.model = loaded.version, loaded.manifest, loaded.model.eval()
         self.catalog, self.candidates = catalog, candidates
         self.max_len = int(loaded.manifest["model_config"]["max_len"])
+        # event-time / action inputs: queries must carry times and values, and "now" is the query time
+        self.needs_context = bool(getattr(getattr(self.model, "config", None), "needs_context", False))
+        self.clock = clock  # the request time's source (unix seconds); tests pin it
         # a catalog can only be longer than the model if items were added after it was trained
         self.n_items = min(int(self.model.n_items), len(catalog.items))
         if self.n_items < 1:
@@ -99,8 +109,10 @@ class SequencePredictor:
         with torch.inference_mode():
             finite = bool(torch.isfinite(self.item_embeddings[1:]).all())
         # two users: a compiled encoder specialises batch size 1, so this also compiles the general case
-        queries = [Query("self-check", (1,), min(10, self.n_items), exclude_seen=False),
-                   Query("self-check-2", (1, min(2, self.n_items)), min(10, self.n_items), exclude_seen=False)]
+        now, k = int(self.clock()), min(10, self.n_items)
+        queries = [Query("self-check", (1,), k, exclude_seen=False, times=(now,), values=(1.0,)),
+                   Query("self-check-2", (1, min(2, self.n_items)), k, exclude_seen=False, times=(now - 60, now),
+                         values=(1.0, 1.0))]
         rec = self._rank(queries)[0]
         if not finite or len(rec.item_ids) != min(10, self.n_items) or not all(map(math.isfinite, rec.scores)):
             raise RegistryError(f"{self.version}: the model produces non-finite scores; it will not be served: "
@@ -124,6 +136,7 @@ class SequencePredictor:
         for row, query in enumerate(queries):
             recent = query.history[-width:]
             inputs[row, width - len(recent) :] = recent
+        context = self._context(queries, inputs) if self.needs_context else None
         seen = [q.history if q.exclude_seen else () for q in queries]
         seen_rows = np.repeat(np.arange(b), [len(h) for h in seen])
         seen_ids = np.fromiter(itertools.chain.from_iterable(seen), dtype=np.int64, count=len(seen_rows))
@@ -131,7 +144,9 @@ class SequencePredictor:
         n_cand = min(self.n_items, max(max(self.candidates, q.k + len(h)) for q, h in zip(queries, seen)))
         k = min(max(q.k for q in queries), n_cand)
         with torch.inference_mode():
-            users = self._encode_users(torch.from_numpy(inputs).to(self.device))  # [B, D]
+            ids = torch.from_numpy(inputs).to(self.device)  # [B, L]
+            users = (self._encode_users(ids) if context is None  # [B, D]
+                     else self._encode_users(ids, context.to(self.device)))
             _, cand = self.index.search(users, n_cand)  # [B, C] item ids, -1 where HNSW found none
             cand = cand.clamp(min=0).to(self.device)
             scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand]).float()  # [B, C]
@@ -149,6 +164,22 @@ class SequencePredictor:
             out.append(Recommendation(query.user_id, tuple(self.catalog.items.decode(top_ids[row, : query.k][keep])),
                                       tuple(row_scores[keep].tolist()), self.version, False))
         return out
+
+    def _context(self, queries: Sequence[Query], inputs: np.ndarray) -> SequenceContext:
+        """The ``SequenceContext`` of ``inputs [B, L]``: the queries' event times and values, and the request
+        time (``clock``, whole seconds) as the last position's query time (``SequenceContext.of_history``)."""
+        b, width = inputs.shape
+        times = np.zeros((b, width), dtype=np.int64)
+        values = np.zeros((b, width), dtype=np.float32)
+        for row, query in enumerate(queries):
+            if query.times is None or query.values is None:
+                raise ValueError(f"{self.version} has event-time / action inputs: query {query.user_id!r} needs the "
+                                 "events' times and values (Query.times, Query.values)")
+            n = min(len(query.history), width)
+            if n:
+                times[row, width - n :] = query.times[-n:]
+                values[row, width - n :] = query.values[-n:]
+        return SequenceContext.of_history(inputs, times, values, int(self.clock()))
 
     def observe(self, events: Sequence[LoggedEvent]) -> None:
         """Nothing to keep: the server's histories reach this model through each query."""

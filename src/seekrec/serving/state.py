@@ -229,7 +229,11 @@ class ServingState:
         model = self.table.arms.get(arm.name)
         if model is None or self.tail.histories is None:
             raise NotReadyError(self.not_ready_reason())
-        query = Query(user_id, model.translate(self.tail.get(user_id)), k, exclude_seen)
+        if model.needs_context:  # event-time / action inputs: the events' times and values go along
+            items, times, values = model.translate_events(self.tail.events(user_id))
+            query = Query(user_id, items, k, exclude_seen, times, values)
+        else:
+            query = Query(user_id, model.translate(self.tail.get(user_id)), k, exclude_seen)
         if query.personal:
             rec = await self.batcher.submit((model, query))
         else:  # popular items: no forward pass, so nothing to wait for or batch
