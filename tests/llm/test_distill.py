@@ -333,3 +333,17 @@ def test_a_killed_run_resumes_to_the_same_student(sim_data_dir, retriever_run, t
     assert resumed["metrics"] == clean["metrics"] and resumed["steps"] == clean["steps"]
     assert (tmp_path / "clean/best/model.safetensors").read_bytes() == \
         (tmp_path / "resumed/best/model.safetensors").read_bytes()
+
+
+def test_students_and_retrievers_with_event_time_inputs_are_refused_at_load(sim_data_dir: Path) -> None:
+    """Teacher rows are item-id prefixes: a model that needs event times could not be fed them."""
+    from seekrec.data.schema import InteractionData
+    from seekrec.llm.distill import student_model
+    from seekrec.llm.teacher_targets import refuse_context_inputs
+
+    refuse_context_inputs({"time_features": False, "relative_position_bias": True}, "fine")  # needs no times
+    with pytest.raises(ValueError, match="run-x: the model uses event-time/action inputs \\(relative_time_bias\\)"):
+        refuse_context_inputs({"relative_time_bias": True}, "run-x")
+    config = DistillConfig.load(None, ["model.name=sasrec", "model.time_features=true", "targets.retriever_run=r"])
+    with pytest.raises(ValueError, match="\\[model\\]: .*time_features.*trained without them"):
+        student_model(config, InteractionData.read(sim_data_dir), "sha")

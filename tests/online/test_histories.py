@@ -118,7 +118,8 @@ def test_padded_with_context_is_what_evaluation_builds_for_the_same_history(sim_
     offline = history_context(train, users, np.full(len(users), now))  # [B, H] over the whole histories
     assert offline.times.shape[1] >= width
     offline = offline.last(width)
-    assert torch.equal(items, torch.from_numpy(train.padded(users)[:, -width:])) and torch.equal(items, hist.padded(raw))
+    assert torch.equal(items, torch.from_numpy(train.padded(users)[:, -width:]))
+    assert torch.equal(items, hist.padded(raw))
     for name in ("times", "query_times", "values"):
         assert torch.equal(getattr(context, name), getattr(offline, name)), name
     assert (context.query_times[:, -1] == now).all()

@@ -163,3 +163,13 @@ def test_the_retriever_is_picked_when_the_stages_are_set(trained: TrainedPipelin
     sasrec = with_stages(trained.pipeline, retriever="sasrec")
     assert two_tower.active_retriever is two_tower.retriever and sasrec.active_retriever is sasrec.sequence
     assert two_tower.active_retriever.retrieves_added_items and not sasrec.active_retriever.retrieves_added_items
+
+
+def test_the_sequence_retriever_refuses_models_with_event_time_inputs() -> None:
+    from seekrec.models.factory import build_model
+    from seekrec.pipeline.stages import SequenceRetriever
+
+    model = build_model("sasrec", {"dim": 8, "n_layers": 1, "n_heads": 2, "max_len": 4, "time_features": True}, 5)
+    with pytest.raises(ValueError, match="event-time/action inputs.*keep item ids only"):
+        SequenceRetriever(model, 4)
+    assert SequenceRetriever(build_model("sasrec", {"dim": 8, "n_layers": 1, "n_heads": 2, "max_len": 4}, 5), 4)

@@ -51,6 +51,28 @@ def registry(tmp_path: Path, trained_run: Path) -> ModelRegistry:
     return reg
 
 
+CONTEXT_CONFIG = {"dim": 16, "n_layers": 1, "n_heads": 2, "max_len": 12, "time_features": True,
+                  "action_features": True, "relative_time_bias": True}
+
+
+@pytest.fixture
+def context_registry(tmp_path: Path, sim_data_dir: Path) -> ModelRegistry:
+    """A registry holding a tiny SASRec with event-time / action inputs (untrained: its query-gap embeddings
+    are random, so the request time moves its scores) and the dataset's catalog."""
+    from seekrec.data.schema import InteractionData
+    from seekrec.data.vocab import Catalog
+    from seekrec.models.factory import build_model
+
+    data = InteractionData.read(sim_data_dir)
+    catalog = Catalog.from_data(data.item_ids, data.interactions()[1])
+    torch.manual_seed(0)
+    model = build_model("sasrec", CONTEXT_CONFIG, data.n_items)
+    registry = ModelRegistry(tmp_path / "context-registry")
+    registry.publish(model, model_name="sasrec", model_config={**CONTEXT_CONFIG, "n_items": data.n_items},
+                     extra_files={CATALOG_FILE: catalog.to_bytes()})
+    return registry
+
+
 @pytest.fixture
 def settings(tmp_path: Path, registry: ModelRegistry, sim_data_dir: Path) -> ServeSettings:
     return ServeSettings(registry=registry.root, event_log=str(tmp_path / "events.db"), data_dir=sim_data_dir,

@@ -169,3 +169,18 @@ def test_bad_pinned_version_fails_startup(settings: ServeSettings) -> None:
     with pytest.raises(Exception, match="unknown version v000009"):
         with TestClient(create_app(pinned)):
             pass
+
+
+def test_serves_a_model_with_event_time_inputs(settings: ServeSettings, context_registry: ModelRegistry) -> None:
+    """The server's histories keep event times, so such a model serves dataset users and live clicks alike."""
+    with TestClient(create_app(replace(settings, registry=context_registry.root))) as client:
+        body = _recommend(client, user_id="3", k=5)
+        assert not body["fallback"] and len(body["items"]) == 5
+        top = _items(body)[0]
+        response = client.post("/events", json={"events": [{"user_id": "3", "item_id": top, "timestamp": 2e9,
+                                                             "value": 4.0}]})
+        assert response.status_code == 200
+        after = _recommend(client, user_id="3", k=5)
+        assert not after["fallback"] and top not in _items(after)
+        client.post("/events", json={"events": [{"user_id": "newcomer", "item_id": top, "timestamp": 2e9}]})
+        assert not _recommend(client, user_id="newcomer")["fallback"]

@@ -154,26 +154,9 @@ def test_compiled_encoder_gives_the_same_recommendations(registry: ModelRegistry
             torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4)
 
 
-CONTEXT_CONFIG = {"dim": 16, "n_layers": 1, "n_heads": 2, "max_len": 12, "time_features": True,
-                  "action_features": True, "relative_time_bias": True}
-
-
 @pytest.fixture
-def context_predictor(tmp_path: Path, sim_data_dir: Path) -> SequencePredictor:
-    """A tiny SASRec with event-time / action inputs (untrained: its query-gap embeddings are random, so the
-    request time moves its scores), published with the dataset's catalog and loaded from the registry."""
-    from seekrec.data.schema import InteractionData
-    from seekrec.data.vocab import Catalog
-    from seekrec.models.factory import build_model
-
-    data = InteractionData.read(sim_data_dir)
-    catalog = Catalog.from_data(data.item_ids, data.interactions()[1])
-    torch.manual_seed(0)
-    model = build_model("sasrec", CONTEXT_CONFIG, data.n_items)
-    registry = ModelRegistry(tmp_path / "context-registry")
-    registry.publish(model, model_name="sasrec", model_config={**CONTEXT_CONFIG, "n_items": data.n_items},
-                     extra_files={CATALOG_FILE: catalog.to_bytes()})
-    return SequencePredictor.from_registry(registry)  # loads (no refusal) and passes its self-check
+def context_predictor(context_registry: ModelRegistry) -> SequencePredictor:
+    return SequencePredictor.from_registry(context_registry)  # loads (no refusal) and passes its self-check
 
 
 def test_a_model_with_event_time_inputs_serves_as_of_the_request_time(context_predictor: SequencePredictor,
@@ -218,3 +201,16 @@ def test_queries_without_times_still_serve_models_without_event_time_inputs(pred
     assert not predictor.recommend([Query("plain", (1, 2), 5)])[0].fallback
     with pytest.raises(ValueError, match="times has 1 entries but history has 2"):
         Query("bad", (1, 2), 5, times=(1,), values=(1.0, 1.0))
+
+
+def test_arm_translation_keeps_each_kept_events_time_and_value(context_predictor: SequencePredictor) -> None:
+    import numpy as np
+
+    from seekrec.serving.arms import ArmModel
+
+    arm = ArmModel(context_predictor, np.array([0, 2, 0, 1]))  # server id -> model id (0: unknown)
+    assert arm.needs_context
+    events = [(1, 10, 1.0), (2, 20, 2.0), (3, 30, 3.0), (9, 40, 4.0)]  # 2 and 9: unknown to the model
+    assert arm.translate_events(events) == ((2, 1), (10, 30), (1.0, 3.0))
+    assert arm.translate_events([(2, 20, 2.0)]) == ((), (), ())
+    assert arm.translate([e[0] for e in events]) == (2, 1)
