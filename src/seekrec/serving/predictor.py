@@ -43,6 +43,8 @@ class Query:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.times is None and self.values is None:
+            return  # id-only queries (models without event-time inputs): nothing more to check
         for name in ("times", "values"):
             column = getattr(self, name)
             if column is not None and len(column) != len(self.history):
