@@ -37,6 +37,7 @@ from seekrec.models.layers.context import (
 )
 from seekrec.models.layers.embeddings import grow_embedding
 from seekrec.models.layers.masking import attention_allowed, padding_mask, positions_from_mask
+from seekrec.models.layers.side_features import ItemSideFeatures
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -232,15 +233,13 @@ class SublayerDropout:
         return F.dropout(output, self.p, training=True)
 
 
-class DeepSeekRec(nn.Module):
+class DeepSeekRec(ItemSideFeatures, nn.Module):
     """DeepSeek-V3 blocks over item sequences; see ``SequenceRecommender`` for the API.
 
     ``item_features`` ``[N + 1, G]`` (multi-hot, row 0 = padding, forced to zero) is required
     content when ``config.n_side_features`` G > 0; passing None then allocates zeros that a
     checkpoint's ``load_state_dict`` fills (the buffer is saved with the model).
     """
-
-    item_features: Tensor  # [N + 1, G] buffer, only registered when n_side_features > 0
 
     def __init__(self, config: DeepSeekRecConfig, *, item_features: Tensor | None = None) -> None:
         super().__init__()
@@ -250,8 +249,8 @@ class DeepSeekRec(nn.Module):
         nn.init.normal_(self.item_embedding.weight, std=config.initializer_range)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
-        self.side_projection: nn.Linear | None = None
-        self._init_side_features(config, item_features)
+        self._init_side_features(config.n_items, config.n_side_features, config.dim, item_features,
+                                 init_std=config.initializer_range, owner="DeepSeekRecConfig")
         self.dropout = nn.Dropout(config.dropout)
         self.backbone = DeepseekV3Model(backbone_config(config))
         # Unused with inputs_embeds; removing it keeps every parameter trained (DDP-friendly).
@@ -270,25 +269,6 @@ class DeepSeekRec(nn.Module):
         self._routing.record_routing = config.balance_loss_alpha > 0
         # created last and only when enabled: a default model draws exactly the parameters it always did
         self.context_embedding, self.attention_bias = context_modules(config, init_std=config.initializer_range)
-
-    def _init_side_features(self, config: DeepSeekRecConfig, item_features: Tensor | None) -> None:
-        n_rows, width = config.n_items + 1, config.n_side_features
-        if width == 0:
-            if item_features is not None:
-                raise ValueError("item_features given but DeepSeekRecConfig.n_side_features is 0; set it to G")
-            return
-        if item_features is None:
-            item_features = torch.zeros(n_rows, width)
-        if tuple(item_features.shape) != (n_rows, width):
-            raise ValueError(
-                f"item_features must have shape [n_items + 1, n_side_features] = [{n_rows}, {width}], "
-                f"got {list(item_features.shape)}"
-            )
-        features = item_features.detach().to(torch.float32).clone()
-        features[0] = 0.0  # padding has no features
-        self.register_buffer("item_features", features)
-        self.side_projection = nn.Linear(width, config.dim, bias=False)
-        nn.init.normal_(self.side_projection.weight, std=config.initializer_range)
 
     def _attention_mask(self, mask: Tensor, dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
         allowed = attention_allowed(mask)  # [B, 1, L, L] bool
@@ -332,10 +312,7 @@ class DeepSeekRec(nn.Module):
         Parameters are replaced, so an optimizer over the old ones must be rebuilt.
         """
         self.item_embedding = grow_embedding(self.item_embedding, n_items + 1)
-        if self.config.n_side_features:
-            extra = n_items + 1 - self.item_features.shape[0]
-            pad = self.item_features.new_zeros(extra, self.item_features.shape[1])
-            self.item_features = torch.cat([self.item_features, pad])
+        self._grow_side_features(n_items)
         self.n_items = n_items
         self.config = dataclasses.replace(self.config, n_items=n_items)
 
@@ -356,12 +333,7 @@ class DeepSeekRec(nn.Module):
 
     def encode_items(self, ids: Tensor) -> Tensor:
         """``[...] -> [..., D]``: id embedding plus the mean embedding of the item's side features."""
-        embedded = self.item_embedding(ids)
-        if self.side_projection is not None:
-            features = self.item_features[ids]  # [..., G]
-            features = features / features.sum(dim=-1, keepdim=True).clamp(min=1.0)
-            embedded = embedded + self.side_projection(features)
-        return embedded
+        return self._add_side_features(self.item_embedding(ids), ids)
 
     def score_all(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, N + 1]`` scores of every item id; column 0 is padding."""

@@ -7,6 +7,7 @@ from seekrec.models.layers.embeddings import SequenceEmbedding
 from seekrec.models.layers.feedforward import PointwiseFeedForward
 from seekrec.models.layers.masking import attention_allowed, padding_mask, positions_from_mask
 from seekrec.models.layers.norms import NORM_KINDS, build_norm
+from seekrec.models.layers.side_features import ItemSideFeatures
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SIMILARITY_KINDS",
     "CausalSelfAttention",
     "ContextEmbedding",
+    "ItemSideFeatures",
     "PointwiseFeedForward",
     "RelativeAttentionBias",
     "SequenceContext",
