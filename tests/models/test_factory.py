@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from seekrec.models import factory
 from seekrec.models.deepseek_rec import DeepSeekRec, DeepSeekRecConfig
 from seekrec.models.losses import BCELoss, FullSoftmaxLoss, SampledSoftmaxLoss
 from seekrec.models.factory import build_loss, build_model, model_config_class, model_names
@@ -38,12 +39,16 @@ def test_config_dict_checks() -> None:
     assert build_model("sasrec", config, N_ITEMS).config == SASRecConfig(**config), "checkpoint round trip"
 
 
-def test_item_features_only_for_models_that_use_them() -> None:
+def test_item_features_only_for_models_that_use_them(monkeypatch: pytest.MonkeyPatch) -> None:
     features = torch.zeros(N_ITEMS + 1, 2)
-    model = build_model("deepseek", {**TINY["deepseek"], "n_side_features": 2}, N_ITEMS, item_features=features)
-    assert model.item_features.shape == (N_ITEMS + 1, 2)
+    for name in ("sasrec", "deepseek"):
+        model = build_model(name, {**TINY[name], "n_side_features": 2}, N_ITEMS, item_features=features)
+        assert model.item_features.shape == (N_ITEMS + 1, 2)
+    # every registered sequence model takes them; a model that did not would be refused by name
+    monkeypatch.setitem(factory._MODELS, "sasrec", dataclasses.replace(factory._MODELS["sasrec"],
+                                                                       takes_item_features=False))
     with pytest.raises(ValueError, match="does not use item_features"):
-        build_model("sasrec", {}, N_ITEMS, item_features=features)
+        build_model("sasrec", {"n_side_features": 2}, N_ITEMS, item_features=features)
 
 
 def test_build_loss() -> None:

@@ -394,3 +394,28 @@ def test_trains_and_publishes_a_model_with_event_time_inputs(tmp_path: Path, sim
     current = ModelRegistry(config.registry).load()
     assert current.model.config.needs_context and current.model.n_items == len(catalog.items) + 1
     assert all(math.isfinite(r["loss"]) for r in _records(config, "train") if "loss" in r)
+
+
+def test_trains_grows_and_resumes_a_model_with_item_side_features(tmp_path: Path, sim_data_dir: Path) -> None:
+    run = tmp_path / "side-run"
+    train_experiment(ExperimentConfig.load(None, [*BASE_OVERRIDES, "model.use_item_features=true"]), sim_data_dir, run)
+    ModelRegistry(tmp_path / "registry").publish_run(run)
+    config = OnlineTrainerConfig(registry=tmp_path / "registry", event_log=f"sqlite://{tmp_path / 'events.db'}",
+                                 dataset=sim_data_dir, state_dir=tmp_path / "state", device="cpu", block_ms=0,
+                                 stop_when_idle=True, events_per_step=8, publish_every_events=10,
+                                 publish_every_seconds=3600.0, threads=1, replay_ratio=1.0)
+    base = ModelRegistry(config.registry).load()
+    raw = Catalog.from_bytes((base.directory / CATALOG_FILE).read_bytes()).items.decode([1, 2, 3])
+    _append(config, [Event(f"side-{u}", raw[k % 3], 1000.0 + 10 * k) for k in range(4) for u in range(3)]
+            + [Event("side-0", "new-item", 2000.0)])
+    with OnlineTrainer(config) as trainer:
+        trainer.run()
+    _append(config, [Event("side-1", raw[0], 3000.0 + k) for k in range(10)])
+    with OnlineTrainer(config) as trainer:  # resumes: the model is rebuilt and the buffer comes from the checkpoint
+        summary = trainer.run()
+    assert summary["position"] == 23
+    current = ModelRegistry(config.registry).load()
+    n = base.model.n_items
+    assert current.model.n_items == n + 1 and base.model.item_features.sum() > 0
+    assert torch.equal(current.model.item_features[: n + 1], base.model.item_features)
+    assert torch.equal(current.model.item_features[n + 1], torch.zeros(base.model.item_features.shape[1]))

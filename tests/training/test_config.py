@@ -26,7 +26,6 @@ def test_toml_and_overrides(tmp_path):
         (["model.name=sasrec", "model.dim=0"], "dim"),
         (["model.name=gru4rec"], "unknown model 'gru4rec'"),
         (["model.name=sasrec", "model.n_items=10"], "model.n_items comes from the data"),
-        (["model.name=sasrec", "model.use_item_features=true"], "does not take item features"),
         (["model.name=deepseek", "model.use_item_features=yes"], "true or false"),
     ],
 )
@@ -47,8 +46,9 @@ def test_overrides_parse_json_values():
     assert out == {"a": {"b": [1, 2], "c": True, "d": "text"}}
 
 
-def test_model_section_round_trips_through_its_flat_table():
-    cfg = ExperimentConfig.load(None, ["model.name=deepseek", "model.use_item_features=true", "model.dim=32"])
+@pytest.mark.parametrize("name", ["sasrec", "deepseek"])
+def test_model_section_round_trips_through_its_flat_table(name):
+    cfg = ExperimentConfig.load(None, [f"model.name={name}", "model.use_item_features=true", "model.dim=32"])
     assert cfg.model.use_item_features and cfg.model.params == {"dim": 32}
     again = ExperimentConfig.from_dict(cfg.to_dict())
-    assert again == cfg and cfg.to_dict()["model"] == {"name": "deepseek", "use_item_features": True, "dim": 32}
+    assert again == cfg and cfg.to_dict()["model"] == {"name": name, "use_item_features": True, "dim": 32}

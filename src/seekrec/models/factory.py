@@ -50,7 +50,7 @@ class _ModelEntry:
 
 
 _MODELS: dict[str, _ModelEntry] = {
-    "sasrec": _ModelEntry("seekrec.models.sasrec", "SASRec", takes_item_features=False),
+    "sasrec": _ModelEntry("seekrec.models.sasrec", "SASRec", takes_item_features=True),
     "deepseek": _ModelEntry("seekrec.models.deepseek_rec", "DeepSeekRec", takes_item_features=True),
 }
 

@@ -27,6 +27,7 @@ from seekrec.models.layers.context import (
 from seekrec.models.layers.embeddings import SequenceEmbedding, grow_embedding
 from seekrec.models.layers.masking import padding_mask
 from seekrec.models.layers.norms import NORM_KINDS, build_norm
+from seekrec.models.layers.side_features import ItemSideFeatures
 from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
 
 
@@ -43,6 +44,9 @@ class SASRecConfig:
     ``relative_position_bias`` / ``relative_time_bias`` add per-head learned biases over the clipped
     ``i - j`` / the log-bucketed ``|t_i - t_j|`` (``n_time_buckets`` buckets) to every block's attention
     logits. All but ``relative_position_bias`` need ``context=`` (``needs_context``).
+
+    ``n_side_features`` G > 0 adds to each item's embedding, at the input and the output, the mean
+    embedding of its active side features (a ``[N + 1, G]`` multi-hot buffer; ``models.layers.side_features``).
     """
 
     n_items: int
@@ -64,6 +68,7 @@ class SASRecConfig:
     relative_position_bias: bool = False
     relative_time_bias: bool = False
     n_time_buckets: int = 32
+    n_side_features: int = 0
 
     @property
     def needs_context(self) -> bool:
@@ -74,6 +79,8 @@ class SASRecConfig:
         for name in ("n_items", "dim", "n_layers", "n_heads", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_side_features < 0:
+            raise ValueError(f"SASRecConfig.n_side_features must be >= 0, got {self.n_side_features}")
         if self.dim % self.n_heads != 0:
             raise ValueError(f"SASRecConfig.dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -93,10 +100,15 @@ class SASRecConfig:
         validate_context_fields(self)
 
 
-class SASRec(nn.Module):
-    """Causal self-attention over item sequences; see ``SequenceRecommender`` for the API."""
+class SASRec(ItemSideFeatures, nn.Module):
+    """Causal self-attention over item sequences; see ``SequenceRecommender`` for the API.
 
-    def __init__(self, config: SASRecConfig) -> None:
+    ``item_features`` ``[N + 1, G]`` (multi-hot, row 0 = padding, forced to zero) is required content when
+    ``config.n_side_features`` G > 0; passing None then allocates zeros that a checkpoint's
+    ``load_state_dict`` fills (the buffer is saved with the model).
+    """
+
+    def __init__(self, config: SASRecConfig, *, item_features: Tensor | None = None) -> None:
         super().__init__()
         self.config = config
         self.n_items = config.n_items
@@ -119,6 +131,11 @@ class SASRec(nn.Module):
         if config.init == "xavier":
             self._xavier_init()
         self._init_context(config)
+        # last, as the context modules: the id model draws the same weights with or without side features
+        self._init_side_features(config.n_items, config.n_side_features, config.dim, item_features,
+                                 init_std=None, owner="SASRecConfig")
+        if config.init == "xavier" and self.side_projection is not None:  # a matrix, as the reference code's
+            nn.init.xavier_normal_(self.side_projection.weight)
 
     def _init_context(self, config: SASRecConfig) -> None:
         # only when enabled, and after the id model's init: a default model has exactly the parameters (and
@@ -147,7 +164,8 @@ class SASRec(nn.Module):
         extra = None
         if self.context_embedding is not None and context is not None:
             extra = self.context_embedding(mask, context)  # [B, L, D], zero at padding
-        x = self.embedding(input_ids, extra=extra)  # zero at padding: both tables have a zero padding row
+        # zero at padding: both tables have a zero padding row, and so has the side-feature table
+        x = self.embedding(input_ids, extra=extra, items=self.encode_items(input_ids))
         bias = None if self.attention_bias is None else self.attention_bias(mask, context)
         return mask, x, bias
 
@@ -166,11 +184,13 @@ class SASRec(nn.Module):
         return self.final_norm(x) * mask.unsqueeze(-1).to(x.dtype)
 
     def grow_items(self, n_items: int) -> None:
-        """Extend the item table to ids ``1..n_items`` for items first seen online.
+        """Extend the item table (and side-feature rows, zero for new items) to ids ``1..n_items`` for items
+        first seen online.
 
         Parameters are replaced, so an optimizer over the old ones must be rebuilt.
         """
         self.embedding.item_table = grow_embedding(self.embedding.item_table, n_items + 1)
+        self._grow_side_features(n_items)
         self.n_items = n_items
         self.config = dataclasses.replace(self.config, n_items=n_items)
 
@@ -190,8 +210,9 @@ class SASRec(nn.Module):
         return (self.final_norm(x) * mask[:, -1:].unsqueeze(-1).to(x.dtype))[:, 0]
 
     def encode_items(self, ids: Tensor) -> Tensor:
-        """``[...] -> [..., D]``: rows of the shared input item table (unscaled)."""
-        return self.embedding.item_table(ids)
+        """``[...] -> [..., D]``: rows of the shared input item table (unscaled) plus the mean embedding of
+        the item's side features; the input side uses the same representation, scaled by sqrt(D)."""
+        return self._add_side_features(self.embedding.item_table(ids), ids)
 
     def score_all(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, N + 1]`` scores of every item id; column 0 is padding."""

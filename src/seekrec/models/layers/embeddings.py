@@ -26,15 +26,19 @@ class SequenceEmbedding(nn.Module):
         self.max_len = max_len
         self.scale = math.sqrt(dim) if scale else 1.0
 
-    def forward(self, input_ids: Tensor, extra: Tensor | None = None) -> Tensor:
-        """``extra [B, L, D]`` (e.g. event-time features) is summed in before dropout."""
+    def forward(self, input_ids: Tensor, extra: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """``extra [B, L, D]`` (e.g. event-time features) is summed in before dropout. ``items [B, L, D]``
+        replaces ``item_table(input_ids)`` as the item representation (e.g. with side features added); it
+        is scaled like the table rows, and must be zero at padding."""
         if input_ids.shape[-1] > self.max_len:
             raise ValueError(
                 f"sequence length {input_ids.shape[-1]} exceeds max_len={self.max_len}; "
                 "truncate the input or raise max_len in the model config"
             )
         positions = positions_from_mask(padding_mask(input_ids), start=1)  # [B, L], 0 at padding
-        x = self.item_table(input_ids) * self.scale + self.position_table(positions)
+        if items is None:
+            items = self.item_table(input_ids)
+        x = items * self.scale + self.position_table(positions)
         if extra is not None:
             x = x + extra
         return self.dropout(x)
