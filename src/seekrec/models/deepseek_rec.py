@@ -60,12 +60,9 @@ class DeepSeekRecConfig:
     ``bias_update_speed`` is gamma of the aux-loss-free bias update (DeepSeek-V3: 1e-3).
     ``experts_implementation=None`` lets transformers pick (grouped_mm when available).
 
-    Event-time and action inputs (``models.layers.context``; all off by default): ``time_features`` sums
-    into each token embeddings of the log-bucketed gap to the previous event and to the query time,
-    ``action_features`` an embedding of the event value rounded and clipped to ``0..n_action_buckets - 1``;
-    ``relative_position_bias`` / ``relative_time_bias`` add per-head learned biases over the clipped
-    ``i - j`` / the log-bucketed ``|t_i - t_j|`` (``n_time_buckets`` buckets) to every layer's attention
-    logits. All but ``relative_position_bias`` need ``context=`` (``needs_context``).
+    ``time_features``, ``action_features``, ``relative_position_bias`` and ``relative_time_bias`` (all
+    off by default) are the event-time and action inputs of ``models.layers.context``; all but the
+    position bias need ``context=`` (``needs_context``).
     """
 
     n_items: int

@@ -38,12 +38,9 @@ class SASRecConfig:
     ``ffn_dim=None`` uses ``dim`` (the paper's D -> D point-wise FFN). ``temperature`` only applies
     to ``similarity="cosine"``. ``init`` "xavier" is the xavier-normal init of the reference code.
 
-    Event-time and action inputs (``models.layers.context``; all off by default): ``time_features`` sums
-    into each token embeddings of the log-bucketed gap to the previous event and to the query time,
-    ``action_features`` an embedding of the event value rounded and clipped to ``0..n_action_buckets - 1``;
-    ``relative_position_bias`` / ``relative_time_bias`` add per-head learned biases over the clipped
-    ``i - j`` / the log-bucketed ``|t_i - t_j|`` (``n_time_buckets`` buckets) to every block's attention
-    logits. All but ``relative_position_bias`` need ``context=`` (``needs_context``).
+    ``time_features``, ``action_features``, ``relative_position_bias`` and ``relative_time_bias`` (all
+    off by default) are the event-time and action inputs of ``models.layers.context``; all but the
+    position bias need ``context=`` (``needs_context``).
 
     ``n_side_features`` G > 0 adds to each item's embedding, at the input and the output, the mean
     embedding of its active side features (a ``[N + 1, G]`` multi-hot buffer; ``models.layers.side_features``).
