@@ -28,10 +28,10 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
 from seekrec.models.deepseek_routing import RouterMonitor
 from seekrec.models.layers.context import (
+    ContextInputs,
     SequenceContext,
     additive_mask,
     context_modules,
-    needs_context,
     require_context,
     validate_context_fields,
 )
@@ -45,7 +45,7 @@ EXPERTS_IMPLEMENTATIONS = (None, "eager", "grouped_mm", "batched_mm")
 
 
 @dataclass
-class DeepSeekRecConfig:
+class DeepSeekRecConfig(ContextInputs):
     """DeepSeekRec hyper-parameters; names map onto ``DeepseekV3Config`` in ``backbone_config``.
 
     MoE: ``n_routed_experts`` experts in ``n_expert_groups`` groups, each token picks ``top_k``
@@ -98,17 +98,6 @@ class DeepSeekRecConfig:
     bias_update_speed: float = 0.001
     attn_implementation: str = "sdpa"
     experts_implementation: str | None = None
-    time_features: bool = False
-    action_features: bool = False
-    n_action_buckets: int = 11
-    relative_position_bias: bool = False
-    relative_time_bias: bool = False
-    n_time_buckets: int = 32
-
-    @property
-    def needs_context(self) -> bool:
-        """Whether the model needs a ``SequenceContext`` (time_features, action_features or relative_time_bias)."""
-        return needs_context(self)
 
     def __post_init__(self) -> None:
         positive = ("n_items", "dim", "n_layers", "n_heads", "max_len", "kv_lora_rank", "qk_nope_head_dim",

@@ -18,9 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 from seekrec.models.layers.block import TransformerBlock
 from seekrec.models.layers.context import (
+    ContextInputs,
     SequenceContext,
     context_modules,
-    needs_context,
     require_context,
     validate_context_fields,
 )
@@ -32,7 +32,7 @@ from seekrec.models.layers.similarity import SIMILARITY_KINDS, Similarity
 
 
 @dataclass
-class SASRecConfig:
+class SASRecConfig(ContextInputs):
     """SASRec hyper-parameters.
 
     ``ffn_dim=None`` uses ``dim`` (the paper's D -> D point-wise FFN). ``temperature`` only applies
@@ -59,18 +59,7 @@ class SASRecConfig:
     similarity: str = "dot"
     temperature: float = 0.05
     init: str = "xavier"
-    time_features: bool = False
-    action_features: bool = False
-    n_action_buckets: int = 11
-    relative_position_bias: bool = False
-    relative_time_bias: bool = False
-    n_time_buckets: int = 32
     n_side_features: int = 0
-
-    @property
-    def needs_context(self) -> bool:
-        """Whether the model needs a ``SequenceContext`` (time_features, action_features or relative_time_bias)."""
-        return needs_context(self)
 
     def __post_init__(self) -> None:
         for name in ("n_items", "dim", "n_layers", "n_heads", "max_len"):

@@ -13,6 +13,7 @@ only on its own and earlier real events, and relative positions / times do not s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,10 +22,29 @@ from torch import Tensor, nn
 # defined beside the batches that carry it (data may not import models); the models' name for it is this one
 from seekrec.data.sequences import SequenceContext
 
-__all__ = ["CONTEXT_FLAGS", "ContextEmbedding", "RelativeAttentionBias", "SequenceContext", "action_bucket",
+__all__ = ["CONTEXT_FLAGS", "ContextEmbedding", "ContextInputs", "RelativeAttentionBias", "SequenceContext", "action_bucket",
            "additive_mask", "context_modules", "log_bucket", "needs_context", "require_context", "validate_context_fields"]
 
 CONTEXT_FLAGS = ("time_features", "action_features", "relative_time_bias")  # what needs a SequenceContext
+
+
+@dataclass(kw_only=True)
+class ContextInputs:
+    """The event-time and action input fields of a sequence model config (``SASRecConfig``,
+    ``DeepSeekRecConfig`` derive from it), all off by default; keyword-only, so they follow each
+    config's own fields. The config's ``__post_init__`` calls ``validate_context_fields``."""
+
+    time_features: bool = False
+    action_features: bool = False
+    n_action_buckets: int = 11
+    relative_position_bias: bool = False
+    relative_time_bias: bool = False
+    n_time_buckets: int = 32
+
+    @property
+    def needs_context(self) -> bool:
+        """Whether the model needs a ``SequenceContext`` (time_features, action_features or relative_time_bias)."""
+        return needs_context(self)
 
 
 def validate_context_fields(config: Any) -> None:
