@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -13,6 +14,11 @@ class TrainConfig:
 
     ``batch_size`` is the global batch (split across ranks under torchrun); one optimiser step
     consumes ``batch_size * grad_accum`` sequences.
+
+    ``strategy`` (under torchrun): "ddp" replicates the model on every rank; "fsdp" shards parameters,
+    gradients and optimiser state across ranks (``training.parallel``, docs/distributed.md). In a
+    single process both train the bare model; "fsdp" still writes sharded (DCP) checkpoints, so a run
+    can move between one process and several.
     """
 
     lr: float = 1e-3
@@ -26,6 +32,7 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     precision: str = "fp32"
     compile: bool = False
+    strategy: str = "ddp"
     activation_checkpointing: bool = False
     eval_every: int = 1  # epochs between validation runs
     patience: int = 10  # validation runs without improvement before stopping
@@ -44,6 +51,12 @@ class TrainConfig:
             raise ValueError("train.batch_size, train.grad_accum and train.max_epochs must be >= 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {STRATEGIES} (replicated or sharded data parallel), "
+                             f"got {self.strategy!r}")
+        if self.strategy == "fsdp" and self.compile:
+            raise ValueError("train.compile is not supported with train.strategy='fsdp' (it would have to compile "
+                             "each block before sharding); set train.compile = false or use strategy 'ddp'")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ValueError("train.clip_norm must be > 0 (or omitted to disable clipping)")
         if self.eval_every < 1 or self.patience < 1 or self.warmup_steps < 0 or self.checkpoint_every < 0:

@@ -1,12 +1,14 @@
 """torch.distributed set-up in one place: read torchrun's environment, pick device and backend.
 
-Single process when ``WORLD_SIZE`` is unset; under ``torchrun`` one process per rank with DDP
-(NCCL on GPUs, gloo on CPU).
+Single process when ``WORLD_SIZE`` is unset; under ``torchrun`` one process per rank (NCCL on GPUs,
+gloo on CPU), with the model replicated (DDP) or sharded (FSDP, ``training.parallel``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +62,31 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def is_fully_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) was applied to ``model``: its parameters and gradients are DTensor shards."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6 has no public FSDP2, so nothing can be sharded with it
+        return False
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def skip_gradient_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Backward passes in the block keep their gradients on this rank (accumulated, not yet averaged):
+    DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``; nothing to do for a bare model."""
+    if is_fully_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    no_sync = getattr(model, "no_sync", None)
+    with no_sync() if no_sync is not None else contextlib.nullcontext():
+        yield
 
 
 def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

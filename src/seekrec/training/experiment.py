@@ -180,7 +180,8 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
         result = trainer.fit()
         record = fit_record(result, source=data.source, model=config.model.name, n_test=len(split.test),
                             n_items=data.n_items, seconds=time.perf_counter() - start, name=config.name,
-                            world_size=ctx.world_size, loss=config.loss.name, precision=config.train.precision)
+                            world_size=ctx.world_size, loss=config.loss.name, precision=config.train.precision,
+                            strategy=config.train.strategy)
         if ctx.is_main:
             run.write_results(record)
         return record
