@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -53,13 +55,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int, server_pid: int | None = None) -> dict:
+async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: int, seed: int,
+               server_pid: int | Sequence[int] | None = None) -> dict:
     """Open-loop: request i starts at t0 + i / rate; returns latency percentiles, achieved rate and CPU
-    per request of the server and of this client (they share the machine's cores).
+    per request of the server(s) and of this client (they share the machine's cores).
+
+    ``base``: one server, or several replicas taking turns (request i goes to ``base[i % n]``, a
+    round-robin balancer); ``server_pid``: their processes, whose CPU seconds are also reported one by
+    one (``server_cpu_s``).
 
     aiohttp rather than httpx: the client shares the cores with the server, and aiohttp costs a
     fraction of httpx's CPU per request, so less of the measured latency is the load generator's.
     """
+    bases = [base] if isinstance(base, str) else list(base)
+    pids = [] if server_pid is None else [server_pid] if isinstance(server_pid, int) else list(server_pid)
     # this process holds torch and the model code: a full collection of that heap stalls the loop for
     # ~200 ms, which would show up as server latency; frozen objects are never collected
     gc.collect()
@@ -70,11 +79,12 @@ async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int, 
     latencies: list[float] = []
     late: list[float] = []  # how long after its scheduled time each request was sent: the client's own lag
     errors = 0
-    connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=5.0)
     headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout, headers=headers) as client:
-        server_cpu, client_cpu = cpu_seconds(server_pid) if server_pid else 0.0, time.process_time()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(aiohttp.ClientSession(
+            b, connector=aiohttp.TCPConnector(limit=256), timeout=timeout, headers=headers)) for b in bases]
+        server_cpu, client_cpu = [cpu_seconds(pid) for pid in pids], time.process_time()
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -82,7 +92,7 @@ async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int, 
             start = time.perf_counter()
             late.append(1000 * (start - (t0 + i / rate)))
             try:
-                async with client.post("/recommend", data=bodies[i]) as resp:
+                async with clients[i % len(clients)].post("/recommend", data=bodies[i]) as resp:
                     await resp.read()
                     resp.raise_for_status()
                 latencies.append(1000 * (time.perf_counter() - start))
@@ -96,14 +106,14 @@ async def fire(base: str, rate: float, seconds: float, n_users: int, seed: int, 
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
         client_cpu = time.process_time() - client_cpu
-        server_cpu = cpu_seconds(server_pid) - server_cpu if server_pid else float("nan")
+        server_cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, server_cpu)]
     lat = np.asarray(latencies)
     pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95, 99)}
     return {"rate": rate, "requests": n, "ok": len(latencies), "errors": errors,
             "achieved_rate": len(latencies) / elapsed, **pct,
             "client_send_lag_p99_ms": float(np.percentile(late, 99)) if late else float("nan"),
-            "server_cpu_ms_per_request": 1000 * server_cpu / max(n, 1),
-            "client_cpu_ms_per_request": 1000 * client_cpu / max(n, 1)}
+            "server_cpu_ms_per_request": 1000 * sum(server_cpu) / max(n, 1) if pids else float("nan"),
+            "server_cpu_s": server_cpu, "client_cpu_ms_per_request": 1000 * client_cpu / max(n, 1)}
 
 
 def main() -> None:

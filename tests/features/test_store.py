@@ -1,5 +1,7 @@
 """One suite for every feature store backend (``make_store`` is parametrised: embedded, redis)."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,77 @@ def test_features_are_tensors_ready_for_a_model(ml_like_spec):
     store = FeatureStore.embedded(ml_like_spec)
     batch = store.user_features(["a", "b", "c"], T0)
     assert batch.sequence.dtype == torch.long and batch.recency.dtype == torch.float32 and len(batch) == 3
+
+
+# -- a Redis store that server replicas share ---------------------------------------------------------------
+def _logged(ml_like, n: int) -> list[LoggedEvent]:
+    """The dataset's first ``n`` events in time order as a log would hand them out (offsets 1..n)."""
+    events = _raw_events(ml_like, Events.from_data(ml_like).time_order())[:n]
+    return [LoggedEvent(e.user_id, e.item_id, e.timestamp, offset=k + 1) for k, e in enumerate(events)]
+
+
+def _assert_same_features(store: FeatureStore, reference: FeatureStore, ml_like, now: float) -> None:
+    users = [str(u) for u in ml_like.user_ids.raw[:40].tolist()]
+    items = [str(i) for i in ml_like.item_ids.raw[:40].tolist()]
+    assert_batches_equal(store.user_features(users, now), reference.user_features(users, now))
+    assert_batches_equal(store.item_features(items, now), reference.item_features(items, now))
+
+
+def test_replicas_feeding_one_shared_store_at_once_apply_each_logged_event_once(ml_like_spec, ml_like, redis_url,
+                                                                                redis_prefix):
+    logged = _logged(ml_like, 800)
+    reference = FeatureStore.embedded(ml_like_spec)
+    _stream(reference, logged)
+    replicas = [FeatureStore.shared(ml_like_spec, f"{redis_url}?prefix={redis_prefix}") for _ in range(3)]
+    # every replica applies the whole log, in its own chunks, while the others do the same
+    threads = [threading.Thread(target=_stream, args=(store, logged, chunk))
+               for store, chunk in zip(replicas, (13, 50, 97))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(store.offset() == len(logged) for store in replicas)
+    _assert_same_features(replicas[1], reference, ml_like, logged[-1].timestamp + 1)
+
+
+def test_only_the_first_replica_to_see_a_restarted_log_rewinds_a_shared_store(ml_like_spec, redis_url, redis_prefix):
+    first, second = (FeatureStore.shared(ml_like_spec, f"{redis_url}?prefix={redis_prefix}") for _ in range(2))
+    assert first.apply([LoggedEvent("u", "i", T0 + k, offset=k + 1) for k in range(4)]) == 4
+    new_log: list[LoggedEvent] = []  # the log began again at offset 1
+    first.follow_restarted_log(lambda: len(new_log))
+    new_log += [LoggedEvent("u", "i", T0 + 10 + k, offset=k + 1) for k in range(2)]
+    assert first.apply(new_log) == 2
+    second.follow_restarted_log(lambda: len(new_log))  # the other replica sees the same reset later
+    assert second.offset() == 2 and second.apply(new_log) == 0  # it does not rewind: nothing counts twice
+    assert second.user_rows(["u"], T0 + 20)["counts"].tolist() == [[6, 6]]
+
+
+def test_a_shared_store_is_filled_once_however_many_replicas_start(ml_like_spec, ml_like, redis_url, redis_prefix):
+    stores = [FeatureStore.shared(ml_like_spec, f"{redis_url}?prefix={redis_prefix}") for _ in range(3)]
+    filled: list[bool] = []
+    threads = [threading.Thread(target=lambda s=store: filled.append(s.bootstrap_once(ml_like))) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(filled) == [False, False, True]
+    reference = FeatureStore.embedded(ml_like_spec)
+    reference.load_static(ml_like)
+    reference.replay(ml_like)
+    _assert_same_features(stores[2], reference, ml_like, float(ml_like.events.column("timestamp").to_numpy().max()) + 1)
+
+
+def test_a_fill_that_failed_half_way_is_redone_on_a_cleared_store(ml_like_spec, ml_like, redis_url, redis_prefix):
+    store = FeatureStore.shared(ml_like_spec, f"{redis_url}?prefix={redis_prefix}")
+
+    def dies_half_way() -> None:
+        store.replay(ml_like)
+        raise RuntimeError("killed while filling")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        store.backend.run_once("bootstrap", dies_half_way, 5.0)
+    assert store.bootstrap_once(ml_like) is True  # the lease was given back, and the half-done state cleared
+    reference = FeatureStore.embedded(ml_like_spec)
+    reference.load_static(ml_like)
+    reference.replay(ml_like)
+    _assert_same_features(store, reference, ml_like, float(ml_like.events.column("timestamp").to_numpy().max()) + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import subprocess
@@ -52,6 +53,20 @@ def test_read_after_and_limit(log):
         log.read(-1)
     with pytest.raises(ValueError, match="block_ms"):
         log.read(0, block_ms=-5)
+
+
+def test_aread_on_an_event_loop_reads_what_read_reads(log):
+    log.append(events(7))
+
+    async def both_ways() -> list[list[LoggedEvent]]:
+        try:
+            return [await log.aread(after, limit) for after, limit in ((0, 1000), (2, 3), (7, 10))]
+        finally:
+            await log.aclose()
+
+    assert asyncio.run(both_ways()) == [log.read(0), log.read(2, 3), []]
+    with pytest.raises(ValueError, match="after"):
+        asyncio.run(log.aread(-1))
 
 
 def test_a_bad_event_rejects_the_whole_batch(log):

@@ -207,7 +207,7 @@ class _BrokenState:
     def not_ready_reason(self) -> str:
         return f"no model yet for arm(s) ['live'] (failed versions: v000003: checksum mismatch in {SECRET_PATH})"
 
-    async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> None:
+    async def recommend(self, user_id: str, k: int, exclude_seen: bool, min_offset: int | None = None) -> None:
         raise NotReadyError(self.not_ready_reason())
 
 

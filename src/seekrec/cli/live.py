@@ -69,6 +69,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         epilog="examples:\n  seekrec serve --registry registry --event-log sqlite:///$PWD/events.db --data data/sim\n"
         "  seekrec serve --registry registry --event-log redis://127.0.0.1:6379/0 --data data/sim \\\n"
         "      --experiment drift-test --arm control=v000001:0.5 --arm treatment=current:0.5\n"
+        "  seekrec serve --registry /shared/registry --event-log redis://10.0.0.5:6379/0 --data data/sim \\\n"
+        "      --port 8001 --read-your-writes      # one of N replicas (docs/serving.md, Replicas)\n"
         "  seekrec serve --config configs/serve-pipeline-ab.toml     # sequence model vs pipeline bundle\n"
         "  seekrec serve --config configs/serve-pipeline-ab.toml port=9000 experiment.name=exp2\n"
         "--config reads a [serve] table (or the top level); flags beat it, KEY=VALUE beats both.\n",

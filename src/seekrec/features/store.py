@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from seekrec.features.history import Events
 from seekrec.features.rows import ITEM_ID, SEQ_ITEMS, SEQ_TIMES, SIDES, TIME, Rows, check_side, object_array
 from seekrec.features.spec import FeatureSpec
 
+DEFAULT_PREFIX = "seekrec:features"  # Redis key prefix of a feature store
 
 class EventRecord(Protocol):
     """What ``apply`` reads of an event; ``seekrec.online.event_log.Event`` is one (features sit below
@@ -84,8 +86,11 @@ class StoreBackend(Protocol):
         """Set (replace) the static attributes of these ids; values are JSON-able."""
         ...
 
-    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int) -> None:
-        """Apply events in order (sequences, window times) and record ``offset``, atomically."""
+    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int,
+               expected: int | None = None) -> bool:
+        """Apply events in order (sequences, window times) and record ``offset``, atomically. With
+        ``expected``: only while the recorded offset still is ``expected`` (compare-and-set, so that
+        writers sharing the store apply each logged event once); False when it was not applied."""
         ...
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
@@ -127,11 +132,41 @@ class FeatureStore:
         return cls(spec, EmbeddedBackend.restore(path, StoreLimits.from_spec(spec)))
 
     @classmethod
-    def redis(cls, spec: FeatureSpec, url: str, prefix: str = "seekrec:features") -> FeatureStore:
+    def redis(cls, spec: FeatureSpec, url: str, prefix: str = DEFAULT_PREFIX) -> FeatureStore:
         """A store in Redis at ``url`` under keys ``{prefix}:...`` (shared by every server worker)."""
         from seekrec.features.store_redis import RedisBackend
 
         return cls(spec, RedisBackend(url, prefix, StoreLimits.from_spec(spec)))
+
+    @classmethod
+    def shared(cls, spec: FeatureSpec, url: str) -> FeatureStore:
+        """The Redis store that every server replica serving ``spec`` shares. ``url``:
+        ``redis://host:port/db`` with an optional ``?prefix=KEY`` (default ``seekrec:features``); keys go
+        under ``{prefix}:{spec version}`` (a store built for one spec cannot feed another), so versions
+        of one spec find the store warm. Fill it with ``bootstrap_once``."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [value for key, value in query if key == "prefix"]
+        if len(prefixes) > 1 or (prefixes and not prefixes[0]):
+            raise ValueError(f"feature store url {url!r}: give ?prefix= at most once, and not empty")
+        client_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
+        return cls.redis(spec, client_url, f"{prefixes[0] if prefixes else DEFAULT_PREFIX}:{spec.version[:16]}")
+
+    def bootstrap_once(self, data: InteractionData | None, wait_s: float = 600.0) -> bool:
+        """Load ``data``'s attributes and events into a shared store exactly once, whichever replica gets
+        here first; the others wait until it is done. True when this process loaded it."""
+        from seekrec.features.store_redis import RedisBackend
+
+        if not isinstance(self.backend, RedisBackend):
+            raise TypeError(f"bootstrap_once is for stores that processes share; {type(self.backend).__name__} "
+                            "is private: call load_static and replay")
+
+        def load() -> None:
+            if data is not None:
+                self.load_static(data)
+                self.replay(data)
+
+        return self.backend.run_once("bootstrap", load, wait_s)
 
     def snapshot(self, path: str | Path) -> None:
         """Write the embedded store's whole state to a SQLite file, atomically."""
@@ -163,18 +198,23 @@ class FeatureStore:
         Logged events (with an ``offset``) at or below the store's offset were applied before and are skipped, so
         replaying a log tail after a restart never counts an event twice.
         """
-        start = self.backend.offset()
-        offset, fresh = start, []
-        for event in events:
-            if isinstance(event, LoggedRecord):
-                if event.offset <= start:
-                    continue
-                offset = max(offset, event.offset)
-            fresh.append(event)
-        if fresh or offset != start:
-            self.backend.append([e.user_id for e in fresh], [e.item_id for e in fresh],
-                                [e.timestamp for e in fresh], offset)
-        return len(fresh)
+        batch = list(events)
+        while True:
+            start = self.backend.offset()
+            offset, fresh = start, []
+            for event in batch:
+                if isinstance(event, LoggedRecord):
+                    if event.offset <= start:
+                        continue
+                    offset = max(offset, event.offset)
+                fresh.append(event)
+            if not fresh and offset == start:
+                return 0
+            if self.backend.append([e.user_id for e in fresh], [e.item_id for e in fresh],
+                                   [e.timestamp for e in fresh], offset, expected=start):
+                return len(fresh)
+            # another writer sharing this store (a server replica) moved the offset meanwhile: what it
+            # applied is skipped on the next pass, so every logged event counts once
 
     def replay(self, data: InteractionData, events: Events | None = None, batch_size: int = 20_000) -> int:
         """Bootstrap behaviour from a dataset's events (default: all of them), in time order."""
@@ -224,11 +264,21 @@ class FeatureStore:
     def offset(self) -> int:
         return self.backend.offset()
 
-    def follow_restarted_log(self) -> None:
+    def follow_restarted_log(self, log_end: Callable[[], int] | None = None) -> None:
         """The event log started again at offset 1 (reset, or Redis restarted without its data): keep every
         feature learned so far and apply the new log from its start, which would otherwise be skipped as
-        already applied."""
-        self.backend.append([], [], [], 0)
+        already applied.
+
+        ``log_end`` (the new log's last offset), for a store that several servers share: each of them sees
+        the reset, but only the first may rewind the store, or events applied since would count again. So
+        it rewinds only while the store is still past the new log's end (its offset read first, the
+        end after: the end only grows), by compare-and-set."""
+        if log_end is None:
+            self.backend.append([], [], [], 0)
+            return
+        start = self.backend.offset()
+        if start > log_end():
+            self.backend.append([], [], [], 0, expected=start)
 
     def close(self) -> None:
         self.backend.close()

@@ -48,7 +48,10 @@ class EmbeddedBackend:
         for key, record in records.items():
             table[key] = dict(record)
 
-    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int) -> None:
+    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int,
+               expected: int | None = None) -> bool:
+        if expected is not None and expected != self._offset:
+            return False
         latest: dict[tuple[str, str], float] = {}  # (side, id) -> newest time in this batch
         for user, item, ts in zip(users, items, timestamps):
             ts = float(ts)
@@ -62,6 +65,7 @@ class EmbeddedBackend:
             times = self._times[side][key]
             del times[: bisect.bisect_left(times, newest - self.limits.horizon_s)]
         self._offset = int(offset)
+        return True
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
              history: bool) -> list[EntityState]:

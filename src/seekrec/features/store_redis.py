@@ -5,19 +5,36 @@ Keys under ``{prefix}``: ``attr:{side}:{id}`` (hash, JSON values), ``seq:{user}`
 by time, pruned to the longest window), ``offset`` and ``counter``. A read pipelines every command
 of a request, so one request is one round-trip; an ``append`` is one MULTI/EXEC transaction (after
 one ``INCRBY`` that reserves unique sorted-set members), so a batch and its offset land together.
-One process (the event consumer) should apply events; any number may read.
+Several processes (server replicas) may apply the same logged events: ``append(..., expected=)``
+is a compare-and-set on ``offset`` (WATCH/MULTI), so each event is applied once; ``run_once`` lets
+one of them fill a fresh store while the others wait.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 
 from seekrec.features.rows import check_side
 from seekrec.features.store import EntityState, StoreLimits
+
+log = logging.getLogger(__name__)
+LEASE_S = 30  # a run_once worker holds its lease this long past its last heartbeat (a third of it)
+_DONE = "done"
+# KEYS: the once-key. ARGV: this worker's token. Gives the lease back only if this worker still holds it.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# KEYS: the once-key. ARGV: token, lease ms. Extends the lease only if this worker still holds it.
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+# KEYS: the once-key. ARGV: token. Marks the work done (for good) only if this worker still holds the lease.
+_FINISH = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], '" + _DONE + "') return 1 end "
+           "return 0")
 
 
 class RedisBackend:
@@ -43,10 +60,18 @@ class RedisBackend:
                 pipe.hset(name, mapping={field: json.dumps(value) for field, value in record.items()})
         pipe.execute()
 
-    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int) -> None:
+    def append(self, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float], offset: int,
+               expected: int | None = None) -> bool:
         n = len(users)
         first = int(self._client.incrby(self._key("counter"), n)) - n if n and self.limits.horizon_s else 0
         pipe = self._client.pipeline(transaction=True)
+        if expected is not None:  # compare-and-set: EXEC fails if another writer sets the offset meanwhile
+            pipe.watch(self._key("offset"))
+            current = pipe.get(self._key("offset"))
+            if (int(current) if current is not None else 0) != expected:
+                pipe.reset()
+                return False
+            pipe.multi()
         latest: dict[str, float] = {}  # window key -> newest time in this batch
         for k, (user, item, ts) in enumerate(zip(users, items, timestamps)):
             ts = float(ts)
@@ -63,7 +88,11 @@ class RedisBackend:
         for name, newest in latest.items():  # drop times older than the longest window needs
             pipe.zremrangebyscore(name, "-inf", f"({newest - self.limits.horizon_s!r}")
         pipe.set(self._key("offset"), int(offset))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return False
+        return True
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
              history: bool) -> list[EntityState]:
@@ -84,6 +113,52 @@ class RedisBackend:
             counts = tuple(int(next(replies)) for _ in windows_s)
             out.append(EntityState(attributes, past, counts))
         return out
+
+    def run_once(self, name: str, work: Callable[[], None], wait_s: float) -> bool:
+        """Run ``work`` in one process of all those sharing this prefix; the others wait until it is done
+        (True: this process ran it). The worker holds a lease it renews while working; if it dies, the
+        lease runs out and the next process clears the half-done state and runs ``work`` again.
+        ``TimeoutError`` after ``wait_s`` seconds without the work done."""
+        key, token = self._key("once", name), uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._client.set(key, token, nx=True, px=LEASE_S * 1000):
+                break
+            if self._client.get(key) == _DONE:
+                return False
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.prefix}: {name!r} was not done by another process within {wait_s:.0f} s")
+            time.sleep(0.2)
+        stop = threading.Event()
+        renew = self._client.register_script(_RENEW)
+
+        def heartbeat() -> None:
+            while not stop.wait(LEASE_S / 3):
+                renew(keys=[key], args=[token, LEASE_S * 1000])
+
+        beating = threading.Thread(target=heartbeat, name=f"{name}-lease", daemon=True)
+        beating.start()
+        try:
+            self._clear(keep=key)  # what a worker that died half-way left behind
+            work()
+        except BaseException:
+            stop.set()
+            self._client.register_script(_RELEASE)(keys=[key], args=[token])
+            raise
+        finally:
+            stop.set()
+            beating.join()
+        if not self._client.register_script(_FINISH)(keys=[key], args=[token]):
+            raise RuntimeError(f"{self.prefix}: this process lost its lease on {name!r} while working (stalled over "
+                               f"{LEASE_S} s); another process is redoing it")
+        log.info("%s: %s done by this process", self.prefix, name)
+        return True
+
+    def _clear(self, keep: str) -> None:
+        """Delete every key under the prefix but ``keep``."""
+        batch = [k for k in self._client.scan_iter(match=f"{self.prefix}:*", count=1000) if k != keep]
+        for lo in range(0, len(batch), 1000):
+            self._client.delete(*batch[lo:lo + 1000])
 
     def offset(self) -> int:
         value = self._client.get(self._key("offset"))

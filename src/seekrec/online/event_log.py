@@ -8,6 +8,7 @@ rather than backend-specific ids so that a checkpoint does not depend on which b
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class EventLog(Protocol):
     * ``commit(consumer, offset)`` records that the consumer processed everything <= ``offset``;
       positions never go backwards and never pass ``end_offset()`` (``ValueError`` otherwise).
 
-    Backends subclass this protocol to inherit ``lag`` and the context manager.
+    Backends subclass this protocol to inherit ``lag``, ``aread``, ``aclose`` and the context manager.
     """
 
     def append(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
@@ -201,6 +202,16 @@ class EventLog(Protocol):
     def close(self) -> None:
         """Release connections; the log's contents stay where they are."""
         ...
+
+    async def aread(self, after: int, limit: int = 1000) -> list[LoggedEvent]:
+        """``read`` for a caller on an event loop (a server answering a request). Default: ``read`` in a
+        worker thread. A network backend overrides it with an asyncio client: on a busy loop each thread
+        hand-off waits for the GIL, which costs more than the read itself."""
+        return await asyncio.to_thread(self.read, after, limit)
+
+    async def aclose(self) -> None:
+        """Release what ``aread`` opened on the running loop (``close`` releases the rest)."""
+        return None
 
     def lag(self, consumer: str) -> int:
         """How many events the consumer has not committed yet.

@@ -7,6 +7,7 @@ the trainer's checkpoint) or take deliveries through a consumer group with ``rea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,6 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -51,14 +54,22 @@ def _unavailable_on_outage(method: Callable[_P, _R]) -> Callable[_P, _R]:
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
-        except redis.exceptions.ResponseError as exc:
-            if str(exc).startswith(_TRANSIENT_REPLIES):
-                raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
-            raise
+        except redis.exceptions.RedisError as exc:
+            outage = _outage(args[0], exc)
+            if outage is None:
+                raise
+            raise outage from exc
 
     return wrapper
+
+
+def _outage(log: object, exc: redis.exceptions.RedisError) -> EventLogUnavailableError | None:
+    """``EventLogUnavailableError`` when ``exc`` means Redis cannot serve right now; None for anything
+    else (a bug, a foreign stream), which passes through unchanged."""
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)) or (
+            isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)):
+        return EventLogUnavailableError(f"event log {log!r} is unavailable: {exc}")
+    return None
 
 # Offsets live in the stream ids ("0-<offset>"), and the stream's own last-generated-id is the
 # counter: a single source of truth that no separate key can contradict.
@@ -197,7 +208,9 @@ class RedisEventLog(EventLog):
         if not idempotency_window_s >= 1:
             raise ValueError(f"idempotency_window_s must be >= 1 second, got {idempotency_window_s}")
         self.url = redact(url)
+        self._client_url = url  # with its password, for the asyncio client that ``aread`` opens
         self.stream = stream
+        self.connect_timeout_s = connect_timeout_s
         self.positions_key = f"{stream}:committed"
         self.timeout_s = timeout_s
         self.idempotency_window_s = idempotency_window_s
@@ -229,6 +242,7 @@ class RedisEventLog(EventLog):
         self._groups: set[str] = set()
         self._pending: dict[tuple[str, str], str | None] = {}  # (group, member) -> history cursor
         self._closed = False
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None  # aread's client
 
     def _client(self) -> redis.Redis:
         if self._closed:
@@ -277,6 +291,37 @@ class RedisEventLog(EventLog):
             if reply:
                 return self._parse(reply[0][1])
         return []
+
+    async def aread(self, after: int, limit: int = 1000) -> list[LoggedEvent]:
+        """``read`` (non-blocking) through an asyncio client on the running loop, with the same timeouts:
+        the loop neither waits for the round trip nor hands the call to a thread."""
+        check_read_args(after, limit, 0)
+        try:
+            entries = await self._async_client().xrange(self.stream, min=f"(0-{after}", max="+", count=limit)
+        except redis.exceptions.RedisError as exc:
+            outage = _outage(self, exc)
+            if outage is None:
+                raise
+            raise outage from exc
+        return self._parse(entries)
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        """The asyncio client of the running loop (one per loop: a client cannot move between loops)."""
+        self._client()  # raises once closed
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self._client_url, decode_responses=True, socket_connect_timeout=self.connect_timeout_s,
+                socket_timeout=self.timeout_s, retry=AsyncRetry(NoBackoff(), 0))
+            self._async = (loop, client)
+        return self._async[1]
+
+    async def aclose(self) -> None:
+        """Close ``aread``'s client (idempotent)."""
+        if self._async is not None:
+            _, client = self._async
+            self._async = None
+            await client.aclose()
 
     def _block_slices(self, block_ms: int) -> Iterator[int]:
         """``block_ms`` cut into waits of at most half the socket timeout, so a blocking read never

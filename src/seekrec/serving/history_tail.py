@@ -4,6 +4,9 @@ Events for items no loaded version knows are skipped (no model could score them)
 when a new version brings such items, histories are rebuilt off the loop (dataset, then the log
 replayed) so those clicks count from then on. Every applied event also goes to the predictors'
 ``observe`` (pipelines keep their own feature store).
+
+Replicas. Several servers append to one shared log; each applies its own batches at once and the
+others' on the next poll (``catch_up``), or, for read-your-writes, before a request (``sync``).
 """
 
 from __future__ import annotations
@@ -30,14 +33,18 @@ class HistoryTail:
     event slips between a model's own replay and the swap (see ``ServingState``)."""
 
     def __init__(self, catalog: Catalog, history_len: int, data_dir: Path | None,
-                 observers: Callable[[], Iterable[Predictor]], max_users: int | None = None) -> None:
+                 observers: Callable[[], Iterable[Predictor]], max_users: int | None = None,
+                 on_sync: Callable[[], None] | None = None) -> None:
         self.catalog, self.history_len, self.data_dir, self.observers = catalog, history_len, data_dir, observers
+        self.on_sync = on_sync  # told of every read ``sync`` makes (a metric)
         self.max_users = max_users  # memory bound: least recently active users beyond it are forgotten
         self.histories: UserHistories | None = None
         self.event_log: EventLog | None = None
         self.lock = asyncio.Lock()
         self._unknown_items: set[str] = set()  # raw ids in applied events that no loaded version knew
         self.resets = 0  # times the log was seen going backwards (restarted empty)
+        self._next_sync: asyncio.Future[BaseException | None] | None = None  # the read callers join now
+        self._syncer: asyncio.Task[None] | None = None
 
     def get(self, user_id: str) -> list[int]:
         """The user's recent items as server ids, oldest first (call only once ``histories`` exist)."""
@@ -77,6 +84,64 @@ class HistoryTail:
                 if not chunk:
                     break
                 self._apply(chunk)
+
+    async def sync(self) -> None:
+        """Return once the histories hold every event in the log when this call began, whichever
+        process appended it: read-your-writes across replicas sharing one log.
+
+        Callers share reads, like a group commit: a caller joins the read that has not started yet,
+        never one under way (that one may have missed an event acknowledged just before the caller
+        came), so one log read serves every request that arrived while the previous read ran. An
+        unreachable log raises ``EventLogUnavailableError``; cancelling a caller leaves the read going."""
+        if self.histories is None or self.event_log is None:
+            return  # the start-up replay will read these events
+        if self._next_sync is None:
+            self._next_sync = asyncio.get_running_loop().create_future()
+            if self._syncer is None or self._syncer.done():
+                self._syncer = asyncio.create_task(self._run_syncs(), name="history-sync")
+        error = await asyncio.shield(self._next_sync)
+        if error is not None:
+            raise error
+
+    async def _run_syncs(self) -> None:
+        """Serve the waiting callers one read at a time until none is waiting. A failure is handed to
+        that read's callers as a result (not the future's exception: nobody may be left to retrieve it)."""
+        while (waiting := self._next_sync) is not None:
+            self._next_sync = None  # callers from now on wait for the next read
+            try:
+                await self._read_new()
+            except asyncio.CancelledError:
+                waiting.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - each waiting caller re-raises it
+                waiting.set_result(exc)
+            else:
+                waiting.set_result(None)
+
+    async def _read_new(self) -> None:
+        """Apply whatever the log holds past the histories: one read when there is nothing new."""
+        async with self.lock:
+            histories, log_ = self.histories, self.event_log
+            assert histories is not None and log_ is not None  # sync checked; neither goes back to None
+            if self.on_sync is not None:
+                self.on_sync()
+            while True:
+                chunk = await log_.aread(histories.offset, REPLAY_CHUNK)
+                if chunk:
+                    self._apply(chunk)
+                if len(chunk) < REPLAY_CHUNK:
+                    return
+
+    async def stop(self) -> None:
+        """Cancel the read serving ``sync`` callers (server shutdown)."""
+        if self._syncer is not None and not self._syncer.done():
+            self._syncer.cancel()
+            try:
+                await self._syncer
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
+        if self._next_sync is not None and not self._next_sync.done():
+            self._next_sync.cancel()
 
     def _restarted(self, end: int) -> None:
         """The log's end fell below the position applied (Redis restarted without its data, a log file

@@ -43,6 +43,15 @@ class ItemJournal:
             finally:
                 os.close(fd)
 
+    def signature(self) -> tuple[int, int, int] | None:
+        """``(inode, size, mtime ns)`` of the journal, ``None`` when there is none: replicas sharing the
+        registry compare it each poll and re-read the journal only when another replica appended."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
     def load(self) -> dict[str, dict[str, Any]]:
         """Every journaled item, the latest record of an id winning; ``{}`` when there is no journal."""
         try:

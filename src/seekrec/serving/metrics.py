@@ -45,7 +45,7 @@ class ServingMetrics:
         self.latency = Histogram("seekrec_http_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("seekrec_errors", "Server-side errors by kind (model_load, event_tail, "
-                              "unhandled)", ["kind"], registry=r)
+                              "read_your_writes, unhandled, ...)", ["kind"], registry=r)
         self.recommendations = Counter("seekrec_recommendations", "Recommendations served by arm, version, fallback",
                                        ["arm", "version", "fallback"], registry=r)
         self.batch_size = Histogram("seekrec_batch_size", "Requests per micro-batch forward pass",
@@ -62,6 +62,9 @@ class ServingMetrics:
         self.rejected = Counter("seekrec_requests_rejected", "Requests refused by a limit, by reason (body_too_large, "
                                 "rate_limited, overloaded, unknown_item)", ["reason"], registry=r)
         self.users = Gauge("seekrec_user_histories", "Users whose recent items the server keeps", registry=r)
+        self.history_syncs = Counter("seekrec_history_syncs", "Event-log reads made so that a /recommend sees "
+                                     "what other replicas appended (read_your_writes); one serves every request "
+                                     "that waited on it", registry=r)
         self.users_evicted = Gauge("seekrec_user_histories_evicted", "Least recently active users forgotten to "
                                    "stay within max_users, since the histories were last built", registry=r)
 

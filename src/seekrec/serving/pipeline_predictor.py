@@ -4,7 +4,9 @@ A pipeline needs more than the item history the server keeps: user attributes,
 the behaviour sequence with times, and window counts of users and candidate items. Those come from
 an embedded ``FeatureStore`` that this predictor owns, loaded from the dataset's tables and events,
 then fed every logged event (``observe``); the store skips events at or below its offset, so
-replaying a log tail twice counts nothing twice. Items added through ``add_items`` (a title and
+replaying a log tail twice counts nothing twice. Replicas may share one Redis store instead
+(``feature_store``): the first to load fills it, and every replica feeds it the logged events, which
+its compare-and-set offset applies once. Items added through ``add_items`` (a title and
 genres, no interactions) are embedded from their content and retrievable at once.
 """
 
@@ -46,29 +48,39 @@ class PipelinePredictor:
 
     kind = PIPELINE_KIND
 
-    def __init__(self, bundle: LoadedBundle, pipeline: Pipeline, store: FeatureStore, counts: np.ndarray) -> None:
+    def __init__(self, bundle: LoadedBundle, pipeline: Pipeline, store: FeatureStore, counts: np.ndarray, *,
+                 shared_log: EventLog | None = None) -> None:
         self.version, self.manifest, self.pipeline, self.store = bundle.version, bundle.manifest, pipeline, store
         self._counts = np.asarray(counts, dtype=np.int64)  # [N + 1] training interactions per item, for the fallback
+        self._shared_log = shared_log  # the log, when other replicas share ``store`` (see follow_restarted_log)
         self._lock = threading.Lock()
         self._refresh_catalog()
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, version: str | None, *, data_dir: Path | None,
-                      event_log: EventLog | None = None) -> PipelinePredictor:
-        """Load (and checksum) a pipeline bundle, fill its store from ``data_dir`` and the log, smoke-test it."""
+                      event_log: EventLog | None = None, feature_store: str | None = None) -> PipelinePredictor:
+        """Load (and checksum) a pipeline bundle, fill its store from ``data_dir`` and the log, smoke-test it.
+        ``feature_store``: the Redis url of a store shared with other replicas (filled once, by the first)."""
         bundle = registry.load_bundle(version)
         if bundle.kind != PIPELINE_KIND:
             raise RegistryError(f"{bundle.version} is a {bundle.kind}, not a pipeline bundle")
         pipeline = load_bundle(bundle.directory)
-        store = FeatureStore.embedded(pipeline.spec)
         counts = np.zeros(pipeline.n_items + 1, dtype=np.int64)  # items added to the bundle after training too
-        if data_dir is not None:
-            data = InteractionData.read(data_dir)
-            store.load_static(data)
-            store.replay(data)
+        data = InteractionData.read(data_dir) if data_dir is not None else None
+        if data is not None:
             items = pipeline.spec.item_index([str(r) for r in data.item_ids.raw.tolist()])  # dataset id -> spec id
             counts = np.bincount(items[data.interactions()[1] - 1], minlength=len(counts))[: len(counts)]
-        predictor = cls(bundle, pipeline, store, counts)
+        if feature_store is None:
+            store = FeatureStore.embedded(pipeline.spec)
+            if data is not None:
+                store.load_static(data)
+                store.replay(data)
+        else:
+            store = FeatureStore.shared(pipeline.spec, feature_store)
+            filled = store.bootstrap_once(data)
+            log.info("%s: shared feature store %s (%s)", bundle.version, pipeline.spec.version[:16],
+                     "filled by this replica" if filled else "already filled")
+        predictor = cls(bundle, pipeline, store, counts, shared_log=event_log if feature_store is not None else None)
         if event_log is not None:
             predictor.replay(event_log)
         predictor.check()
@@ -79,7 +91,8 @@ class PipelinePredictor:
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, context: LoadContext) -> PipelinePredictor:
         """``from_registry`` with the server's load settings (see ``serving.loading``)."""
-        return cls.from_registry(registry, version, data_dir=context.data_dir, event_log=context.event_log)
+        return cls.from_registry(registry, version, data_dir=context.data_dir, event_log=context.event_log,
+                                 feature_store=context.feature_store)
 
     # -- the Predictor surface the server uses ---------------------------------------------------------------
     @property
@@ -129,9 +142,10 @@ class PipelinePredictor:
         return replay_log(event_log, self.store.offset, self.observe)
 
     def follow_restarted_log(self) -> None:
-        """The feature store keeps its sequences and counts and applies the new log from offset 1."""
+        """The feature store keeps its sequences and counts and applies the new log from offset 1 (a
+        shared store: only the first replica to see the reset rewinds it)."""
         with self._lock:
-            self.store.follow_restarted_log()
+            self.store.follow_restarted_log(None if self._shared_log is None else self._shared_log.end_offset)
 
     def add_items(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Cold start: add items by raw id with their attributes (title, genres, ...); returns the ids added

@@ -82,6 +82,7 @@ class LoadContext:
     compile_encoder: bool = False
     data_dir: Path | None = None
     event_log: EventLog | None = None
+    feature_store: str | None = None  # Redis url of the pipeline feature store replicas share (none: embedded)
 
 
 @runtime_checkable

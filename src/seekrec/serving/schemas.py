@@ -35,7 +35,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # a before-validator here, not in the field's type: there it would hide ge/le from the JSON schema
-    _whole_ints = field_validator("k", "year", mode="before", check_fields=False)(_whole_float_to_int)
+    _whole_ints = field_validator("k", "year", "min_offset", mode="before", check_fields=False)(_whole_float_to_int)
 
 
 class RecommendRequest(_Request):
@@ -44,6 +44,9 @@ class RecommendRequest(_Request):
     user_id: Id
     k: int | None = Field(None, ge=1, le=MAX_K, description="how many items; default: the server's default_k")
     exclude_seen: bool = Field(True, description="drop items already in the user's history")
+    min_offset: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="read-your-writes across replicas: the last offset a POST /events "
+                                  "answered (to any replica); this answer then reflects every event up to it")
     context: dict[ContextKey, ContextValue] | None = Field(
         None, max_length=MAX_CONTEXT_KEYS, description="request context (page, device ...); accepted for clients and logs, "
                                          "not used by the sequence models")

@@ -93,6 +93,17 @@ class ServeSettings:
     max_wait_ms: float = field(default=2.0, metadata={"help": "micro-batch wait"})
     poll_interval_s: float = field(default=2.0, metadata={
         "help": "seconds between checks of the registry's CURRENT (hot swap) and the event log's tail"})
+    # -- replicas (docs/serving.md "Replicas"): several servers on one shared event log and registry --
+    read_your_writes: bool = field(default=False, metadata={
+        "help": "before each /recommend, read what other replicas appended to the shared event log (one "
+                "read serves every request waiting for it), so an event acknowledged by any replica shows "
+                "in this one's next recommendation; off: other replicas' events show within poll_interval_s"})
+    read_your_writes_timeout_ms: float = field(default=100.0, metadata={
+        "help": "longest a /recommend waits for that read; past it (a slow or unreachable log) it answers "
+                "from the histories as they are (counted in seekrec_errors_total{kind=\"read_your_writes\"})"})
+    feature_store: str | None = field(default=None, metadata={
+        "help": "Redis url of a feature store that replicas share for pipeline arms (?prefix=KEY, default "
+                "seekrec:features); none: each pipeline arm keeps its own embedded store"})
     trainer_consumer: str = field(default=TRAINER_CONSUMER, metadata={
         "help": "the online trainer's event-log consumer name, for the lag metric"})
     device: str = "cpu"
@@ -158,12 +169,17 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"ServeSettings.{name} must be an integer in {low}..{high}, got {value!r}")
-        for name in ("max_wait_ms", "poll_interval_s", "rate_limit_per_s"):
+        for name in ("max_wait_ms", "poll_interval_s", "rate_limit_per_s", "read_your_writes_timeout_ms"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
-                    or (name == "poll_interval_s" and value == 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name in ("poll_interval_s", "read_your_writes_timeout_ms") and value == 0):
                 raise ValueError(f"ServeSettings.{name} must be a finite number of at least 0 "
-                                 f"(poll_interval_s > 0), got {value!r}")
+                                 f"(poll_interval_s and read_your_writes_timeout_ms > 0), got {value!r}")
+        if not isinstance(self.read_your_writes, bool):
+            raise ValueError(f"ServeSettings.read_your_writes must be true or false, got {self.read_your_writes!r}")
+        if self.feature_store is not None and not str(self.feature_store).startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"ServeSettings.feature_store must be a Redis url (redis://host:port/db?prefix=KEY), "
+                             f"got {self.feature_store!r}")
         if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
             raise ValueError(f"ServeSettings.unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, "
                              f"got {self.unknown_items!r}")

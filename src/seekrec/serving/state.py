@@ -85,10 +85,11 @@ class ServingState:
         self.registry = ModelRegistry(settings.registry)
         self.assigner = ArmAssigner(settings.experiment)
         context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
-                              device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir)
+                              device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir,
+                              feature_store=settings.feature_store)
         self.table = ArmTable(self.registry, settings.experiment.arms, context, metrics)
         self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
-                                max_users=settings.max_users)
+                                max_users=settings.max_users, on_sync=metrics.history_syncs.inc)
         self.event_log: EventLog | None = None
         self.batcher: MicroBatcher[tuple[ArmModel, Query], Recommendation] = MicroBatcher(
             self._run_batch, settings.max_batch, settings.max_wait_ms, on_batch=metrics.batch_size.observe,
@@ -98,6 +99,7 @@ class ServingState:
         self.outage = OutageLog(metrics)
         self.journal = ItemJournal(settings.items_journal_path)
         self._journaled: dict[str, dict[str, Any]] = {}  # items of the journal, replayed into new versions
+        self._journal_seen: tuple[int, int, int] | None = None  # the journal's signature when last read
         self.failure: str | None = None  # why a background start-up gave up (liveness then fails)
         self._starting: asyncio.Task[None] | None = None
 
@@ -154,6 +156,7 @@ class ServingState:
         self.event_log = await self._open_event_log()
         self.tail.event_log = self.event_log
         self.table.context = dataclasses.replace(self.table.context, event_log=self.event_log)
+        self._journal_seen = await asyncio.to_thread(self.journal.signature)  # before reading: a later line is re-read
         self._journaled = await asyncio.to_thread(self.journal.load)
         if self._journaled:
             log.info("%d items added by POST /items are journaled in %s; replaying them into each version",
@@ -164,6 +167,7 @@ class ServingState:
         else:
             log.warning("no model in %s yet: not ready until one is published", self.settings.registry)
         self._tasks = [asyncio.create_task(self._every(self.refresh, "model_load"), name="registry-poller"),
+                       asyncio.create_task(self._every(self.follow_journal, "items_journal"), name="journal-poller"),
                        asyncio.create_task(self._every(self.tail.catch_up, "event_tail"), name="event-log-tail")]
         log.info("start-up done in %.1f s (ready: %s)", time.monotonic() - started, self.ready)
         # models, catalogs and histories live as long as the process: moved out of the collector's
@@ -203,8 +207,10 @@ class ServingState:
                 await task
             except asyncio.CancelledError:
                 pass  # the cancellation we asked for
+        await self.tail.stop()
         await self.batcher.stop()
         if self.event_log is not None:
+            await self.event_log.aclose()
             await asyncio.to_thread(self.event_log.close)
 
     @property
@@ -223,12 +229,20 @@ class ServingState:
         return "user histories are loading"
 
     # -- requests ----------------------------------------------------------------------------
-    async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> tuple[Recommendation, str]:
-        """The user's recommendation and arm; history is read now, so it reflects every acknowledged event."""
+    async def recommend(self, user_id: str, k: int, exclude_seen: bool,
+                        min_offset: int | None = None) -> tuple[Recommendation, str]:
+        """The user's recommendation and arm; history is read now, so it reflects every event this
+        replica acknowledged. Events other replicas acknowledged show once the tail polls them, or at
+        once with ``read_your_writes``, or when the request's ``min_offset`` (the offset a POST /events
+        answered) is past what this replica applied: then the log is read first."""
         arm = self.assigner.assign(user_id)
         model = self.table.arms.get(arm.name)
-        if model is None or self.tail.histories is None:
+        histories = self.tail.histories
+        if model is None or histories is None:
             raise NotReadyError(self.not_ready_reason())
+        if self.settings.read_your_writes or (min_offset is not None and histories.offset < min_offset):
+            await self._read_other_replicas()
+            model = self.table.arms.get(arm.name, model)  # a swap may have happened meanwhile
         if model.needs_context:  # event-time / action inputs: the events' times and values go along
             items, times, values = model.translate_events(self.tail.events(user_id))
             query = Query(user_id, items, k, exclude_seen, times, values)
@@ -241,6 +255,18 @@ class ServingState:
         self.metrics.recommendations.labels(arm=arm.name, version=rec.model_version,
                                             fallback=str(rec.fallback).lower()).inc()
         return rec, arm.name
+
+    async def _read_other_replicas(self) -> None:
+        """Read-your-writes: apply what other replicas appended before this request (``HistoryTail.sync``).
+        A recommendation must not fail because the log is slow or down: past the timeout, or in an
+        outage, it is answered from the histories as they are, and the miss is counted."""
+        try:
+            await asyncio.wait_for(self.tail.sync(), self.settings.read_your_writes_timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            self.metrics.errors.labels(kind="read_your_writes").inc()
+        except EventLogUnavailableError as exc:
+            self.metrics.errors.labels(kind="read_your_writes").inc()
+            self.outage.failed(exc, "POST /recommend (read your writes)")
 
     async def add_events(self, events: Sequence[Event], idempotency_key: str | None = None) -> list[int]:
         """Append durably (the offsets are returned only after the log's ``append`` returned), then apply
@@ -282,6 +308,31 @@ class ServingState:
                 self._journaled.update(records)
                 await self._install(adders, self.table.current_version, replay_items=False)
         return added
+
+    async def follow_journal(self) -> bool:
+        """Replicas: items that another replica added with ``POST /items`` (journaled in the shared
+        registry) join this one's arms within a poll interval; True when some did."""
+        signature = await asyncio.to_thread(self.journal.signature)
+        if signature == self._journal_seen:
+            return False
+        async with self._swap_lock:
+            self._journal_seen = signature  # before reading, so a line appended while reading is read next poll
+            records = await asyncio.to_thread(self.journal.load)
+            fresh = {raw: record for raw, record in records.items() if self._journaled.get(raw) != record}
+            if not fresh:
+                return False  # this replica's own lines
+            adders = {}
+            for predictor in self.table.predictors():
+                try:
+                    await asyncio.to_thread(predictor.add_items, fresh)
+                except ItemsNotAddableError:
+                    continue  # a sequence model learns new items from their events instead
+                adders[predictor.version] = predictor
+            self._journaled.update(fresh)
+            if adders:
+                await self._install(adders, self.table.current_version, replay_items=False)
+            log.info("%d items added by another replica's POST /items joined %d version(s)", len(fresh), len(adders))
+            return True
 
     def _run_batch(self, batch: list[tuple[ArmModel, Query]]) -> list[Recommendation]:
         """Worker thread: one forward per model version present in the batch, results in batch order."""

@@ -23,7 +23,7 @@ router = APIRouter(tags=["recommend"], dependencies=[Depends(require(Role.READ))
 async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depends(get_state)]) -> RecommendResponse:
     """Personalised items (or popular ones, ``fallback: true``, for users with no usable history)."""
     k = body.k if body.k is not None else state.settings.default_k
-    rec, arm = await state.recommend(body.user_id, k, body.exclude_seen)
+    rec, arm = await state.recommend(body.user_id, k, body.exclude_seen, body.min_offset)
     items = [ScoredItem(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)]
     return RecommendResponse(user_id=body.user_id, items=items, model_version=rec.model_version, arm=arm,
                              fallback=rec.fallback)
