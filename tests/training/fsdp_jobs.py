@@ -1,4 +1,5 @@
-"""Training jobs of the FSDP tests, run both in the test process (one rank) and under torchrun (two gloo ranks).
+"""Training jobs of the multi-process tests (FSDP, uneven shards), run both in the test process (one rank) and under
+torchrun (several gloo ranks).
 
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/training/fsdp_jobs.py SPEC.json`` runs the
 jobs that SPEC lists, in order, in one process group: starting the ranks costs more than all the training, so

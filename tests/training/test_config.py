@@ -22,6 +22,8 @@ def test_toml_and_overrides(tmp_path):
         (["train.strategy=zero3"], r"train.strategy must be one of \('ddp', 'fsdp'\)"),
         (["train.strategy=FSDP"], "train.strategy"),
         (["train.strategy=fsdp", "train.compile=true"], "train.compile is not supported with train.strategy='fsdp'"),
+        (["train.dist_timeout_s=0"], "train.dist_timeout_s must be > 0"),
+        (["train.dist_timeout_s=-5"], "train.dist_timeout_s must be > 0"),
         (["loss.name=hinge"], "name"),
         (["data.split=random"], "data.split"),
         (["train.lr"], "section.key=value"),

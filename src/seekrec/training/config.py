@@ -12,13 +12,19 @@ STRATEGIES = ("ddp", "fsdp")
 class TrainConfig:
     """How to optimise: AdamW, warmup + cosine decay, clipping, precision, accumulation, stopping.
 
-    ``batch_size`` is the global batch (split across ranks under torchrun); one optimiser step
-    consumes ``batch_size * grad_accum`` sequences.
+    ``batch_size`` is the global batch (split across ranks under torchrun, any world size); one optimiser
+    step consumes ``batch_size`` sequences as ``grad_accum`` micro-batches of ``batch_size / grad_accum``.
 
     ``strategy`` (under torchrun): "ddp" replicates the model on every rank; "fsdp" shards parameters,
     gradients and optimiser state across ranks (``training.parallel``, docs/distributed.md). In a
     single process both train the bare model; "fsdp" still writes sharded (DCP) checkpoints, so a run
     can move between one process and several.
+
+    ``dist_timeout_s`` (under torchrun): how long a collective waits for the other ranks before it fails,
+    so that torchrun restarts the workers after a peer hangs (SIGSTOP, network partition) instead of
+    waiting torch's default (30 min for gloo, 10 min for NCCL). Rank 0 validates and writes checkpoints
+    while the others wait in their next collective, so it must exceed one validation plus one checkpoint
+    write (docs/elastic.md). None keeps torch's default.
     """
 
     lr: float = 1e-3
@@ -42,6 +48,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # validate, keep and test an exponential moving average of the weights (0: off)
     seed: int = 0
     device: str = "auto"
+    dist_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # TOML gives lists
@@ -63,5 +70,8 @@ class TrainConfig:
             raise ValueError("train.eval_every and train.patience must be >= 1; warmup/checkpoint_every >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("train.min_lr_ratio must lie in [0, 1]")
+        if self.dist_timeout_s is not None and not self.dist_timeout_s > 0:
+            raise ValueError(f"train.dist_timeout_s must be > 0 seconds (longer than one validation plus one "
+                             f"checkpoint write), or omitted for torch's default; got {self.dist_timeout_s}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (e.g. 0.999; 0 turns averaging off), got {self.ema_decay}")

@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,8 +43,11 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_preference: str = "auto") -> DistContext:
-    """Join the process group torchrun describes (if any) and return this process's context."""
+def init_distributed(device_preference: str = "auto", timeout_s: float | None = None) -> DistContext:
+    """Join the process group torchrun describes (if any) and return this process's context.
+
+    ``timeout_s``: how long any collective of the group waits for a peer before it raises (None: torch's
+    default), so a hung peer ends the workers and torchrun can restart them (``TrainConfig.dist_timeout_s``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,7 +56,8 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, timeout=timeout)
     return DistContext(rank, world_size, local_rank, device)
 
 

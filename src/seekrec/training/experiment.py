@@ -148,7 +148,7 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
     if data_dir is None:
         raise ValueError("no dataset: pass --data DIR or set data.path in the config")
     run = RunDir(Path(out_dir))
-    ctx = init_distributed(config.train.device)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         torch.manual_seed(config.train.seed)
         data, split = load_split(data_dir, config.data.split)

@@ -257,8 +257,10 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def _log_step(self, stats: StepStats, step: int, epoch: int) -> None:
+        # world_size per step: an elastic job's resizes show in the log (docs/elastic.md)
         record = {"kind": "train", "step": step, "epoch": epoch, "loss": stats.loss, "lr": stats.lr,
-                  "grad_norm": stats.grad_norm, **self.batches.throughput(stats, self.ctx.world_size), **stats.extra}
+                  "grad_norm": stats.grad_norm, "world_size": self.ctx.world_size,
+                  **self.batches.throughput(stats, self.ctx.world_size), **stats.extra}
         if hasattr(self.raw_model, "expert_load"):  # MoE: share of tokens per expert, per layer
             record["expert_load"] = self.raw_model.expert_load()
         self.log.append(record)
