@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 @dataclass
@@ -18,7 +18,9 @@ class TrainConfig:
     ``strategy`` (under torchrun): "ddp" replicates the model on every rank; "fsdp" shards parameters,
     gradients and optimiser state across ranks (``training.parallel``, docs/distributed.md). In a
     single process both train the bare model; "fsdp" still writes sharded (DCP) checkpoints, so a run
-    can move between one process and several.
+    can move between one process and several. "deepspeed" trains through DeepSpeed's engine (ZeRO stage 0-2,
+    its fp16/bf16, its schedulers) configured by the JSON file ``deepspeed_config``
+    (``training.deepspeed_strategy``; ``pip install 'seekrec[deepspeed]'``).
 
     ``dist_timeout_s`` (under torchrun): how long a collective waits for the other ranks before it fails,
     so that torchrun restarts the workers after a peer hangs (SIGSTOP, network partition) instead of
@@ -39,6 +41,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     strategy: str = "ddp"
+    deepspeed_config: str | None = None  # ds_config.json, read with strategy "deepspeed" (seekrec train --deepspeed)
     activation_checkpointing: bool = False
     eval_every: int = 1  # epochs between validation runs
     patience: int = 10  # validation runs without improvement before stopping
@@ -59,8 +62,14 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"train.strategy must be one of {STRATEGIES} (replicated or sharded data parallel), "
-                             f"got {self.strategy!r}")
+            raise ValueError(f"train.strategy must be one of {STRATEGIES} (replicated or sharded data parallel, or "
+                             f"DeepSpeed's engine), got {self.strategy!r}")
+        if (self.strategy == "deepspeed") != (self.deepspeed_config is not None):
+            raise ValueError("train.strategy = 'deepspeed' goes with train.deepspeed_config, the path of a DeepSpeed "
+                             "JSON config, and only with it: pass seekrec train --deepspeed ds_config.json")
+        if self.strategy == "deepspeed" and self.compile:
+            raise ValueError("train.compile is not supported with train.strategy='deepspeed'; set train.compile = "
+                             "false")
         if self.strategy == "fsdp" and self.compile:
             raise ValueError("train.compile is not supported with train.strategy='fsdp' (it would have to compile "
                              "each block before sharding); set train.compile = false or use strategy 'ddp'")

@@ -1,8 +1,10 @@
-"""Data parallelism across torchrun ranks, ``train.strategy``: replicated (DDP) or fully sharded (FSDP2).
+"""Data parallelism across torchrun ranks, ``train.strategy``: replicated (DDP), fully sharded (FSDP2), or
+DeepSpeed's engine (``training.deepspeed_strategy``, behind the ``deepspeed`` extra).
 
 Everything the trainer does that depends on how the weights are laid out over ranks goes through one of
-these two objects: wrapping the model, giving rank 0 the whole model to validate, exporting the best
-weights as one safetensors file and loading them back, and writing / reading resumable checkpoints.
+these objects: wrapping the model (and, for DeepSpeed, the optimiser and schedule), the step function, giving
+rank 0 the whole model to validate, exporting the best weights as one safetensors file and loading them back,
+and writing / reading resumable checkpoints.
 
 ``ddp`` (``Replicated``): every rank holds the whole model (``DistributedDataParallel``); rank 0
 validates, exports and writes checkpoints alone (``training.checkpoint``, safetensors).
@@ -21,16 +23,18 @@ resume on any number of ranks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from seekrec.models.base import ShardableModel
 from seekrec.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from seekrec.training.config import TrainConfig
+from seekrec.training.deepspeed_config import is_deepspeed_checkpoint
 from seekrec.training.distributed import DistContext, barrier, broadcast_flag, wrap_ddp
 from seekrec.training.run_dir import RunDir
 from seekrec.training.sharded_checkpoint import (
@@ -38,7 +42,7 @@ from seekrec.training.sharded_checkpoint import (
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
-from seekrec.training.step import autocast_context
+from seekrec.training.step import LossTask, TrainStep, autocast_context
 
 PARAM_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,6 +64,20 @@ class Replicated:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the task calls forward on (DDP under torchrun, ``model`` itself in one process)."""
         return wrap_ddp(model, self.ctx)
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, *,
+               total_steps: int) -> tuple[nn.Module, Any]:
+        """After the optimiser and schedule exist: the module the task calls forward on and the scheduler the
+        step advances (these two as they are; DeepSpeed's engine takes all three)."""
+        return model, scheduler
+
+    def train_step(self, model: nn.Module, task: LossTask, optimizer: torch.optim.Optimizer, scheduler: Any, *,
+                   after_update: Callable[[], None] | None = None) -> Callable[[Any], Any]:
+        """The function the trainer calls on each global batch's micro-batches."""
+        return TrainStep(model, task, optimizer, scheduler, self.config, self.ctx, after_update=after_update)
+
+    def close(self) -> None:
+        """Release what the strategy holds beyond the model (nothing for DDP and FSDP)."""
 
     @contextlib.contextmanager
     def full_weights(self, model: nn.Module) -> Iterator[None]:
@@ -95,6 +113,7 @@ class Replicated:
         if is_sharded_checkpoint(path):
             raise CheckpointError(f"{path} was written with train.strategy = 'fsdp' (a sharded DCP checkpoint); "
                                   "resume with train.strategy = 'fsdp', or start a new run directory")
+        _refuse_deepspeed_checkpoint(path)
         return load_checkpoint(path, model, optimizer)
 
 
@@ -171,17 +190,29 @@ class Sharded(Replicated):
     def load_checkpoint(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                         shared_tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """Restore ``path``, written by any number of ranks; ``shared_tensors`` are filled in place."""
+        _refuse_deepspeed_checkpoint(path)
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path} was written with train.strategy = 'ddp' (one safetensors file per "
                                   "checkpoint); resume with train.strategy = 'ddp', or start a new run directory")
         return load_sharded_checkpoint(path, model, optimizer, self.ctx, shared_tensors=shared_tensors)
 
 
+def _refuse_deepspeed_checkpoint(path: Path) -> None:
+    if is_deepspeed_checkpoint(path):
+        raise CheckpointError(f"{path} was written with train.strategy = 'deepspeed'; resume with train.strategy = "
+                              "'deepspeed' (seekrec train --deepspeed FILE), or start a new run directory")
+
+
 STRATEGY_CLASSES: dict[str, type[Replicated]] = {"ddp": Replicated, "fsdp": Sharded}
 
 
 def build_parallel(config: TrainConfig, ctx: DistContext) -> Replicated:
-    """The ``Replicated`` or ``Sharded`` strategy that ``config.strategy`` names."""
+    """The ``Replicated``, ``Sharded`` or ``DeepSpeedEngine`` strategy that ``config.strategy`` names (DeepSpeed's
+    module is imported only when it is asked for: it is an optional extra)."""
+    if config.strategy == "deepspeed":
+        from seekrec.training.deepspeed_strategy import DeepSpeedEngine
+
+        return DeepSpeedEngine(ctx, config)
     return STRATEGY_CLASSES[config.strategy](ctx, config)
 
 

@@ -4,6 +4,8 @@
 
     run/
       config.json              the experiment config as run (+ data manifest sha256 and source)
+      ds_config.json           train.strategy "deepspeed": the DeepSpeed JSON as given (config.json has the
+                               train.* values it set)
       model.json               the model as built: factory name, use_item_features and the full model
                                config (every default, n_items, max_len, n_side_features filled in)
       catalog.json             raw item ids <-> model ids
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from seekrec.training.experiment import ModelSection
 
 CONFIG_FILE = "config.json"
+DS_CONFIG_FILE = "ds_config.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -154,6 +157,10 @@ class RunDir:
 
     def write_model(self, model: RunModel) -> None:
         atomic_write_json(self.model_file, model.to_dict())
+
+    def write_deepspeed_config(self, ds_config: dict[str, Any]) -> None:
+        """The DeepSpeed JSON a run trained with, kept beside its config (the user's file may change later)."""
+        atomic_write_json(self.path / DS_CONFIG_FILE, ds_config)
 
     def write_catalog(self, catalog: Catalog) -> None:
         atomic_write_bytes(self.catalog_file, catalog.to_bytes())

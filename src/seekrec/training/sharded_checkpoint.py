@@ -75,31 +75,48 @@ def save_sharded_checkpoint(
     ``rank_tensors``: this rank's own state (e.g. its sampler's generator), stored with its RNG states.
     ``shared_tensors``: named tensors laid out like the parameters (DTensor shards under FSDP).
     """
-    final = root / f"step-{step:09d}"
-    tmp = root / f".tmp-step-{step:09d}"  # one name all ranks agree on
-    if ctx.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
-        tmp.mkdir()
-    barrier(ctx)
+    tmp = begin_checkpoint(root, step, ctx)
     model_state, optim_state = get_state_dict(model, optimizer)
     payload: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
     if shared_tensors:
         payload[SHARED] = dict(shared_tensors)
     with _one_process_is_meant(ctx):
         dcp.save(payload, checkpoint_id=tmp, no_dist=not ctx.enabled)  # the writer fsyncs its files
+    write_rank_state(tmp, ctx, rank_tensors)
+    return commit_checkpoint(root, tmp, {"step": step, "format": FORMAT, "world_size": ctx.world_size, **state},
+                             ctx, keep=keep)
+
+
+def begin_checkpoint(root: Path, step: int, ctx: DistContext) -> Path:
+    """The empty directory ``root/.tmp-step-<step>`` every rank writes its part of a checkpoint into (collective)."""
+    tmp = root / f".tmp-step-{step:09d}"  # one name all ranks agree on
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
+        tmp.mkdir()
+    barrier(ctx)
+    return tmp
+
+
+def write_rank_state(tmp: Path, ctx: DistContext, rank_tensors: dict[str, Tensor]) -> None:
+    """``rank-<r>.safetensors`` in ``tmp``: this rank's ``rank_tensors`` (``extra.*``) and RNG states, fsynced."""
     own = {f"extra.{k}": v.detach().contiguous().cpu() for k, v in rank_tensors.items()}
     own["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             own[f"rng.cuda.{i}"] = s
     save_file(own, str(tmp / rank_file(ctx.rank)))
-    _fsync(tmp / rank_file(ctx.rank))
+    fsync_file(tmp / rank_file(ctx.rank))
+
+
+def commit_checkpoint(root: Path, tmp: Path, meta: dict[str, Any], ctx: DistContext, *, keep: int = 2) -> Path:
+    """Once every rank has written into ``tmp`` (collective): rank 0 adds ``state.json`` (``meta``), renames ``tmp``
+    to ``step-<meta["step"]>``, switches ``LATEST`` and prunes to ``keep`` checkpoints. Returns the directory."""
+    final = root / f"step-{meta['step']:09d}"
     barrier(ctx)
     if ctx.is_main:
-        meta = {"step": step, "format": FORMAT, "world_size": ctx.world_size, **state}
         (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-        _fsync(tmp / STATE_FILE)
+        fsync_file(tmp / STATE_FILE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -108,6 +125,34 @@ def save_sharded_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier(ctx)
     return final
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``; ``CheckpointError`` if it is unreadable."""
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back to an older one") \
+            from exc
+
+
+def read_rank_state(path: Path, ctx: DistContext, state: dict[str, Any], *, restore_rng: bool = True,
+                    rank: int | None = None) -> dict[str, Tensor]:
+    """This rank's ``rank-<r>.safetensors`` (rank 0's when the world size changed; ``rank``'s when given): restores
+    its RNG states (``restore_rng``) and returns its extra tensors."""
+    same_world = state.get("world_size") == ctx.world_size
+    own_file = path / rank_file(rank if rank is not None else ctx.rank if same_world else 0)
+    try:
+        own = load_file(str(own_file))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {own_file.name} is unreadable ({exc}); delete the checkpoint "
+                              "to fall back to an older one") from exc
+    if restore_rng:
+        torch.set_rng_state(own["rng.torch"])
+        cuda_states = [own[k] for k in sorted(own) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return {k.removeprefix("extra."): v for k, v in own.items() if k.startswith("extra.")}
 
 
 def load_sharded_checkpoint(
@@ -150,19 +195,7 @@ def load_sharded_checkpoint(
     except (CheckpointException, RuntimeError, ValueError, KeyError) as exc:  # DCP wraps what each rank raised
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}; resume with the config it was written "
                               "with, or delete it to fall back to an older one") from exc
-    same_world = state.get("world_size") == ctx.world_size
-    own_file = path / rank_file(ctx.rank if same_world else 0)
-    try:
-        own = load_file(str(own_file))
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"checkpoint {path}: {own_file.name} is unreadable ({exc}); delete the checkpoint "
-                              "to fall back to an older one") from exc
-    if restore_rng:
-        torch.set_rng_state(own["rng.torch"])
-        cuda_states = [own[k] for k in sorted(own) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
-    extras = {k.removeprefix("extra."): v for k, v in own.items() if k.startswith("extra.")}
+    extras = read_rank_state(path, ctx, state, restore_rng=restore_rng)
     return state, {**extras, **shared}
 
 
@@ -192,6 +225,7 @@ def _one_process_is_meant(ctx: DistContext) -> Iterator[None]:
         yield
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush ``path`` to disk, so a rename after it publishes complete contents."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())

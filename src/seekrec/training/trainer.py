@@ -35,7 +35,6 @@ from seekrec.training.run_dir import RunDir
 from seekrec.training.step import (
     LossTask,
     StepStats,
-    TrainStep,
     build_optimizer,
     warmup_cosine,
 )
@@ -134,13 +133,16 @@ class Trainer:
         self.model = self.parallel.wrap(self.raw_model)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.task = task_factory(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
         total = batches.steps_per_epoch * config.max_epochs
-        self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_ratio))
+        self.scheduler: Any = LambdaLR(self.optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_ratio))
+        # DeepSpeed's engine takes model, optimiser and schedule together (its JSON may name its own schedule)
+        self.model, self.scheduler = self.parallel.attach(self.model, self.optimizer, self.scheduler,
+                                                          total_steps=total)
+        self.task = task_factory(self.model)
         self.ema = WeightEMA(self.raw_model, config.ema_decay) if config.ema_decay else None
-        self.step_fn = TrainStep(self.model, self.task, self.optimizer, self.scheduler, config, self.ctx,
-                                 after_update=self._after_update)
+        self.step_fn = self.parallel.train_step(self.model, self.task, self.optimizer, self.scheduler,
+                                                after_update=self._after_update)
         self.log = run_dir.metrics_log
 
     def _after_update(self) -> None:
@@ -303,6 +305,7 @@ class Trainer:
                     self._save(self._state(epoch, 0, step, best, bad, elapsed))
         seconds = elapsed0 + time.perf_counter() - t0
         test = self._finish()
+        self.parallel.close()
         rate = ctx.world_size / train_seconds if train_seconds else 0.0
         return FitResult(best_valid=best["valid"], best_epoch=best["epoch"], best_step=best["step"],
                          epochs_run=epoch, steps=step, seconds=seconds, seconds_to_best=best.get("elapsed", seconds),
