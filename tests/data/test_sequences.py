@@ -42,10 +42,33 @@ def test_loader_resume_and_sharding_match_single_process():
     assert not torch.equal(full[0].user_ids, next(SequenceLoader(ds, 8, seed=3).iter_epoch(3)).user_ids)
 
 
+@pytest.mark.parametrize(("world_size", "batch_size"), [(2, 13), (3, 13), (5, 12)])
+def test_any_world_size_shards_every_global_batch(world_size, batch_size):
+    """Shares of a batch not divisible by the world differ by one; a rank past the end of a short last batch
+    gets one all-padding row (no targets), so every rank still steps."""
+    rng = np.random.default_rng(1)
+    seqs = UserSequences.from_interactions(rng.integers(1, 41, 400), rng.integers(1, 30, 400), np.arange(400), 40)
+    ds = SequenceDataset(seqs, max_len=5, with_context=True)  # 40 windows
+    full = list(SequenceLoader(ds, batch_size, seed=3).iter_epoch(0))
+    assert 0 < len(ds) % batch_size < world_size  # the last batch leaves some rank without an example
+    shards = [list(SequenceLoader(ds, batch_size, seed=3, rank=r, world_size=world_size).iter_epoch(0))
+              for r in range(world_size)]
+    for k, batch in enumerate(full):
+        mine = [shard[k] for shard in shards]
+        real = [b for b in mine if (b.target_ids > 0).any()]
+        assert max(len(b) for b in real) - min(len(b) for b in real) <= 1
+        assert torch.equal(torch.cat([b.user_ids for b in real]).sort().values, batch.user_ids.sort().values)
+        assert sum(int((b.target_ids > 0).sum()) for b in mine) == int((batch.target_ids > 0).sum())
+        for empty in (b for b in mine if not (b.target_ids > 0).any()):
+            assert k == len(full) - 1 and len(empty) == 1 and not empty.input_ids.any()
+            assert empty.context is not None and not empty.context.times.any()
+            empty.context.check(empty.input_ids)
+
+
 def test_loader_validation():
     ds = SequenceDataset(_seqs(), max_len=3)
-    with pytest.raises(ValueError, match="divisible"):
-        SequenceLoader(ds, 3, world_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        SequenceLoader(ds, 3, rank=2, world_size=2)
     with pytest.raises(ValueError, match="max_len"):
         SequenceDataset(_seqs(), max_len=0)
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from seekrec.models.losses import LossConfig
+from seekrec.models.losses import LOSS_NAMES, LossConfig
 from seekrec.models.factory import build_loss
 from seekrec.models.task import NextItemBatch, NextItemTask
 
-from .helpers import N_ITEMS, left_pad, make_model, successor_batch
+from .helpers import MODEL_NAMES, N_ITEMS, left_pad, make_model, successor_batch
 
 
 def test_step_loss_returns_scalar_and_detached_stats() -> None:
@@ -63,11 +63,21 @@ def test_wrapped_model_uses_wrapper_forward_and_inner_api() -> None:
     assert wrapper.calls == 1
 
 
-def test_batch_without_targets_is_an_error() -> None:
-    task = NextItemTask(make_model("sasrec"), build_loss(LossConfig(), N_ITEMS))
-    ids = left_pad([[1, 2]], 4)
-    with pytest.raises(ValueError, match="no targets"):
-        task.step_loss(NextItemBatch(ids, torch.zeros_like(ids)))
+@pytest.mark.parametrize("loss_name", LOSS_NAMES)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("rows", [[[0, 0, 0, 0]], [[1, 2]]], ids=["padding-row", "history-without-targets"])
+def test_batch_without_targets_has_zero_loss_and_zero_gradients(name: str, loss_name: str,
+                                                                 rows: list[list[int]]) -> None:
+    """A rank's empty share of a short batch (an all-padding row) still runs forward and loss, adding nothing."""
+    model = make_model(name, dropout=0.0, **({"balance_loss_alpha": 0.1} if name == "deepseek" else {}))
+    task = NextItemTask(model, build_loss(LossConfig(name=loss_name, n_negatives=8), N_ITEMS))
+    ids = left_pad(rows, 4)
+    loss, stats = task.step_loss(NextItemBatch(ids, torch.zeros_like(ids)))
+    assert stats["n_targets"].item() == 0 and stats["loss_main"].item() == 0.0
+    assert torch.isfinite(loss)
+    (loss * stats["n_targets"]).backward()  # as TrainStep weighs it
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and not g.any() for g in grads)
 
 
 def test_batch_to_device() -> None:

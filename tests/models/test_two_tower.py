@@ -274,3 +274,20 @@ def test_learns_a_pattern_planted_in_the_history(pooling: str) -> None:
     has_history = (batch.user.sequence > 0).any(dim=1)
     recall_at_10 = (ranks[has_history] < 10).float().mean().item()
     assert recall_at_10 > 0.6, f"{pooling}: recall@10 {recall_at_10:.2f}; random is {10 / N_PLANTED:.2f}"
+
+
+def test_weights_saved_with_a_scalar_temperature_still_load(tmp_path) -> None:
+    """``log_temperature`` became shape [1] (FSDP shards on dim 0); files written when it was a scalar load."""
+    from safetensors.torch import save_file
+
+    from seekrec.models.weights import load_weights
+
+    model = make_feature_model("two_tower")
+    with torch.no_grad():
+        model.log_temperature.fill_(-2.0)
+    state = {name: t.contiguous() for name, t in model.state_dict().items()}
+    state["log_temperature"] = state["log_temperature"].reshape(())
+    save_file(state, str(tmp_path / "old.safetensors"))
+    fresh = load_weights(make_feature_model("two_tower", seed=1), tmp_path / "old.safetensors")
+    assert fresh.log_temperature.shape == (1,) and torch.equal(fresh.log_temperature, model.log_temperature)
+    assert fresh.temperature.dim() == 0 and fresh.temperature.item() == pytest.approx(math.exp(-2.0))

@@ -19,6 +19,15 @@ def test_toml_and_overrides(tmp_path):
         (["train.lrr=1"], "unknown key"),
         (["bogus.x=1"], "unknown config section"),
         (["train.precision=fp8"], "precision"),
+        (["train.strategy=zero3"], r"train.strategy must be one of \('ddp', 'fsdp', 'deepspeed'\)"),
+        (["train.strategy=FSDP"], "train.strategy"),
+        (["train.strategy=fsdp", "train.compile=true"], "train.compile is not supported with train.strategy='fsdp'"),
+        (["train.strategy=deepspeed"], "train.strategy = 'deepspeed' goes with train.deepspeed_config"),
+        (["train.deepspeed_config=ds.json"], "train.strategy = 'deepspeed' goes with train.deepspeed_config"),
+        (["train.strategy=deepspeed", "train.deepspeed_config=ds.json", "train.compile=true"],
+         "train.compile is not supported with train.strategy='deepspeed'"),
+        (["train.dist_timeout_s=0"], "train.dist_timeout_s must be > 0"),
+        (["train.dist_timeout_s=-5"], "train.dist_timeout_s must be > 0"),
         (["loss.name=hinge"], "name"),
         (["data.split=random"], "data.split"),
         (["train.lr"], "section.key=value"),
@@ -32,6 +41,11 @@ def test_toml_and_overrides(tmp_path):
 def test_bad_config_is_refused_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.load(None, overrides)
+
+
+def test_strategy_defaults_to_ddp_and_takes_fsdp():
+    assert ExperimentConfig.load(None).train.strategy == "ddp"
+    assert ExperimentConfig.load(None, ["train.strategy=fsdp"]).train.strategy == "fsdp"
 
 
 def test_invalid_toml(tmp_path):

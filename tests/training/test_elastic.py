@@ -153,6 +153,10 @@ def test_host_dies_and_the_survivor_finishes_from_the_last_checkpoint(hosts, sim
     assert results["world_size"] == 1  # the world it finished in
     elastic, uninterrupted = train_records(run), train_records(reference)
     assert [r["step"] for r in elastic] == list(range(1, total_steps + 1))  # each step once, none lost or repeated
+    # the resize in metrics.jsonl: the steps after the checkpoint the two-rank job started from (`before`, or
+    # earlier) up to the one A resumed from ran on 2 ranks, the rest on A alone
+    worlds = [r["world_size"] for r in elastic]
+    assert set(worlds[before:resumed[0]]) == {2} and set(worlds[resumed[0]:]) == {1}, worlds
     for x, y in zip(elastic, uninterrupted):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), x["step"]  # the same global batches and schedule
     assert [r["epoch"] for r in run.metrics_log.read() if r["kind"] == "valid"] == list(range(1, EPOCHS + 1))

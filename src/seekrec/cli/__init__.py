@@ -6,6 +6,7 @@ from the config dataclasses. No work happens at import: each command imports wha
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -41,6 +42,8 @@ def build_parser() -> Parser:
                     formatter_class=HELP_FORMAT)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"seekrec {__version__}")
+    # the deepspeed launcher puts --local_rank=N before the command; the rank is read from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(commands, EXAMPLES)
     add_offline_commands(commands)

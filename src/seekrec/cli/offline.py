@@ -79,7 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seekrec.evaluation.report import format_table
     from seekrec.training.experiment import ExperimentConfig, train_experiment
 
-    config = ExperimentConfig.load(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.deepspeed is not None:  # first, so a train.strategy override contradicting it is an error; JSON-quoted,
+        # so a path is never parsed as a number
+        overrides = ["train.strategy=deepspeed", f"train.deepspeed_config={json.dumps(str(args.deepspeed))}",
+                     *overrides]
+    config = ExperimentConfig.load(args.config, overrides)
     if args.config is None:  # a newcomer should know what they are training, and where to change it
         from seekrec.models.factory import build_model_config
 
@@ -243,11 +248,17 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "  seekrec train --config configs/ml-100k-deepseek.toml --data data/ml-100k train.precision=bf16\n"
         "  seekrec train --config configs/ml-100k-sasrec.toml loss.name=sampled_softmax loss.n_negatives=256\n"
         "  torchrun --nproc-per-node 2 --max-restarts 3 -m seekrec.cli train --config configs/ml-100k-sasrec.toml\n"
+        "  deepspeed --num_gpus 8 --module seekrec.cli train --config configs/ml-1m-sasrec.toml --deepspeed "
+        "ds_config.json\n"
         "Re-running with the same --out resumes from its last checkpoint.\n",
     )
     add_config_options(tr, "ExperimentConfig (see configs/)", "train.lr=3e-4")
     tr.add_argument("--data", type=Path, help="prepared dataset directory (default: data.path in the config)")
     tr.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    tr.add_argument("--deepspeed", type=Path, metavar="JSON",
+                    help="train through DeepSpeed's engine with this ds_config.json (train.strategy=deepspeed; its "
+                         "values win over seekrec's defaults, and conflict with a train.* you set: "
+                         "docs/distributed.md); needs pip install 'seekrec[deepspeed]'")
     tr.set_defaults(func=cmd_train)
 
 

@@ -149,6 +149,18 @@ class SequenceDataset:
             context = SequenceContext(times[:, :-1].contiguous(), query_times, values)
         return SeqBatch(inputs.contiguous(), targets.contiguous(), self.users.index_select(0, index), context)
 
+    def padding_batch(self) -> SeqBatch:
+        """One all-padding row (user 0): no targets. A rank whose share of a global batch is empty trains on it,
+        so that it runs the same forward as the other ranks (DDP and FSDP need that) and adds nothing. Not a
+        batch of 0 rows: transformers' DeepSeek-V3 attention cannot reshape those."""
+        zeros = torch.zeros(1, self.max_len, dtype=self.windows.dtype)
+        context = None
+        if self.times is not None:
+            times = torch.zeros(1, self.max_len, dtype=self.times.dtype)
+            values = None if self.values is None else torch.zeros(1, self.max_len, dtype=self.values.dtype)
+            context = SequenceContext(times, times.clone(), values)
+        return SeqBatch(zeros, zeros.clone(), torch.zeros(1, dtype=self.users.dtype), context)
+
 
 class SequenceLoader:
     """Shuffled, optionally sharded batches over a ``SequenceDataset``, resumable at any batch.
@@ -156,7 +168,10 @@ class SequenceLoader:
     The order of epoch ``e`` is a permutation drawn from ``seed + e`` alone, so a run resumed at
     ``(epoch, batch)`` sees exactly the batches the uninterrupted run would have seen. With
     ``world_size > 1`` rank ``r`` takes every ``world_size``-th example of each global batch, so
-    the ranks together consume the same global batches as one process would.
+    the ranks together consume the same global batches as one process would, whatever the world size:
+    shares differ by at most one example, and a rank whose share is empty (a global batch shorter than
+    the world, e.g. the last of an epoch) gets ``SequenceDataset.padding_batch``, which has no targets.
+    ``TrainStep`` weighs each share by its targets, so the update is that of the whole global batch.
     """
 
     def __init__(
@@ -174,8 +189,6 @@ class SequenceLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must lie in 0..{world_size - 1}")
-        if batch_size % world_size:
-            raise ValueError(f"global batch_size {batch_size} must be divisible by world_size {world_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
 
@@ -194,4 +207,5 @@ class SequenceLoader:
         order = self.order(epoch)
         for b in range(start_batch, len(self)):
             global_index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.dataset.batch(global_index[self.rank :: self.world_size])
+            mine = global_index[self.rank :: self.world_size]
+            yield self.dataset.batch(mine) if len(mine) else self.dataset.padding_batch()

@@ -48,7 +48,7 @@ from seekrec.llm.teacher_targets import (
 from seekrec.models.base import AuxiliaryOutputs, SequenceRecommender
 from seekrec.models.factory import build_loss
 from seekrec.models.losses import LossConfig
-from seekrec.models.task import SeededGenerator
+from seekrec.models.task import SeededGenerator, empty_shard_safe
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import (
     DistContext,
@@ -181,10 +181,9 @@ class DistillTask:
                              f"{seq.input_ids.shape[1]}: recompute the targets with the student's data.max_len")
         hidden = self.model(torch.cat([seq.input_ids, batch.prefix]) if rows else seq.input_ids)  # [B + R, L, D]
         has_target = seq.target_ids != 0
-        if not bool(has_target.any()):
-            raise ValueError("batch has no targets: every target_ids entry is 0 (padding)")
-        main = self.loss(self.core, hidden[: len(seq)][has_target], seq.target_ids[has_target],
-                         self.sampling.on(hidden.device))
+        targets = seq.target_ids[has_target]  # [M]; none on a rank's empty share of a short batch
+        main = empty_shard_safe(self.loss(self.core, hidden[: len(seq)][has_target], targets,
+                                          self.sampling.on(hidden.device)), targets.numel())
         kd = main.new_zeros(())
         if rows:
             student = candidate_scores(self.core, hidden[len(seq):, -1], batch.candidates)
@@ -329,7 +328,7 @@ def distill(config: DistillConfig, data_dir: str | Path | None, teacher: Teacher
         raise ValueError("no dataset: pass data_dir or set data.path in the config")
     out = Path(out)
     run = RunDir(out)
-    ctx = init_distributed(config.train.device)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         torch.manual_seed(config.train.seed)
         data, split = load_split(data_dir, config.data.split)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from seekrec.models.layers.context import SequenceContext
 from seekrec.models.layers.similarity import Similarity
@@ -50,3 +50,20 @@ class AuxiliaryOutputs(Protocol):
     def auxiliary_stats(self) -> dict[str, Tensor]:
         """Detached scalars about the last forward, for logging."""
         ...
+
+
+@runtime_checkable
+class ShardableModel(Protocol):
+    """Optional: a model that names its FSDP units, so the trainer can shard any model without knowing it.
+
+    ``fsdp_units()`` lists the submodules that ``train.strategy = "fsdp"`` shards as their own units: each
+    transformer block (its weights gathered just before it runs and freed after) and each embedding
+    table (often the largest tensors of a recommender). Everything else is sharded with the model as
+    one root unit. Contract: a unit's parameters are only used inside a call of that unit (never read
+    directly by its parent), because FSDP gathers them in the unit's forward hooks.
+
+    A model whose task calls another method instead of ``forward`` (DIN's ``score_candidates``) lists it
+    in a class attribute ``fsdp_forward_methods``, so that method gathers the root's weights too.
+    """
+
+    def fsdp_units(self) -> list[nn.Module]: ...

@@ -313,6 +313,11 @@ class DeepSeekRec(ItemSideFeatures, nn.Module):
         else:
             self.backbone.activation_checkpointing_disable()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """``ShardableModel``: the item table and each DeepSeek-V3 decoder layer (attention + MoE); the final
+        norm, rotary table, side-feature and context modules stay in the root unit."""
+        return [self.item_embedding, *self.backbone.layers]
+
     def encode_users(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding)."""
         return self.forward(input_ids, context)[:, -1]
@@ -348,7 +353,8 @@ class DeepSeekRec(ItemSideFeatures, nn.Module):
     def auxiliary_loss(self) -> Tensor:
         """``balance_loss_alpha *`` the sequence-wise balance loss of the last forward (0 when off)."""
         if self.config.balance_loss_alpha == 0:
-            return self.item_embedding.weight.new_zeros(())
+            # not weight.new_zeros: under FSDP the table is a sharded DTensor outside its own forward
+            return torch.zeros((), device=self.item_embedding.weight.device)
         return self.config.balance_loss_alpha * self._routing.sequence_balance_loss()
 
     def auxiliary_stats(self) -> dict[str, Tensor]:

@@ -117,6 +117,8 @@ class ActivationUnit(nn.Module):
 class DIN(nn.Module):
     """Target attention over the behaviour sequence plus user and item features -> one CTR logit."""
 
+    fsdp_forward_methods = ("score_candidates",)  # what ClickGroupTask calls in training
+
     def __init__(self, config: DINConfig, *, catalog: FeatureBatch | None = None) -> None:
         super().__init__()
         self.config = config
@@ -144,6 +146,11 @@ class DIN(nn.Module):
             if name not in catalog.categorical:
                 raise ValueError(f"the catalog lacks key column {name!r}")
             self.register_buffer(f"catalog_{name}", catalog.categorical[name].to(device), persistent=False)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """``ShardableModel``: every embedding table of both feature sides (the item-id table is the large
+        one); the activation unit and the output MLP stay in the root unit."""
+        return [*self.user_features.embeddings.values(), *self.item_features.embeddings.values()]
 
     def forward(self, user: FeatureBatch, item: FeatureBatch) -> Tensor:
         """``user`` and ``item`` with B rows each (pair b = user b, item b) -> logits ``[B]``."""

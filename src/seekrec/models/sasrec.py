@@ -184,6 +184,11 @@ class SASRec(ItemSideFeatures, nn.Module):
         """Trade compute for memory: keep only block inputs and recompute activations in backward."""
         self.activation_checkpointing = enabled
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """``ShardableModel``: the item table (called by ``encode_items``, at the input and in the loss) and
+        each block; positions, norms and context modules stay in the root unit."""
+        return [self.embedding.item_table, *self.blocks]
+
     def encode_users(self, input_ids: Tensor, context: SequenceContext | None = None) -> Tensor:
         """``[B, L] -> [B, D]``: the hidden state at index -1 (the most recent item, left padding).
 

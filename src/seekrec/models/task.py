@@ -80,6 +80,17 @@ class SeededGenerator:
         self._pending_state = state["generator_state"]
 
 
+def empty_shard_safe(loss_mean: Tensor, n_targets: int) -> Tensor:
+    """``loss_mean`` of a batch with ``n_targets`` targets, or 0 when it has none.
+
+    Under torchrun a rank's share of a short batch (the last one of an epoch) can be empty, or hold only
+    padding. That rank still runs the same forward and loss calls as the others (FSDP all-gathers a unit's
+    weights in each, DDP waits for every parameter's gradient) but the mean over no targets is 0 / 0 = NaN.
+    A zero loss instead gives zero gradients to the all-reduce, and ``TrainStep`` weighs every micro-batch
+    by its target count anyway. Batches with targets are returned as they are (bitwise unchanged)."""
+    return loss_mean if n_targets else torch.nan_to_num(loss_mean, nan=0.0)
+
+
 class NextItemTask:
     """Computes the next-item loss of a batch.
 
@@ -108,16 +119,16 @@ class NextItemTask:
 
         Stats: ``loss`` (total), ``loss_main``, ``loss_aux`` (0 without auxiliary outputs),
         ``n_targets``, plus the model's own auxiliary stats. A batch's ``context`` (when it has one) goes to
-        the model as ``context=``.
+        the model as ``context=``. A batch without targets (a rank's empty share of a short batch) has main
+        loss 0 and adds zero gradients (``empty_shard_safe``).
         """
         context = getattr(batch, "context", None)
         # a keyword, so DDP wrappers pass it on; left out when absent so context-free models need not take it
         hidden = self.model(batch.input_ids) if context is None else self.model(batch.input_ids, context=context)
         has_target = batch.target_ids != 0  # [B, L]
-        if not bool(has_target.any()):
-            raise ValueError("batch has no targets: every target_ids entry is 0 (padding)")
         targets = batch.target_ids[has_target]  # [M]
-        main = self.loss(self.core, hidden[has_target], targets, self.generator(hidden.device))
+        main = empty_shard_safe(self.loss(self.core, hidden[has_target], targets, self.generator(hidden.device)),
+                                targets.numel())
         aux = main.new_zeros(())
         stats: dict[str, Tensor] = {}
         if isinstance(self.core, AuxiliaryOutputs):

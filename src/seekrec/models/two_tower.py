@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -131,13 +131,30 @@ class TwoTower(nn.Module):
         mlp = {"activation": config.activation, "dropout": config.dropout}
         self.user_mlp = MLP(user_in, config.hidden_dims, config.dim, **mlp)
         self.item_mlp = MLP(self.item_features.out_dim, config.hidden_dims, config.dim, **mlp)
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),
+        # shape [1], not a scalar: FSDP shards parameters on dim 0 (checkpoints with a scalar still load)
+        self.log_temperature = nn.Parameter(torch.full((1,), math.log(config.temperature)),
                                             requires_grad=config.learn_temperature)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """``ShardableModel``: every embedding table (feature columns of both towers, the history's items and
+        recency buckets) and the history's transformer block; the MLPs and temperature stay in the root unit."""
+        tables = [*self.user_features.embeddings.values(), *self.item_features.embeddings.values()]
+        if self.config.user.sequence_len:
+            tables += [self.sequence_embedding, self.recency_embedding]
+            if self.sequence_block is not None:
+                tables.append(self.sequence_block)
+        return tables
 
     @property
     def temperature(self) -> Tensor:
         """Scalar, ``exp(log_temperature)`` clamped to the configured range (a floor keeps logits bounded)."""
-        return self.log_temperature.exp().clamp(self.config.min_temperature, self.config.max_temperature)
+        return self.log_temperature.exp().clamp(self.config.min_temperature, self.config.max_temperature)[0]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        key = prefix + "log_temperature"
+        if key in state_dict and state_dict[key].dim() == 0:  # weights saved when it was a scalar
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, user: FeatureBatch, item: FeatureBatch) -> TowerOutputs:
         """Both towers in one call (what a DDP-wrapped model needs): ``user [B]``, ``item [N]`` rows."""

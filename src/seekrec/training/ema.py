@@ -44,13 +44,11 @@ class WeightEMA:
         """The averaged weights in the model for the ``with`` block; the training weights restored after."""
         live = self._live()
         saved = [p.clone() for p in live]
-        with torch.no_grad():
-            torch._foreach_copy_(live, self.shadow)
+        _copy_all(live, self.shadow)
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(live, saved)
+            _copy_all(live, saved)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """The shadow weights by parameter name (``ema.<name>``), for a resumable checkpoint."""
@@ -65,3 +63,11 @@ class WeightEMA:
         with torch.no_grad():
             for name, value in zip(self.names, self.shadow, strict=True):
                 value.copy_(tensors[PREFIX + name])
+
+
+@torch.no_grad()
+def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """``targets[i] <- sources[i]``, one copy at a time: FSDP's DTensor shards have no foreach copy (and this runs
+    once per validation, so fusing buys nothing)."""
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)

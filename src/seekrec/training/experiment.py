@@ -4,6 +4,7 @@ directory with results."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -20,7 +21,7 @@ from seekrec.data.splits import SPLITS, load_split
 from seekrec.data.vocab import Catalog
 from seekrec.evaluation.ranking import ModelScorer, evaluate
 from seekrec.evaluation.report import results_record
-from seekrec.io import sha256_file
+from seekrec.io import read_toml, sha256_file
 from seekrec.models.factory import build_loss
 from seekrec.models.losses import LossConfig
 from seekrec.models.task import NextItemTask
@@ -113,11 +114,33 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-        """Read TOML (or start from defaults) and apply ``section.key=value`` overrides."""
-        return load_config(cls, path, overrides)
+        """Read TOML (or start from defaults) and apply ``section.key=value`` overrides. With
+        ``train.strategy = "deepspeed"`` the values its JSON sets become ``train.*`` fields; one that the TOML or
+        an override set differently is an error naming both (``training.deepspeed_config``)."""
+        config = load_config(cls, path, overrides)
+        if config.train.deepspeed_config is not None and config.train.strategy == "deepspeed":
+            from seekrec.training.deepspeed_config import read_ds_config, train_from_ds_config
+
+            source = str(config.train.deepspeed_config)
+            config.train = train_from_ds_config(config.train, read_ds_config(source),
+                                                explicit=_explicit_train_fields(path, overrides), source=source,
+                                                world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "model": self.model.to_dict()}
+
+
+def _explicit_train_fields(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The ``train`` fields the user set, each with where: the TOML's ``[train]`` table, then ``train.x=...``
+    overrides (the command line wins, as in ``load_config``)."""
+    table = read_toml(path).get("train", {}) if path is not None else {}
+    where = {key: str(path) for key in (table if isinstance(table, dict) else {})}
+    for item in overrides:
+        section, _, key = item.partition("=")[0].partition(".")
+        if section == "train" and key:
+            where[key] = "command line"
+    return where
 
 
 def genre_features(data: InteractionData) -> torch.Tensor:
@@ -148,7 +171,7 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
     if data_dir is None:
         raise ValueError("no dataset: pass --data DIR or set data.path in the config")
     run = RunDir(Path(out_dir))
-    ctx = init_distributed(config.train.device)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         torch.manual_seed(config.train.seed)
         data, split = load_split(data_dir, config.data.split)
@@ -164,6 +187,10 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
             run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,
                               "data_source": read_manifest(data_dir)["source"]})
             run.write_model(run_model)
+            if config.train.deepspeed_config is not None:
+                from seekrec.training.deepspeed_config import read_ds_config
+
+                run.write_deepspeed_config(read_ds_config(config.train.deepspeed_config))
             run.write_catalog(Catalog.from_data(data.item_ids, data.interactions()[1]))
         log.info("%s: %d training sequences, %d items, %d parameters", config.name, len(dataset), data.n_items,
                  sum(p.numel() for p in model.parameters()))
@@ -180,7 +207,8 @@ def train_experiment(config: ExperimentConfig, data_dir: str | Path | None, out_
         result = trainer.fit()
         record = fit_record(result, source=data.source, model=config.model.name, n_test=len(split.test),
                             n_items=data.n_items, seconds=time.perf_counter() - start, name=config.name,
-                            world_size=ctx.world_size, loss=config.loss.name, precision=config.train.precision)
+                            world_size=ctx.world_size, loss=config.loss.name, precision=config.train.precision,
+                            strategy=config.train.strategy)
         if ctx.is_main:
             run.write_results(record)
         return record

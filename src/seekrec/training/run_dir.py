@@ -4,13 +4,15 @@
 
     run/
       config.json              the experiment config as run (+ data manifest sha256 and source)
+      ds_config.json           train.strategy "deepspeed": the DeepSpeed JSON as given (config.json has the
+                               train.* values it set)
       model.json               the model as built: factory name, use_item_features and the full model
                                config (every default, n_items, max_len, n_side_features filled in)
       catalog.json             raw item ids <-> model ids
       metrics.jsonl            train / valid / test records (``MetricsLog``)
       curves.png               their plot (``seekrec plot``, ``RunDir.plot``)
       checkpoints/             resumable checkpoints (``training.checkpoint``)
-      best/model.safetensors   the weights of the best validation
+      best/model.safetensors   the weights of the best validation (gathered from the shards under FSDP)
       best/meta.json           its epoch, step, validation metrics and the trainer's manifest
       results.json             the results record (test metrics, n_items, timings)
 
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import safe_open
-from safetensors.torch import save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 
 from seekrec.data.vocab import CATALOG_FILE, Catalog
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from seekrec.training.experiment import ModelSection
 
 CONFIG_FILE = "config.json"
+DS_CONFIG_FILE = "ds_config.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -155,6 +158,10 @@ class RunDir:
     def write_model(self, model: RunModel) -> None:
         atomic_write_json(self.model_file, model.to_dict())
 
+    def write_deepspeed_config(self, ds_config: dict[str, Any]) -> None:
+        """The DeepSpeed JSON a run trained with, kept beside its config (the user's file may change later)."""
+        atomic_write_json(self.path / DS_CONFIG_FILE, ds_config)
+
     def write_catalog(self, catalog: Catalog) -> None:
         atomic_write_bytes(self.catalog_file, catalog.to_bytes())
 
@@ -165,6 +172,12 @@ class RunDir:
         """The weights of a new best validation, then their ``meta.json`` (epoch, step, metrics, ...)."""
         with atomic_path(self.best_weights) as tmp:
             save_model(model, str(tmp))
+        atomic_write_json(self.best_meta_file, meta)
+
+    def save_best_weights(self, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """``save_best`` from a state dict, e.g. the full weights gathered from FSDP shards on rank 0."""
+        with atomic_path(self.best_weights) as tmp:
+            save_file({name: t.contiguous() for name, t in weights.items()}, str(tmp), metadata={"format": "pt"})
         atomic_write_json(self.best_meta_file, meta)
 
     # -- reading ---------------------------------------------------------------------------
@@ -209,6 +222,15 @@ class RunDir:
             return load_weights(model, self.best_weights)
         except WeightsError as exc:
             raise RunDirError(f"{exc}; the model is the one {self.path} describes") from exc
+
+    def read_best_weights(self) -> dict[str, Tensor]:
+        """The best validation weights as a state dict (CPU tensors)."""
+        if not self.best_weights.is_file():
+            raise RunDirError(f"{self.best_weights}: missing; train the run until it validates at least once")
+        try:
+            return load_file(str(self.best_weights))
+        except SafetensorError as exc:
+            raise RunDirError(f"{self.best_weights}: unreadable ({exc})") from exc
 
     def _legacy_model(self) -> RunModel:
         """The resolution ``train_experiment`` applied before it wrote ``model.json``: ``[model]`` of

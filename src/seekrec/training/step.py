@@ -2,7 +2,8 @@
 
 Gradients of ``grad_accum`` micro-batches (on every rank) are combined so the update equals one
 step on the whole global batch: each micro-batch's summed loss is divided by the number of
-targets in the whole global batch, and multiplied by ``world_size`` to undo DDP's averaging.
+targets in the whole global batch, and multiplied by ``world_size`` to undo the averaging of DDP's
+all-reduce or FSDP's reduce-scatter. Only the last micro-batch synchronises gradients.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from seekrec.training.config import TrainConfig
-from seekrec.training.distributed import DistContext, all_reduce_sum
+from seekrec.training.distributed import DistContext, all_reduce_sum, is_fully_sharded, skip_gradient_sync
 
 
 class LossTask(Protocol):
@@ -80,6 +81,26 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def clip_gradients(params: Sequence[torch.Tensor], max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most ``max_norm``; returns the norm before clipping.
+
+    FSDP gradients are DTensor shards: torch computes the norm over all ranks (a replicated DTensor),
+    so every rank clips by the same factor and reports the same norm."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP
+    return float((full_tensor() if full_tensor is not None else norm).item())
+
+
+def make_grad_scaler(model: torch.nn.Module) -> torch.amp.GradScaler:
+    """fp16's loss scaler. Under FSDP each rank sees only its gradient shards, so the sharded scaler
+    all-reduces "found inf" and every rank skips (or takes) the same steps."""
+    if is_fully_sharded(model):
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler("cuda")
+    return torch.amp.GradScaler("cuda")
+
+
 class TrainStep:
     """Forward, backward and update for one global batch given as micro-batches."""
 
@@ -97,7 +118,7 @@ class TrainStep:
         self.config, self.ctx, self.after_update = config, ctx, after_update
         if config.precision == "fp16" and ctx.device.type != "cuda":
             raise ValueError("train.precision='fp16' needs a GPU (GradScaler); use 'bf16' on CPU")
-        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.scaler = make_grad_scaler(model) if config.precision == "fp16" else None
 
     def __call__(self, micro_batches: Sequence[Any]) -> StepStats:
         start = time.perf_counter()
@@ -109,8 +130,7 @@ class TrainStep:
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.ctx.device, non_blocking=True)
             sync = k == len(micro_batches) - 1
-            no_sync = getattr(self.model, "no_sync", None)
-            with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+            with (contextlib.nullcontext() if sync else skip_gradient_sync(self.model)):
                 with autocast_context(self.config.precision, self.ctx.device):
                     loss_mean, stats = self.task.step_loss(batch)
                 loss_sum = loss_mean.float() * stats["n_targets"]  # mean -> sum over this micro-batch
@@ -122,7 +142,7 @@ class TrainStep:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.clip_norm if self.config.clip_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item() if params else 0.0
+        grad_norm = clip_gradients(params, clip) if params else 0.0
         if not math.isfinite(grad_norm) and self.scaler is None:
             raise FloatingPointError(
                 f"gradient norm is {grad_norm}: training diverged. Lower train.lr or enable train.clip_norm"

@@ -20,26 +20,21 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from seekrec.data.sequences import SequenceDataset, SequenceLoader
-from seekrec.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from seekrec.training.checkpoint import latest_checkpoint
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import (
     DistContext,
     barrier,
     broadcast_flag,
     resolve_device,
-    wrap_ddp,
 )
 from seekrec.training.ema import WeightEMA
+from seekrec.training.parallel import build_parallel
 from seekrec.training.progress import progress_log
 from seekrec.training.run_dir import RunDir
 from seekrec.training.step import (
     LossTask,
     StepStats,
-    TrainStep,
     build_optimizer,
     warmup_cosine,
 )
@@ -114,6 +109,10 @@ class Trainer:
     it a run starts from scratch and keeps only ``best/``. ``validate_untrained``: validate before the
     first step (epoch 0), the baseline every epoch must beat. ``test``: scored on the best weights at
     the end, logged and returned. After ``fit`` the model holds the best weights, in eval mode.
+
+    ``train.strategy`` (``training.parallel``) decides how ranks hold the model: under "fsdp" on several
+    ranks the model is sharded in place (after ``fit`` it still is; ``run_dir/best`` has the whole
+    weights), every rank takes part in validation, export and checkpoints, and rank 0 still scores.
     """
 
     def __init__(self, model: torch.nn.Module, task_factory: Callable[[torch.nn.Module], LossTask],
@@ -130,16 +129,20 @@ class Trainer:
         self.manifest = manifest or {}  # e.g. config and data checksum, stored with every checkpoint
         if config.activation_checkpointing:
             self.raw_model.set_activation_checkpointing(True)
-        self.model = wrap_ddp(self.raw_model, self.ctx)
+        self.parallel = build_parallel(config, self.ctx)
+        self.model = self.parallel.wrap(self.raw_model)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.task = task_factory(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
         total = batches.steps_per_epoch * config.max_epochs
-        self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_ratio))
+        self.scheduler: Any = LambdaLR(self.optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_ratio))
+        # DeepSpeed's engine takes model, optimiser and schedule together (its JSON may name its own schedule)
+        self.model, self.scheduler = self.parallel.attach(self.model, self.optimizer, self.scheduler,
+                                                          total_steps=total)
+        self.task = task_factory(self.model)
         self.ema = WeightEMA(self.raw_model, config.ema_decay) if config.ema_decay else None
-        self.step_fn = TrainStep(self.model, self.task, self.optimizer, self.scheduler, config, self.ctx,
-                                 after_update=self._after_update)
+        self.step_fn = self.parallel.train_step(self.model, self.task, self.optimizer, self.scheduler,
+                                                after_update=self._after_update)
         self.log = run_dir.metrics_log
 
     def _after_update(self) -> None:
@@ -171,22 +174,23 @@ class Trainer:
         return self._state(0, 0, 0, best, 0, 0.0)
 
     def _save(self, state: dict[str, Any]) -> None:
-        if self.ctx.is_main:
-            extra = {}
-            task_state = self.task.state_dict() if hasattr(self.task, "state_dict") else {}
-            if task_state.get("generator_state") is not None:
-                extra["task_generator"] = task_state["generator_state"]
-            if self.ema is not None:
-                extra.update(self.ema.state_tensors())
-            save_checkpoint(self.run_dir.checkpoints, state["global_step"], self.raw_model, self.optimizer, state,
-                            extra)
-        barrier(self.ctx)
+        own = {}
+        task_state = self.task.state_dict() if hasattr(self.task, "state_dict") else {}
+        if task_state.get("generator_state") is not None:
+            own["task_generator"] = task_state["generator_state"]
+        self.parallel.save_checkpoint(self.run_dir.checkpoints, state["global_step"], self.raw_model, self.optimizer,
+                                      state, rank_tensors=own, shared_tensors=self._shared_tensors())
+
+    def _shared_tensors(self) -> dict[str, torch.Tensor]:
+        """Checkpointed tensors laid out like the parameters: the averaged weights."""
+        return self.ema.state_tensors() if self.ema is not None else {}
 
     def _resume(self) -> dict[str, Any] | None:
         path = latest_checkpoint(self.run_dir.checkpoints)
         if path is None:
             return None
-        state, extra = load_checkpoint(path, self.raw_model, self.optimizer)
+        state, extra = self.parallel.load_checkpoint(path, self.raw_model, self.optimizer,
+                                                     shared_tensors=self._shared_tensors())
         if "task_generator" in extra:
             self.task.load_state_dict({"seed": self.config.seed, "generator_state": extra["task_generator"]})
         if self.ema is not None:
@@ -204,33 +208,50 @@ class Trainer:
         with torch.inference_mode():
             return score()
 
+    @property
+    def _validates_here(self) -> bool:
+        """Rank 0 validates; with sharded weights every other rank takes part (gathering, exporting)."""
+        return self.ctx.is_main or self.parallel.sharded
+
     def _validation(self, epoch: int, step: int, elapsed: float, best: dict[str, Any],
                     bad: int) -> tuple[dict[str, Any], int]:
-        """Validate and log; save the weights when they beat ``best``. Returns the new best and bad count."""
+        """Validate and log; save the weights when they beat ``best``. Returns the new best and bad count
+        (only rank 0's are ever read: it writes the checkpoint state)."""
         with self._validated_weights():
-            return self._validate_and_keep(epoch, step, elapsed, best, bad)
+            with self.parallel.full_weights(self.raw_model):
+                metrics = self._evaluate(self.validate) if self.ctx.is_main else {}
+            improved = self.parallel.agree(self.ctx.is_main and self._log_validation(epoch, step, elapsed, metrics,
+                                                                                      best))
+            if improved:
+                self.parallel.save_best(self.run_dir, self.raw_model,
+                                        {"epoch": epoch, "step": step, "valid": metrics, **self.manifest})
+        if not improved:
+            return best, bad + 1
+        if not self.ctx.is_main:
+            return best, 0
+        metric = metrics[self.config.select_metric]
+        return {"metric": metric, "epoch": epoch, "step": step, "valid": metrics, "elapsed": elapsed}, 0
 
-    def _validate_and_keep(self, epoch: int, step: int, elapsed: float, best: dict[str, Any],
-                           bad: int) -> tuple[dict[str, Any], int]:
-        metrics = self._evaluate(self.validate)
+    def _log_validation(self, epoch: int, step: int, elapsed: float, metrics: dict[str, float],
+                        best: dict[str, Any]) -> bool:
+        """Log the validation metrics (rank 0); whether they beat ``best``."""
         metric = self.config.select_metric
         if metric not in metrics:
             raise ValueError(f"train.select_metric {metric!r} is not a validation metric; "
                              f"choose one of {sorted(metrics)}")
         self.log.append({"kind": "valid", "step": step, "epoch": epoch, "elapsed": elapsed, **metrics})
         log.info("epoch %d step %d valid %s=%.4f", epoch, step, metric, metrics[metric])
-        if not metrics[metric] > best["metric"]:  # a NaN never becomes the best
-            return best, bad + 1
-        self.run_dir.save_best(self.raw_model, {"epoch": epoch, "step": step, "valid": metrics, **self.manifest})
-        return {"metric": metrics[metric], "epoch": epoch, "step": step, "valid": metrics, "elapsed": elapsed}, 0
+        return bool(metrics[metric] > best["metric"])  # a NaN never becomes the best
 
     def _finish(self) -> dict[str, float] | None:
-        """Load the best weights and score ``test`` on them (main rank)."""
+        """Load the best weights and score ``test`` on them (rank 0; every rank takes part when sharded)."""
         test = None
-        if self.ctx.is_main:
-            self.run_dir.load_best(self.raw_model)
+        if self._validates_here:
+            self.parallel.load_best(self.run_dir, self.raw_model)
             if self.test is not None:
-                test = self._evaluate(self.test)
+                with self.parallel.full_weights(self.raw_model):
+                    test = self._evaluate(self.test) if self.ctx.is_main else None
+            if test is not None:
                 self.log.append({"kind": "test", "step": -1, **test})
         barrier(self.ctx)
         self.raw_model.eval()
@@ -238,8 +259,10 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def _log_step(self, stats: StepStats, step: int, epoch: int) -> None:
+        # world_size per step: an elastic job's resizes show in the log (docs/elastic.md)
         record = {"kind": "train", "step": step, "epoch": epoch, "loss": stats.loss, "lr": stats.lr,
-                  "grad_norm": stats.grad_norm, **self.batches.throughput(stats, self.ctx.world_size), **stats.extra}
+                  "grad_norm": stats.grad_norm, "world_size": self.ctx.world_size,
+                  **self.batches.throughput(stats, self.ctx.world_size), **stats.extra}
         if hasattr(self.raw_model, "expert_load"):  # MoE: share of tokens per expert, per layer
             record["expert_load"] = self.raw_model.expert_load()
         self.log.append(record)
@@ -252,7 +275,7 @@ class Trainer:
         t0 = time.perf_counter()
         examples = tokens = 0
         train_seconds = 0.0
-        if self.validate_untrained and step == 0 and ctx.is_main:
+        if self.validate_untrained and step == 0 and self._validates_here:
             best, bad = self._validation(epoch, step, elapsed0 + time.perf_counter() - t0, best, bad)
         stop = bad >= cfg.patience
         while epoch < cfg.max_epochs and not stop:
@@ -275,13 +298,14 @@ class Trainer:
             epoch, start_batch = epoch + 1, 0
             if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
                 elapsed = elapsed0 + time.perf_counter() - t0
-                if ctx.is_main:
+                if self._validates_here:
                     best, bad = self._validation(epoch, step, elapsed, best, bad)
                 stop = broadcast_flag(bad >= cfg.patience, ctx)
                 if self.resume:
                     self._save(self._state(epoch, 0, step, best, bad, elapsed))
         seconds = elapsed0 + time.perf_counter() - t0
         test = self._finish()
+        self.parallel.close()
         rate = ctx.world_size / train_seconds if train_seconds else 0.0
         return FitResult(best_valid=best["valid"], best_epoch=best["epoch"], best_step=best["step"],
                          epochs_run=epoch, steps=step, seconds=seconds, seconds_to_best=best.get("elapsed", seconds),
