@@ -146,12 +146,22 @@ def run_state(candidate: Candidate, seed: int, work: Path, manifest_sha: str | N
                          f"{stored.get('data_manifest_sha256')}, --data has {manifest_sha}); pass its --data or "
                          "another --work")
     want = expected_config(candidate, seed)
-    got = {k: v for k, v in stored.items() if k not in RUN_EXTRAS}
-    diffs = config_diff(want, got)
+    diffs = config_diff(want, normalised_config({k: v for k, v in stored.items() if k not in RUN_EXTRAS}))
     if diffs:
         raise ValueError(f"{run.config_file}: not the run of {candidate.label!r} seed {seed} "
                          f"({'; '.join(diffs[:5])}); fix the study's config/overrides or move {path} away")
     return "reuse"
+
+
+def normalised_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config read back through today's loader: a field added since the run was trained
+    takes its default (the behaviour the run had), so it does not count as a difference."""
+    from seekrec.training.experiment import ExperimentConfig
+
+    try:
+        return json.loads(json.dumps(ExperimentConfig.from_dict(stored).to_dict()))
+    except (TypeError, ValueError):
+        return stored  # a field removed since: compared as stored, so the difference is named
 
 
 def config_diff(want: Any, got: Any, prefix: str = "") -> list[str]:

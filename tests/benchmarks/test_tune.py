@@ -73,6 +73,21 @@ def test_run_state_reuses_only_a_finished_run_of_the_same_config(tmp_path):
         run_state(cand, 1, tmp_path, "sha")
 
 
+def test_a_run_from_before_a_config_field_existed_is_reused_when_the_field_keeps_its_default(tmp_path):
+    cand = read_study(write(tmp_path, STUDY)).candidate("ds-a")
+    run = run_path(tmp_path, "ds-a", 0)
+    run.mkdir(parents=True)
+    stored = {**expected_config(cand, 0), "data_manifest_sha256": "sha"}
+    del stored["train"]["strategy"]  # trained before train.strategy was added
+    (run / "config.json").write_text(json.dumps(stored))
+    (run / "results.json").write_text("{}")
+    assert run_state(cand, 0, tmp_path, "sha") == "reuse"
+    stored["train"]["lr"] = 0.5  # a real difference is still named
+    (run / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="train.lr"):
+        run_state(cand, 0, tmp_path, "sha")
+
+
 def test_unfinished_runs_are_not_trained_over_unless_asked(tmp_path):
     cand = read_study(write(tmp_path, STUDY)).candidate("sas")
     with pytest.raises(ValueError, match="--retrain-partial"):
