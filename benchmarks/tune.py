@@ -222,7 +222,7 @@ def read_row(candidate: Candidate, seed: int, work: Path, reused: bool) -> dict[
         raise ValueError(f"{path}/results.json: no valid {SELECT_METRIC}; the run never validated, so it cannot "
                          "be chosen on validation")
     return {
-        "label": candidate.label, "family": candidate.family, "seed": seed, "dir": str(path), "reused": reused,
+        "label": candidate.label, "family": candidate.family, "seed": seed, "dir": f"{candidate.label}/seed{seed}", "reused": reused,
         **{f"valid_{k}": valid.get(k, math.nan) for k in KEYS},
         **{f"test_{k}": record["metrics"][k] for k in KEYS},
         "best_epoch": record.get("best_epoch"), "epochs": record.get("epochs"),
@@ -395,7 +395,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python " + " ".join(sys.argv),
         "study": study.name,
         "study_file": str(args.study),
-        "data": str(args.data),
+        "data": args.data.name,  # the directory's name: no machine path in a committed result
         "data_manifest_sha256": manifest_sha,
         "protocol": (f"choice per family by mean validation {SELECT_METRIC} over seeds {select_seeds} (test never "
                      f"used); final settings on seeds {final_seeds}; test metrics of each run's best validation "
