@@ -60,6 +60,12 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    return publish_checkpoint(root, tmp, final, keep)
+
+
+def publish_checkpoint(root: Path, tmp: Path, final: Path, keep: int) -> Path:
+    """Rename the complete ``tmp`` to ``final``, point ``LATEST`` at it and prune to the ``keep`` newest: the
+    one commit step every checkpoint format shares, so a crash leaves either the old or the new LATEST."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -40,8 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from seekrec.io import atomic_path, atomic_write_bytes
-from seekrec.training.checkpoint import LATEST, STATE_FILE, CheckpointError, _json_default
+from seekrec.io import atomic_path
+from seekrec.training.checkpoint import STATE_FILE, CheckpointError, _json_default, publish_checkpoint
 from seekrec.training.distributed import DistContext, barrier
 
 FORMAT = "dcp"
@@ -117,12 +117,7 @@ def commit_checkpoint(root: Path, tmp: Path, meta: dict[str, Any], ctx: DistCont
     if ctx.is_main:
         (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         fsync_file(tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_bytes(root / LATEST, final.name.encode())
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(root, tmp, final, keep)
     barrier(ctx)
     return final
 
