@@ -35,13 +35,18 @@ def retriever_run(sim_data_dir, tmp_path_factory):
     return out
 
 
-def tiny_config(model_dir, retriever_run, *overrides, kind="causal"):
+def tiny_overrides(model_dir, retriever_run, *overrides, kind="causal"):
+    """The ``key=value`` list of a tiny fine-tuning run (``overrides`` last, so they win)."""
     base = [f"model.path={model_dir}", f"model.kind={kind}", f"retriever_run={retriever_run}",
             "n_candidates=6", "n_negatives=3", "positions_per_user=1", "valid_users=6",
             "prompt.max_history=3", "prompt.token_budget=160", "lora.rank=4", "lora.dropout=0.0",
             "train.lr=0.002", "train.batch_size=30", "train.max_epochs=1", "train.warmup_steps=1",
             "train.device=cpu", "weights=[0.0, 0.5, 2.0]"]
-    return FinetuneConfig.load(None, [*base, *overrides])
+    return [*base, *overrides]
+
+
+def tiny_config(model_dir, retriever_run, *overrides, kind="causal"):
+    return FinetuneConfig.load(None, tiny_overrides(model_dir, retriever_run, *overrides, kind=kind))
 
 
 @pytest.fixture(scope="module")

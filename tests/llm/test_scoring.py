@@ -266,3 +266,32 @@ def test_likelihood_needs_a_language_model(tiny_cross_encoder, make_builder):
         build_ranker(model, tokenizer, make_builder(tokenizer), "cross_encoder", "likelihood")
     with pytest.raises(ValueError, match="not a causal score"):
         CausalRanker(model, tokenizer, make_builder(tokenizer), "generate")
+
+
+def test_fsdp_units_are_the_transformer_blocks(tiny_causal, tiny_cross_encoder, make_builder):
+    """The blocks a model names in _no_split_modules (found inside the peft wrapper too): DeepSeek-V3's decoder
+    layers; BERT's layers (and, as transformers 5 lists them, its embeddings). The head never is a unit (the
+    ranker reads its weight)."""
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer
+
+    model, tokenizer = tiny_causal
+    lora = apply_lora(model, LoraSettings(rank=2), "causal")
+    units = CausalRanker(lora, tokenizer, make_builder(tokenizer)).fsdp_units()
+    assert len(units) == 2 and all(isinstance(u, DeepseekV3DecoderLayer) for u in units)
+    bert, bert_tokenizer = tiny_cross_encoder
+    units = CrossEncoderRanker(bert, bert_tokenizer, make_builder(bert_tokenizer)).fsdp_units()
+    assert [u for u in units if isinstance(u, BertLayer)] == list(bert.bert.encoder.layer)
+    assert bert.classifier not in units and len({id(u) for u in units}) == len(units)
+
+
+def test_blocks_of_a_model_that_names_none_are_its_layer_list():
+    from seekrec.llm.scoring import transformer_blocks
+
+    stack = torch.nn.Module()
+    stack.embed = torch.nn.Embedding(5, 4)
+    stack.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+    stack.heads = torch.nn.ModuleList([torch.nn.Linear(4, 1)])  # a smaller list of same-class modules
+    assert transformer_blocks(stack) == list(stack.layers)
+    with pytest.raises(ValueError, match="train.strategy = 'ddp'"):
+        transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))

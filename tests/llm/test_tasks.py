@@ -51,11 +51,12 @@ def world():
     return events, train, requests
 
 
-def epochs(world, settings, **train):
+def epochs(world, settings, rank=0, world_size=1, **train):
     events, train_rows, requests = world
     config = TrainConfig(**{"batch_size": 8, "seed": 3, **train})
     return RequestEpochs(requests, events, collate, settings, config, exclude=train_rows,
-                         popularity=np.bincount(train_rows.items, minlength=N_ITEMS + 1).astype(float))
+                         popularity=np.bincount(train_rows.items, minlength=N_ITEMS + 1).astype(float), rank=rank,
+                         world_size=world_size)
 
 
 def _flat(groups):
@@ -71,6 +72,30 @@ def test_batches_are_the_same_whatever_the_start_and_change_with_the_epoch(world
     assert _flat(first) != _flat(list(source.epoch(1, 0)))
     seen_groups = sum(b.n_targets for g in first for b in g)
     assert seen_groups == len(world[2])  # every request once per epoch
+
+
+@pytest.mark.parametrize("negatives", ["retriever", "popularity"])
+def test_ranks_share_out_the_groups_of_one_process_and_pad_an_empty_share(world, negatives):
+    """Three ranks, micro-batches of 2 groups: every group (with its negatives) of the one-process epoch lands on
+    exactly one rank; the rank with nothing trains on a padding batch with no loss term."""
+    settings = TaskSettings(n_negatives=3, negatives=negatives)
+    alone = list(epochs(world, settings, grad_accum=4).epoch(0, 0))
+    ranks = [list(epochs(world, settings, rank, 3, grad_accum=4).epoch(0, 0)) for rank in range(3)]
+    padded = 0
+    for step, micro_batches in enumerate(alone):
+        assert all(len(r[step]) == len(micro_batches) for r in ranks)  # every rank runs as many forwards
+        for k, batch in enumerate(micro_batches):
+            groups = batch.input_ids.view(-1, 4).tolist()
+            shares = [r[step][k] for r in ranks]
+            for rank, share in enumerate(shares):
+                if share.padding:
+                    padded += 1
+                    assert share.n_targets == 0 and len(share) == 4  # a copy of one group, weightless
+                else:
+                    assert share.input_ids.view(-1, 4).tolist() == groups[rank::3]
+    assert padded == sum(len(m) for m in alone)  # rank 2 gets nothing from any micro-batch of 2 groups
+    with pytest.raises(ValueError, match="rank 3 must lie in 0..2"):
+        epochs(world, settings, 3, 3)
 
 
 @pytest.mark.parametrize("negatives", ["retriever", "popularity"])

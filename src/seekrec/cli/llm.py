@@ -45,8 +45,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         record = finetune(config, args.data, out)
     except KeyboardInterrupt:
         return _interrupted(out)
-    _print_record(record)
-    print(f"run directory: {out}")
+    if record:  # under torchrun only rank 0 reports (the others return nothing)
+        _print_record(record)
+        print(f"run directory: {out}")
     return 0
 
 

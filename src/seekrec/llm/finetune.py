@@ -67,7 +67,7 @@ from seekrec.llm.rerank import (
 from seekrec.llm.scoring import build_ranker
 from seekrec.llm.tasks import NEGATIVES, RequestEpochs, TaskSettings, build_task
 from seekrec.training.config import TrainConfig
-from seekrec.training.distributed import resolve_device
+from seekrec.training.distributed import DistContext, init_distributed, shutdown
 from seekrec.training.run_dir import RunDir
 from seekrec.training.trainer import Trainer
 
@@ -229,13 +229,36 @@ class Validation:
 def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Path, *, resume: bool = True) -> dict:
     """Fine-tune, choose ``w`` on validation, score test once; write the run ``out``; return results.json.
 
-    ``resume``: continue from ``out/checkpoints`` when it holds one (exactly, batch for batch)."""
+    ``resume``: continue from ``out/checkpoints`` when it holds one (exactly, batch for batch). Under torchrun
+    every rank trains its share of each global batch (``train.strategy``: "ddp" replicates the model, "fsdp"
+    shards it by decoder layer); rank 0 validates, scores test, writes the run and returns the record (the
+    other ranks return ``{}``)."""
     start, rss0 = time.perf_counter(), _max_rss_mb()
     data_dir = data_dir if data_dir is not None else config.data
     if data_dir is None:
         raise ValueError("no dataset: pass --data DIR or set data in the config")
-    out, run = Path(out), RunDir(Path(out))
-    device = resolve_device(config.train.device)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    try:
+        return _finetune(config, Path(data_dir), Path(out), ctx, resume=resume, start=start, rss0=rss0)
+    finally:
+        shutdown(ctx)
+
+
+def _ranker(config: FinetuneConfig, data: Any) -> tuple[torch.nn.Module, Any, ItemTexts]:
+    """The ranker to train (LoRA adapters on the backbone, or every weight trainable), its tokenizer and items."""
+    model, tokenizer = load_llm(config.model.path, config.model.kind, dtype=DTYPES[config.model.dtype])
+    items = ItemTexts.from_data(data)
+    builder = PromptBuilder(tokenizer, items, config.prompt)
+    if config.full:
+        model.requires_grad_(True)
+    else:
+        model = apply_lora(model, config.lora, config.model.kind)
+    return build_ranker(model, tokenizer, builder, config.model.kind, config.model.score), tokenizer, items
+
+
+def _finetune(config: FinetuneConfig, data_dir: Path, out: Path, ctx: DistContext, *, resume: bool, start: float,
+              rss0: float) -> dict:
+    run, device = RunDir(out), ctx.device
     torch.manual_seed(config.train.seed)
     data, events, split = load_events(data_dir)
     retriever = Retriever.load(config.retriever_run, data.n_items, device=device)
@@ -244,29 +267,29 @@ def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Pat
     valid = eval_requests(events, split.valid, retriever, config.n_candidates)
     test = eval_requests(events, split.test, retriever, config.n_candidates)
 
-    model, tokenizer = load_llm(config.model.path, config.model.kind, dtype=DTYPES[config.model.dtype])
-    items = ItemTexts.from_data(data)
-    builder = PromptBuilder(tokenizer, items, config.prompt)
-    if config.full:
-        model.requires_grad_(True)
-    else:
-        model = apply_lora(model, config.lora, config.model.kind)
-    ranker = build_ranker(model, tokenizer, builder, config.model.kind, config.model.score)
+    ranker, tokenizer, items = _ranker(config, data)
     counts = parameter_counts(ranker)
-    manifest_sha = sha256_file(Path(data_dir) / "manifest.json")
-    run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,
-                      "data_source": read_manifest(data_dir)["source"]})
+    manifest_sha = sha256_file(data_dir / "manifest.json")
+    if ctx.is_main:
+        run.write_config({**config.to_dict(), "data_manifest_sha256": manifest_sha,
+                          "data_source": read_manifest(data_dir)["source"]})
     log.info("%s: %d training requests, %d valid, %d test; %d of %d parameters trainable (%.3f%%)", config.name,
              len(train_requests), len(valid), len(test), counts["trainable"], counts["total"], 100 * counts["fraction"])
 
     batches = RequestEpochs(train_requests, events, ranker.collate, settings, config.train, exclude=split.train,
-                            popularity=popularity(split.train, data.n_items))
+                            popularity=popularity(split.train, data.n_items), rank=ctx.rank,
+                            world_size=ctx.world_size)
     trainer = Trainer(ranker, build_task(settings), batches,
                       Validation(ranker, events, _subset(valid, config.valid_users, config.train.seed), config),
-                      config.train, run_dir=run, manifest={"config": config.to_dict(),
-                                                           "data_manifest_sha256": manifest_sha},
+                      config.train, run_dir=run, ctx=ctx, manifest={"config": config.to_dict(),
+                                                                    "data_manifest_sha256": manifest_sha},
                       resume=resume, validate_untrained=True)
     result = trainer.fit()
+    if not ctx.is_main:
+        return {}
+    if trainer.parallel.sharded:  # this rank holds a shard: score and export a whole copy of the best weights
+        del trainer
+        ranker = run.load_best(_ranker(config, data)[0]).to(device).eval()
 
     # w on all validation requests, then the test requests scored once with it
     with torch.inference_mode():
@@ -311,6 +334,7 @@ def finetune(config: FinetuneConfig, data_dir: str | Path | None, out: str | Pat
         "step_seconds": round(statistics.median(r["step_seconds"] for r in train_records), 4)
         if train_records else None,
         "pairs_per_second": round(result.examples_per_second, 2), "precision": config.train.precision,
+        "world_size": ctx.world_size, "strategy": config.train.strategy,
         "memory": _memory(rss0, device), "device": str(device), "seconds": round(time.perf_counter() - start, 2),
     }
     run.write_results(record)

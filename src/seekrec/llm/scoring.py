@@ -50,6 +50,7 @@ class PairBatch:
     prefix_mask: Tensor | None = None  # [B / prefix_repeat, P]
     prefix_repeat: int = 1
     token_type_ids: Tensor | None = None  # [B, C] segment ids, for cross-encoders whose tokenizer makes them
+    padding: bool = False  # a rank's stand-in for an empty share of a global batch: run, but no loss term
 
     def __post_init__(self) -> None:
         if len(self) % self.group_size:
@@ -60,8 +61,8 @@ class PairBatch:
 
     @property
     def n_targets(self) -> int:
-        """Loss terms in the batch: one per group (one per pair when ``group_size`` is 1)."""
-        return len(self) // self.group_size
+        """Loss terms in the batch: one per group (one per pair when ``group_size`` is 1); none in padding."""
+        return 0 if self.padding else len(self) // self.group_size
 
     @property
     def tokens(self) -> int:
@@ -137,6 +138,23 @@ def _set_checkpointing(model: nn.Module, on: bool) -> None:
     else:
         disable = getattr(base, "activation_checkpointing_disable", None)
         (disable or base.gradient_checkpointing_disable)()
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (inside a peft wrapper too): the modules of the classes its
+    ``_no_split_modules`` names (the blocks Hugging Face's own FSDP wrapping takes as units), else, for a model
+    that names none (BERT), the members of its largest list of same-class modules (the encoder's layers)."""
+    base = unwrap_peft(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    stacks = [list(m) for m in base.modules() if isinstance(m, nn.ModuleList) and len(m)
+              and len({type(c) for c in m}) == 1]
+    if not stacks:
+        raise ValueError(f"{type(base).__name__} names no transformer blocks (_no_split_modules) and has no list of "
+                         "same-class layers: train it with train.strategy = 'ddp'")
+    return max(stacks, key=lambda blocks: sum(p.numel() for b in blocks for p in b.parameters()))
 
 
 class _EvalMode:
@@ -352,6 +370,11 @@ class CausalRanker(nn.Module):
                     scores.append(log_probs.gather(1, ids[len(prefix):, None]).sum())
         return torch.stack(scores).cpu() if scores else torch.zeros(0)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """``train.strategy = "fsdp"``: each decoder layer is a unit; the embeddings, final norm and LM head stay
+        in the root (``_answer_logits`` reads the head's weight directly)."""
+        return transformer_blocks(self.model)
+
     def set_activation_checkpointing(self, on: bool) -> None:
         """Recompute each decoder layer's activations in the backward pass (less memory, ~30% more time)."""
         _set_checkpointing(self.model, on)
@@ -511,7 +534,8 @@ class CrossEncoderRanker(nn.Module):
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None:
             inputs["token_type_ids"] = batch.token_type_ids
-        return self.model(**inputs).logits[:, 0].float()
+        # a new tensor, not a view of the logits: FSDP hooks its backward onto the output
+        return self.model(**inputs).logits[:, 0].float().clone()
 
     @torch.inference_mode()
     def score(self, history: History, items: Sequence[int]) -> Tensor:
@@ -534,6 +558,10 @@ class CrossEncoderRanker(nn.Module):
                                      truncation="only_first", max_length=self.max_length)
                 scores.append(self.model(**enc.to(device)).logits[0, 0].float())
         return torch.stack(scores).cpu() if scores else torch.zeros(0)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """``train.strategy = "fsdp"``: each encoder layer is a unit; embeddings and head stay in the root."""
+        return transformer_blocks(self.model)
 
     def set_activation_checkpointing(self, on: bool) -> None:
         _set_checkpointing(self.model, on)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -110,12 +110,19 @@ class RequestEpochs:
     """Training requests as epochs of global batches (``train.batch_size`` groups), each split into
     ``train.grad_accum`` micro-batches of tokenised pairs.
 
+    Under torchrun (``rank`` of ``world_size``) a rank takes every ``world_size``-th group of each micro-batch,
+    so the ranks together train on the same global batches, with the same negatives, as one process: each
+    global batch's negatives are drawn for all of its groups before the groups are shared out. A rank whose
+    share of a micro-batch is empty (a micro-batch with fewer groups than ranks) trains on a copy of the
+    micro-batch's first group marked ``padding``: the same forward as the other ranks (DDP and FSDP need one),
+    no loss term.
+
     ``exclude`` (the training rows) and ``popularity`` are needed for popularity-sampled negatives only.
     """
 
     def __init__(self, requests: Requests, events: UserEvents, collate: Collate, settings: TaskSettings,
                  config: TrainConfig, *, exclude: UserSequences | None = None,
-                 popularity: np.ndarray | None = None) -> None:
+                 popularity: np.ndarray | None = None, rank: int = 0, world_size: int = 1) -> None:
         if config.batch_size % config.grad_accum:
             raise ValueError(f"train.batch_size {config.batch_size} must be divisible by train.grad_accum "
                              f"{config.grad_accum}")
@@ -128,7 +135,10 @@ class RequestEpochs:
             raise ValueError("popularity-sampled negatives need the training rows and item popularity")
         self.requests, self.events, self.collate, self.settings = requests, events, collate, settings
         self.exclude, self.popularity = exclude, popularity
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must lie in 0..{world_size - 1}")
         self.seed, self.batch_size, self.micro = config.seed, config.batch_size, config.batch_size // config.grad_accum
+        self.rank, self.world_size = rank, world_size
 
     @property
     def steps_per_epoch(self) -> int:
@@ -139,21 +149,32 @@ class RequestEpochs:
         for b in range(start, self.steps_per_epoch):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             rng = np.random.default_rng([self.seed, epoch, b])
-            yield [self.batch(index[i:i + self.micro], rng) for i in range(0, len(index), self.micro)]
+            negatives = None if self.settings.likes else self.negatives(index, rng)  # [G, n], drawn on every rank
+            micro = []
+            for i in range(0, len(index), self.micro):
+                rows = np.arange(i, min(i + self.micro, len(index)))
+                mine = rows[self.rank::self.world_size]
+                padding = len(mine) == 0
+                mine = rows[:1] if padding else mine
+                micro.append(self.batch(index[mine], None if negatives is None else negatives[mine], padding=padding))
+            yield micro
 
-    def batch(self, index: np.ndarray, rng: np.random.Generator) -> PairBatch:
-        """The pairs of requests ``index [G]``: each group's positive first, then its negatives."""
+    def batch(self, index: np.ndarray, negatives: np.ndarray | None = None, *, padding: bool = False) -> PairBatch:
+        """The pairs of requests ``index [G]``: each group's positive first, then its ``negatives [G, n]``
+        (``None`` for the like label). ``padding``: a batch that only keeps a rank in step (no loss term)."""
         req = self.requests
         histories: Sequence[History] = [self.events.history(int(req.users[i]), int(req.lengths[i])) for i in index]
         if self.settings.likes:
             labels = np.array([self.events.value_at(int(req.users[i]), int(req.lengths[i]))
                                >= self.settings.like_threshold for i in index], dtype=np.float32)
-            return self.collate(histories, req.targets[index].tolist(), labels, 1)
-        negatives = self.negatives(index, rng)  # [G, n]
+            return replace(self.collate(histories, req.targets[index].tolist(), labels, 1), padding=padding)
+        if negatives is None:
+            raise ValueError("a click group needs its negatives: draw them with RequestEpochs.negatives")
         items = np.concatenate([req.targets[index, None], negatives], axis=1)  # [G, S]
         labels = np.zeros(items.shape, dtype=np.float32)
         labels[:, 0] = 1.0
-        return self.collate(histories, items.ravel().tolist(), labels.ravel(), self.settings.group_size)
+        batch = self.collate(histories, items.ravel().tolist(), labels.ravel(), self.settings.group_size)
+        return replace(batch, padding=padding)
 
     def negatives(self, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``[G, n_negatives]`` distinct negatives per request (never the positive or a training item)."""

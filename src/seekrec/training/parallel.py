@@ -157,6 +157,9 @@ class Sharded(Replicated):
                 module.reshard()
             for unit in self._units:
                 unit.set_reshard_after_forward(True, recurse=False)
+            # rank 0's forwards in the block were recorded as this iteration's (FSDP prefetches the backward in
+            # reverse forward order): forget them, or rank 0 alone would prefetch a unit in the next backward
+            forget_forwards(model)
 
     def agree(self, flag: bool) -> bool:
         return broadcast_flag(flag, self.ctx) if self.sharded else flag
@@ -243,6 +246,20 @@ def shard_model(model: nn.Module, ctx: DistContext, precision: str = "fp32") -> 
     # table in score_all), so settle the root now. No public call does this in torch 2.13.
     model._get_fsdp_state()._lazy_init()
     return units
+
+
+def forget_forwards(model: nn.Module) -> None:
+    """Clear the forward order FSDP recorded since the last backward (``reset_iter_state``, torch >= 2.13; the
+    same two lists by hand before it)."""
+    reset = getattr(model, "reset_iter_state", None)
+    if reset is not None:
+        reset()
+        return
+    state = model._get_fsdp_state()
+    state._comm_ctx.post_forward_order.clear()
+    for module_state in state._state_ctx.all_states:
+        for group in module_state._fsdp_param_groups:
+            group._post_forward_indices.clear()
 
 
 def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
