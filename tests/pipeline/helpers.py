@@ -65,7 +65,7 @@ def tiny_config(data_dir: str, sasrec_run: str | None = None, **overrides: str) 
         "two_tower.train.select_metric=ndcg@10", "two_tower.train.device=cpu",
         'din.model={"embed_dim": 8, "attention_hidden": [8], "hidden_dims": [16]}',
         "din.n_negatives=2", "din.eval_negatives=5", "din.train.batch_size=64", "din.train.lr=0.01",
-        "din.train.warmup_steps=5", "din.train.max_epochs=4", "din.train.device=cpu",
+        "din.train.warmup_steps=5", "din.train.max_epochs=8", "din.train.patience=4", "din.train.device=cpu",
         "stages.n_candidates=12", "stages.k=5",
     ]
     values += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
