@@ -240,10 +240,11 @@ def test_acknowledged_appends_survive_sigkilled_writers(target, log):
 
 texts = st.text(min_size=1, max_size=20)
 numbers = st.floats(allow_nan=False, allow_infinity=False)
+request_ids = st.none() | st.text(st.characters(codec="ascii"), min_size=1, max_size=64)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.lists(st.builds(Event, texts, texts, numbers, texts, numbers), min_size=1, max_size=4))
+@given(batch=st.lists(st.builds(Event, texts, texts, numbers, texts, numbers, request_ids), min_size=1, max_size=4))
 def test_any_valid_event_round_trips_exactly(log, batch):
     offsets = log.append(batch)
     assert [e.event() for e in log.read(offsets[0] - 1, limit=len(batch))] == batch

@@ -67,14 +67,20 @@ def test_a_locked_database_raises_unavailable_not_a_bare_operational_error(tmp_p
         assert log.append([Event("u", "i", 1.0)]) == [1]
 
 
-def test_a_schema_1_log_is_upgraded_in_place_keeping_its_events(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_log_is_upgraded_in_place_keeping_its_events(tmp_path, version):
+    """Schema 1 had no idempotency table, schemas 1 and 2 no request ids."""
     path = tmp_path / "events.db"
     with SqliteEventLog(path) as log:
         log.append([Event("u", "i", 1.0)])
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE idempotency")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute("ALTER TABLE events DROP COLUMN request_id")
+    if version == 1:
+        conn.execute("DROP TABLE idempotency")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
     conn.close()
     with SqliteEventLog(path) as log:
-        assert log.end_offset() == 1
-        assert log.append([Event("u", "j", 2.0)], idempotency_key="k") == [2]
+        assert log.end_offset() == 1 and log.read(0)[0].request_id is None
+        assert log.append([Event("u", "j", 2.0, request_id="r1")], idempotency_key="k") == [2]
+        assert [e.request_id for e in log.read(0)] == [None, "r1"]

@@ -28,6 +28,9 @@ class EventLogUnavailableError(OSError):
     been written (a timeout after the write): retry it with the same idempotency key."""
 
 
+MAX_REQUEST_ID_CHARS = 64  # what POST /recommend returns is 32 hex digits
+
+
 @dataclass(frozen=True)
 class Event:
     """One interaction as it arrives over HTTP: raw string ids, unix-second time, a kind and a value.
@@ -41,6 +44,7 @@ class Event:
     timestamp: float
     event_type: str = "click"
     value: float = 1.0
+    request_id: str | None = None  # the served list the event answers (experiments attribute it to its arm)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,6 +68,11 @@ class Event:
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
                 raise ValueError(f"Event.{name} must be a finite number, got {number!r}")
             object.__setattr__(self, name, float(number))
+        if self.request_id is not None and (not isinstance(self.request_id, str) or not self.request_id
+                                            or len(self.request_id) > MAX_REQUEST_ID_CHARS
+                                            or not self.request_id.isascii()):
+            raise ValueError(f"Event.request_id must be 1-{MAX_REQUEST_ID_CHARS} ASCII characters or None, "
+                             f"got {self.request_id!r}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class LoggedEvent(Event):
 
     def event(self) -> Event:
         """The event without its offset, e.g. to append it to another log."""
-        return Event(self.user_id, self.item_id, self.timestamp, self.event_type, self.value)
+        return Event(self.user_id, self.item_id, self.timestamp, self.event_type, self.value, self.request_id)
 
 
 def check_batch(events: Sequence[Event]) -> list[Event]:

@@ -90,7 +90,7 @@ end
 """
 
 # KEYS: stream, then the idempotency key's Redis key when the batch has one. ARGV: the key's lifetime
-# in seconds, then five fields per event. Returns {first offset, count}: a new batch's, or the batch
+# in seconds, then six fields per event (the last, the request id, empty when the event has none). Returns {first offset, count}: a new batch's, or the batch
 # that first used the key. Checks run before the first write and XADD with a larger id cannot fail, so
 # the batch (and its key) land whole or not at all.
 _APPEND = _LUA_HELPERS + """
@@ -102,11 +102,17 @@ if #KEYS > 1 then
   end
 end
 local last = end_offset(KEYS[1])
-local n = (#ARGV - 1) / 5
+local n = (#ARGV - 1) / 6
 for i = 0, n - 1 do
-  local b = 1 + i * 5
-  redis.call('XADD', KEYS[1], string.format('0-%d', last + 1 + i),
-             'u', ARGV[b + 1], 'i', ARGV[b + 2], 't', ARGV[b + 3], 'e', ARGV[b + 4], 'v', ARGV[b + 5])
+  local b = 1 + i * 6
+  local id = string.format('0-%d', last + 1 + i)
+  if ARGV[b + 6] == '' then
+    redis.call('XADD', KEYS[1], id, 'u', ARGV[b + 1], 'i', ARGV[b + 2], 't', ARGV[b + 3], 'e', ARGV[b + 4],
+               'v', ARGV[b + 5])
+  else
+    redis.call('XADD', KEYS[1], id, 'u', ARGV[b + 1], 'i', ARGV[b + 2], 't', ARGV[b + 3], 'e', ARGV[b + 4],
+               'v', ARGV[b + 5], 'r', ARGV[b + 6])
+  end
 end
 if #KEYS > 1 then
   redis.call('SET', KEYS[2], string.format('%d:%d', last + 1, n), 'EX', ARGV[1])
@@ -257,7 +263,8 @@ class RedisEventLog(EventLog):
                 raise ValueError(f"stream {self.stream!r} holds entry {entry_id} not written by a seekrec event log")
             events.append(
                 LoggedEvent(
-                    fields["u"], fields["i"], float(fields["t"]), fields["e"], float(fields["v"]), offset=int(offset)
+                    fields["u"], fields["i"], float(fields["t"]), fields["e"], float(fields["v"]), fields.get("r"),
+                    offset=int(offset)
                 )
             )
         return events
@@ -273,7 +280,7 @@ class RedisEventLog(EventLog):
         args: list[str] = [str(int(self.idempotency_window_s))]
         for e in batch:
             # repr() of a float round-trips exactly, so timestamps read back bit-identical
-            args += [e.user_id, e.item_id, repr(e.timestamp), e.event_type, repr(e.value)]
+            args += [e.user_id, e.item_id, repr(e.timestamp), e.event_type, repr(e.value), e.request_id or ""]
         keys = [self.stream] if idempotency_key is None else [self.stream, f"{self.stream}:idem:{idempotency_key}"]
         first, count = (int(x) for x in self._append_script(keys=keys, args=args, client=self._client()))
         offsets = list(range(first, first + count))

@@ -35,7 +35,8 @@ from seekrec.online.event_log import (
 logger = logging.getLogger(__name__)
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
-SCHEMA_VERSION = 2  # stored in PRAGMA user_version; bump it when the tables change (2: idempotency keys)
+SCHEMA_VERSION = 3  # stored in PRAGMA user_version; bump it when the tables change (2: idempotency keys,
+# 3: the request id an event answers)
 # SQLite primary result codes that mean "storage unavailable right now", not a bug: busy, locked,
 # out of memory, I/O error, disk full, cannot open, lock protocol
 _TRANSIENT_CODES = {5, 6, 7, 10, 13, 14, 15}
@@ -49,7 +50,8 @@ _SCHEMA = (
         item_id TEXT NOT NULL,
         timestamp REAL NOT NULL,
         event_type TEXT NOT NULL,
-        value REAL NOT NULL
+        value REAL NOT NULL,
+        request_id TEXT
     )""",
     "CREATE TABLE IF NOT EXISTS consumers (consumer TEXT PRIMARY KEY, committed INTEGER NOT NULL)",
 )
@@ -63,6 +65,8 @@ _SCHEMA_2 = (
     )""",
     "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created)",
 )
+# version 3: the request id an event answers (NULL for events that carry none, and for older events)
+_SCHEMA_3 = ("ALTER TABLE events ADD COLUMN request_id TEXT",)
 
 
 def _unavailable_on_storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -81,7 +85,7 @@ def _unavailable_on_storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]
 
     return wrapper
 _SELECT = (
-    "SELECT event_offset, user_id, item_id, timestamp, event_type, value FROM events "
+    "SELECT event_offset, user_id, item_id, timestamp, event_type, value, request_id FROM events "
     "WHERE event_offset > ? ORDER BY event_offset LIMIT ?"
 )
 
@@ -168,8 +172,9 @@ class SqliteEventLog(EventLog):
                 for statement in _SCHEMA + _SCHEMA_2:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:  # a log written before idempotency keys: add their table, events stay
-                for statement in _SCHEMA_2:
+            elif version in (1, 2):  # an older log: add what it lacks (idempotency keys, request ids)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+                for statement in (_SCHEMA_2 if version == 1 else ()) + (() if "request_id" in columns else _SCHEMA_3):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -220,9 +225,9 @@ class SqliteEventLog(EventLog):
                 (end,) = conn.execute("SELECT COALESCE(MAX(event_offset), 0) FROM events").fetchone()
                 offsets = list(range(end + 1, end + 1 + len(batch)))
                 conn.executemany(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (offset, e.user_id, e.item_id, e.timestamp, e.event_type, e.value)
+                        (offset, e.user_id, e.item_id, e.timestamp, e.event_type, e.value, e.request_id)
                         for offset, e in zip(offsets, batch)
                     ],
                 )
@@ -242,8 +247,8 @@ class SqliteEventLog(EventLog):
             remaining = deadline - time.monotonic()
             if rows or remaining <= 0:
                 return [
-                    LoggedEvent(user, item, ts, kind, value, offset=offset)
-                    for offset, user, item, ts, kind, value in rows
+                    LoggedEvent(user, item, ts, kind, value, request, offset=offset)
+                    for offset, user, item, ts, kind, value, request in rows
                 ]
             time.sleep(min(self.poll_interval_s, remaining))
 

@@ -75,6 +75,9 @@ class EventIn(_Request):
     timestamp: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     event_type: Annotated[str, Field(min_length=1, max_length=64)] = "click"
     value: Finite = 1.0
+    request_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$")] | None = Field(
+        None, description="the request_id of the POST /recommend answer the event responds to: experiments credit "
+                          "it to that served list and its arms")
 
 
 class EventsRequest(_Request):

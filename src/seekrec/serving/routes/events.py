@@ -31,8 +31,8 @@ async def post_events(body: EventsRequest, state: Annotated[ServingState, Depend
         _check_known_items(body, state)
     now = time.time()
     try:
-        events = [Event(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.event_type, e.value)
-                  for e in body.events]
+        events = [Event(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.event_type, e.value,
+                        e.request_id) for e in body.events]
     except ValueError as exc:  # e.g. text the log cannot store (lone surrogates)
         raise RequestValidationError([{"loc": ["body", "events"], "type": "value_error",
                                        "msg": public_detail(str(exc), "POST /events refused")}]) from exc
