@@ -1,0 +1,1 @@
+"""Online experiments: definitions, assignment, rollout, outcome logs and per-arm metrics."""

@@ -1,0 +1,721 @@
+"""Served-list logs: what each request showed, to whom, under which arms, written off the request path.
+
+Per-arm metrics need the denominator as much as the clicks: which items each user was shown, by which
+arm and model version. ``POST /recommend`` builds one ``ServedList`` per answer and hands it to a
+``BackgroundWriter``, whose bounded queue never blocks the request: when the log is slow or down, the
+records past the bound are dropped and counted rather than delaying users. Records are JSON (never
+pickles), kept in one SQLite file (the default) or in a Redis Stream; ``open_outcome_log(url)`` picks
+the backend from the same kind of url as the event log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from seekrec.online.event_log import EventLogUnavailableError
+from seekrec.online.factory import REDIS_SCHEMES, SQLITE_SCHEMES
+# the event log's list of SQLite result codes that mean "unavailable right now": one place decides
+from seekrec.online.sqlite_log import _TRANSIENT_CODES, SYNCHRONOUS_MODES
+
+if TYPE_CHECKING:
+    import redis
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STREAM = "seekrec:served"
+DEFAULT_MAXLEN = 1_000_000  # Redis keeps about this many served lists (approximate trimming)
+MAX_REQUEST_ID_LEN = 200
+# PRAGMA application_id of an outcome-log file ("srol"). The event log reads user_version, which stays
+# 0 here: an event log opened on this file sees a foreign table and refuses it, and vice versa.
+APPLICATION_ID = 0x73726F6C
+QUEUE_FULL = "queue_full"  # ``on_lost`` reasons of BackgroundWriter
+WRITE_FAILED = "write_failed"
+CLOSED = "closed"
+_LogT = TypeVar("_LogT", bound="OutcomeLog")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex characters of a random UUID4): unique across replicas without coordination."""
+    return uuid.uuid4().hex
+
+
+class OutcomeLogUnavailableError(EventLogUnavailableError):
+    """The outcome log's storage cannot be reached or written right now; transient (the writer retries)."""
+
+
+def _check_text(owner: str, name: str, value: object, max_len: int | None = None) -> None:
+    if not isinstance(value, str) or not value or (max_len is not None and len(value) > max_len):
+        limit = "" if max_len is None else f" of at most {max_len} characters"
+        raise ValueError(f"{owner}.{name} must be a non-empty string{limit}, got {value!r}")
+    try:
+        value.encode("utf-8")  # both backends store UTF-8; lone surrogates cannot be stored
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{owner}.{name} is not valid unicode text: {value!r}") from exc
+
+
+def _check_number(owner: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ServedList:
+    """One answered ``POST /recommend``: the items shown in order (position = index) and how they came about.
+
+    ``arms`` maps each experiment layer to the user's arm in it; ``teams`` marks, for an interleaved
+    list, which ranker contributed each position (0 = A, 1 = B), and is None otherwise. ``items`` and
+    ``teams`` are stored as tuples and ``arms`` as a private copy, so a record cannot change after it
+    was queued.
+    """
+
+    request_id: str
+    user_id: str
+    time: float  # unix seconds when the list was served
+    arms: dict[str, str]
+    version: str  # model version that produced the list
+    items: tuple[str, ...]
+    latency_ms: float
+    fallback: bool  # popular items instead of a personal list
+    teams: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_text("ServedList", "request_id", self.request_id, MAX_REQUEST_ID_LEN)
+        _check_text("ServedList", "user_id", self.user_id)
+        _check_text("ServedList", "version", self.version)
+        object.__setattr__(self, "time", _check_number("ServedList", "time", self.time))
+        object.__setattr__(self, "latency_ms", _check_number("ServedList", "latency_ms", self.latency_ms))
+        if not isinstance(self.fallback, bool):
+            raise ValueError(f"ServedList.fallback must be a bool, got {self.fallback!r}")
+        if not isinstance(self.arms, Mapping):
+            raise ValueError(f"ServedList.arms must map layer -> arm name, got {self.arms!r}")
+        for layer, arm in self.arms.items():
+            _check_text("ServedList", f"arms key {layer!r}", layer)
+            _check_text("ServedList", f"arms[{layer!r}]", arm)
+        object.__setattr__(self, "arms", dict(self.arms))
+        if isinstance(self.items, (str, bytes)) or not isinstance(self.items, Sequence):
+            raise ValueError(f"ServedList.items must be a sequence of item ids, got {self.items!r}")
+        for position, item in enumerate(self.items):
+            _check_text("ServedList", f"items[{position}]", item)
+        object.__setattr__(self, "items", tuple(self.items))
+        if self.teams is not None:
+            if isinstance(self.teams, (str, bytes)) or not isinstance(self.teams, Sequence):
+                raise ValueError(f"ServedList.teams must be None or a sequence of 0/1, got {self.teams!r}")
+            teams = tuple(self.teams)
+            if len(teams) != len(self.items) or any(t not in (0, 1) or isinstance(t, bool) for t in teams):
+                raise ValueError(f"ServedList.teams must hold one 0 or 1 per item ({len(self.items)} items), "
+                                 f"got {list(teams)!r}")
+            object.__setattr__(self, "teams", tuple(int(t) for t in teams))
+
+    def arm(self, layer: str) -> str | None:
+        """The arm this list was served under in ``layer``; None when the request was not in that layer."""
+        return self.arms.get(layer)
+
+    def to_json(self) -> str:
+        """Compact JSON; floats round-trip exactly (``json`` writes their ``repr``)."""
+        return json.dumps({"request_id": self.request_id, "user_id": self.user_id, "time": self.time,
+                           "arms": self.arms, "version": self.version, "items": list(self.items),
+                           "latency_ms": self.latency_ms, "fallback": self.fallback,
+                           "teams": None if self.teams is None else list(self.teams)},
+                          separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServedList:
+        """The record ``to_json`` wrote; ``ValueError`` quoting the text when it is not one."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a served-list record (invalid JSON: {exc}): {text[:200]!r}") from exc
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            raise ValueError(f"not a served-list record (fields must be {sorted(_FIELDS)}): {text[:200]!r}")
+        return cls(**data)
+
+
+_FIELDS = {"request_id", "user_id", "time", "arms", "version", "items", "latency_ms", "fallback", "teams"}
+
+
+def _check_range(since_time: float | None, until_time: float | None) -> tuple[float, float]:
+    """``[since_time, until_time)`` as finite-or-infinite floats; None leaves that end open."""
+    lo = -math.inf if since_time is None else since_time
+    hi = math.inf if until_time is None else until_time
+    for name, value in (("since_time", lo), ("until_time", hi)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"{name} must be unix seconds or None, got {value!r}")
+    if lo > hi:
+        raise ValueError(f"since_time {since_time} is after until_time {until_time}")
+    return float(lo), float(hi)
+
+
+def _check_arms(arms: Mapping[str, str] | None) -> dict[str, str]:
+    if arms is None:
+        return {}
+    if not isinstance(arms, Mapping):
+        raise ValueError(f"arms must map layer -> arm name (or be None), got {arms!r}")
+    for layer, arm in arms.items():
+        _check_text("read", f"arms[{layer!r}]", arm)
+    return dict(arms)
+
+
+def _check_records(records: Sequence[ServedList]) -> list[ServedList]:
+    batch = list(records)
+    for position, record in enumerate(batch):
+        if not isinstance(record, ServedList):
+            raise TypeError(f"append() takes ServedList objects; item {position} is {type(record).__name__}")
+    return batch
+
+
+def _selected(record: ServedList, lo: float, hi: float, arms: dict[str, str]) -> bool:
+    return lo <= record.time < hi and all(record.arms.get(layer) == arm for layer, arm in arms.items())
+
+
+@runtime_checkable
+class OutcomeLog(Protocol):
+    """An append-only log of served lists.
+
+    * ``append`` writes a batch (durable when it returns for SQLite; in Redis memory for Redis) and
+      returns how many records were new: SQLite ignores a request id it already holds, so retrying a
+      batch is harmless; a Redis retry after a timeout may store a record twice, which ``attribute``
+      drops (it keeps the first list of each request id).
+    * ``read(since_time, until_time, arms)`` yields the lists served in ``[since_time, until_time)``
+      (unix seconds, None = open) whose ``arms`` include every ``layer: arm`` pair given, page by page.
+    * Transient storage failures raise ``OutcomeLogUnavailableError``.
+
+    Backends subclass this protocol to inherit the context manager.
+    """
+
+    def append(self, records: Sequence[ServedList]) -> int:
+        """Write a batch; return how many records were new."""
+        ...
+
+    def read(self, since_time: float | None = None, until_time: float | None = None,
+             arms: Mapping[str, str] | None = None) -> Iterator[ServedList]:
+        """Served lists in the time range whose arms match, read lazily in pages."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the records stay where they are."""
+        ...
+
+    def __enter__(self: _LogT) -> _LogT:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------- SQLite
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS served (
+        seq INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        time REAL NOT NULL,
+        arms TEXT NOT NULL,
+        version TEXT NOT NULL,
+        items TEXT NOT NULL,
+        latency_ms REAL NOT NULL,
+        fallback INTEGER NOT NULL,
+        teams TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS served_time ON served (time)",
+)
+_COLUMNS = "request_id, user_id, time, arms, version, items, latency_ms, fallback, teams"
+# keyset pagination on (time, seq): each page is an index range scan, never an OFFSET re-scan
+_PAGE = (f"SELECT seq, {_COLUMNS} FROM served WHERE time >= ? AND time < ? AND (time > ? OR (time = ? AND seq > ?)) "
+         "ORDER BY time, seq LIMIT ?")
+
+
+def _sqlite_unavailable(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """SQLite's transient failures (locked past the busy timeout, disk full, I/O) become
+    ``OutcomeLogUnavailableError``; other errors (a bug, a corrupt file) pass through."""
+
+    @wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _TRANSIENT_CODES:
+                raise OutcomeLogUnavailableError(f"outcome log {args[0]!r} is unavailable: {exc}") from exc
+            raise
+
+    return wrapper
+
+
+class SqliteOutcomeLog(OutcomeLog):
+    """An ``OutcomeLog`` in one SQLite file (WAL mode, table ``served``), shared by a server that writes
+    and report jobs in other processes that read without blocking it.
+
+    ``synchronous`` is as for ``SqliteEventLog``: ``NORMAL`` survives a killed process, ``FULL`` also a
+    power cut. One connection per instance, guarded by a lock; ``read`` holds the lock for one page at
+    a time, so a long report never stalls the writer thread for longer than a page.
+    """
+
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, busy_timeout_ms: int = 10_000,
+                 page_size: int = 1000) -> None:
+        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
+        if isinstance(busy_timeout_ms, bool) or not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
+            raise ValueError(f"busy_timeout_ms must be an integer >= 0, got {busy_timeout_ms!r}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be an integer >= 1, got {page_size!r}")
+        self.path = Path(path)
+        self.synchronous = mode
+        self.page_size = page_size
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open the outcome log {self.path}: {exc}") from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            self._setup(conn, busy_timeout_ms)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is not a SQLite outcome log: {exc}") from exc
+        if str(journal).lower() != "wal":
+            raise OSError(f"{self.path}: SQLite refused WAL mode (journal_mode={journal}); put the outcome log "
+                          "on a local filesystem")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        with self._transaction(conn):
+            (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if app_id == 0 and not tables:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            elif app_id != APPLICATION_ID or tables != {"served"}:
+                raise ValueError(f"{self.path} is not a seekrec outcome log (application_id={app_id}, "
+                                 f"tables={sorted(tables)}); pass another path (not the event log's file)")
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"the outcome log {self.path} is closed; open a new SqliteOutcomeLog")
+        return self._conn
+
+    @_sqlite_unavailable
+    def append(self, records: Sequence[ServedList]) -> int:
+        """Insert a batch in one transaction; request ids already stored are skipped (retries are safe)."""
+        batch = _check_records(records)
+        if not batch:
+            return 0
+        rows = [(r.request_id, r.user_id, r.time, json.dumps(r.arms, ensure_ascii=False), r.version,
+                 json.dumps(list(r.items), ensure_ascii=False), r.latency_ms, int(r.fallback),
+                 None if r.teams is None else json.dumps(list(r.teams))) for r in batch]
+        with self._lock:
+            conn = self._connection()
+            before = conn.total_changes
+            with self._transaction(conn):
+                conn.executemany(f"INSERT OR IGNORE INTO served ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return conn.total_changes - before
+
+    def read(self, since_time: float | None = None, until_time: float | None = None,
+             arms: Mapping[str, str] | None = None) -> Iterator[ServedList]:
+        """Served lists in ``[since_time, until_time)`` by time (then write order) whose arms match."""
+        lo, hi = _check_range(since_time, until_time)
+        wanted = _check_arms(arms)
+        self._connection()  # a closed log fails here, not at the first ``next``
+        return self._pages(lo, hi, wanted)
+
+    def _pages(self, lo: float, hi: float, arms: dict[str, str]) -> Iterator[ServedList]:
+        last_time, last_seq = lo, -1
+        while True:
+            rows = self._page(lo, hi, last_time, last_seq)
+            for seq, request_id, user, t, arms_json, version, items, latency, fallback, teams in rows:
+                record = ServedList(request_id, user, t, json.loads(arms_json), version, json.loads(items),
+                                    latency, bool(fallback), None if teams is None else json.loads(teams))
+                if _selected(record, lo, hi, arms):
+                    yield record
+            if len(rows) < self.page_size:
+                return
+            last_time, last_seq = rows[-1][3], rows[-1][0]
+
+    @_sqlite_unavailable
+    def _page(self, lo: float, hi: float, last_time: float, last_seq: int) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._connection().execute(_PAGE, (lo, hi, last_time, last_time, last_seq,
+                                                      self.page_size)).fetchall()
+
+    def close(self) -> None:
+        """Close the connection (idempotent); later calls raise ``RuntimeError``."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __repr__(self) -> str:
+        return f"SqliteOutcomeLog({str(self.path)!r}, synchronous={self.synchronous!r})"
+
+
+# --------------------------------------------------------------------------------------------- Redis
+
+
+class RedisOutcomeLog(OutcomeLog):
+    """An ``OutcomeLog`` on a Redis Stream (default ``seekrec:served``), one entry per served list
+    holding its JSON in field ``r``; ``XADD ... MAXLEN ~ maxlen`` keeps the stream bounded (0: never trim).
+
+    Entry ids are Redis' own (its clock at the write), not the served time: replicas with slightly
+    different clocks and a writer queue that delivers late would otherwise collide with the stream's
+    increasing-id rule. ``read`` therefore scans entry ids from ``since_time - slack_s`` to
+    ``until_time + slack_s`` and filters on the records' own ``time``; a record that reached Redis more
+    than ``slack_s`` after it was served (or a clock off by more) is outside a bounded read.
+    Trimming drops the oldest lists: for experiments longer than the stream holds, use SQLite.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", stream: str = DEFAULT_STREAM, *,
+                 maxlen: int = DEFAULT_MAXLEN, timeout_s: float = 5.0, connect_timeout_s: float = 5.0,
+                 slack_s: float = 300.0, page_size: int = 1000) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            from seekrec.online.redis_log import MIN_REDIS_VERSION, redact
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError("Redis outcome logs need the redis package: pip install 'redis>=5,<7'") from exc
+        if not isinstance(stream, str) or not stream:
+            raise ValueError(f"stream must be a non-empty key name, got {stream!r}")
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+            raise ValueError(f"maxlen must be an integer >= 0 (0: never trim), got {maxlen!r}")
+        if not timeout_s > 0 or not connect_timeout_s > 0:
+            raise ValueError(f"timeout_s and connect_timeout_s must be > 0 seconds, got {timeout_s}, {connect_timeout_s}")
+        if not slack_s >= 0 or not math.isfinite(slack_s):
+            raise ValueError(f"slack_s must be finite seconds >= 0, got {slack_s}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be an integer >= 1, got {page_size!r}")
+        self.url = redact(url)
+        self.stream = stream
+        self.maxlen = maxlen
+        self.slack_s = slack_s
+        self.page_size = page_size
+        self._errors = redis.exceptions
+        # a socket timeout on every call and no automatic retries, as in RedisEventLog: the background
+        # writer decides about retries, and a stuck Redis must not hang it forever
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0))
+        try:
+            version_text = str(self._redis.info("server")["redis_version"])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self._redis.close()
+            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}. Start one "
+                                  "(redis-server --daemonize yes --port 6379) or pass another url") from exc
+        if tuple(int(part) for part in version_text.split(".")[:2]) < MIN_REDIS_VERSION:
+            self._redis.close()
+            raise RuntimeError(f"Redis at {self.url} is {version_text}; the outcome log needs >= 6.2")
+        self._closed = False
+
+    def _client(self) -> redis.Redis:
+        if self._closed:
+            raise RuntimeError(f"the outcome log {self.stream!r} at {self.url} is closed; open a new RedisOutcomeLog")
+        return self._redis
+
+    def _call(self, call: Callable[[], _R]) -> _R:
+        """Run one Redis round trip, turning an outage into ``OutcomeLogUnavailableError``."""
+        from seekrec.online.redis_log import _outage  # the event log's rule for "Redis cannot serve now"
+
+        try:
+            return call()
+        except self._errors.RedisError as exc:
+            if _outage(self, exc) is None:
+                raise
+            raise OutcomeLogUnavailableError(f"outcome log {self!r} is unavailable: {exc}") from exc
+
+    def append(self, records: Sequence[ServedList]) -> int:
+        """XADD the batch in one pipelined round trip, trimming the stream to about ``maxlen``."""
+        batch = _check_records(records)
+        if not batch:
+            return 0
+        pipe = self._client().pipeline(transaction=False)
+        for record in batch:
+            pipe.xadd(self.stream, {"r": record.to_json()}, maxlen=self.maxlen or None, approximate=True)
+        self._call(pipe.execute)
+        return len(batch)
+
+    def read(self, since_time: float | None = None, until_time: float | None = None,
+             arms: Mapping[str, str] | None = None) -> Iterator[ServedList]:
+        """Served lists in ``[since_time, until_time)`` in stream order whose arms match."""
+        lo, hi = _check_range(since_time, until_time)
+        wanted = _check_arms(arms)
+        self._client()
+        first = "-" if lo == -math.inf else str(max(0, math.floor((lo - self.slack_s) * 1000)))
+        last = "+" if hi == math.inf else str(max(0, math.ceil((hi + self.slack_s) * 1000)))
+        return self._pages(first, last, lo, hi, wanted)
+
+    def _pages(self, first: str, last: str, lo: float, hi: float, arms: dict[str, str]) -> Iterator[ServedList]:
+        start = first
+        while True:
+            entries: list[tuple[str, dict[str, str]]] = self._call(
+                lambda: self._client().xrange(self.stream, min=start, max=last, count=self.page_size))
+            for entry_id, fields in entries:
+                if set(fields) != {"r"}:
+                    raise ValueError(f"stream {self.stream!r} holds entry {entry_id} not written by an outcome log "
+                                     f"(fields {sorted(fields)}); use another stream name")
+                record = ServedList.from_json(fields["r"])
+                if _selected(record, lo, hi, arms):
+                    yield record
+            if len(entries) < self.page_size:
+                return
+            start = f"({entries[-1][0]}"
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent); the stream stays in Redis."""
+        if not self._closed:
+            self._closed = True
+            self._redis.close()
+
+    def __repr__(self) -> str:
+        return f"RedisOutcomeLog({self.url!r}, stream={self.stream!r})"
+
+
+# ------------------------------------------------------------------------------------------- factory
+
+
+def open_outcome_log(url: str | Path) -> OutcomeLog:
+    """Open the outcome log that ``url`` names, like ``open_event_log``:
+
+    * a plain path, ``sqlite:///abs/path/served.db`` or ``sqlite://relative/served.db``:
+      ``SqliteOutcomeLog`` (query option ``?synchronous=FULL``, default ``NORMAL``). Use a file of its
+      own, not the event log's.
+    * ``redis://[:password@]host:port/db``, ``rediss://...`` or ``unix:///path/redis.sock``:
+      ``RedisOutcomeLog``; query options ``?stream=`` (default ``seekrec:served``), ``?maxlen=``
+      (approximate trimming, default 1,000,000; 0 = never) and ``?socket_timeout=`` (seconds, default 5);
+      other options go to the redis client.
+    """
+    text = str(url)
+    if not text:
+        raise ValueError("outcome log url is empty; pass a path, sqlite:///abs/path/served.db or redis://host:port/db")
+    if "://" not in text:
+        return SqliteOutcomeLog(text)
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in SQLITE_SCHEMES:
+        path, _, query = text.split("://", 1)[1].partition("?")
+        if not path:
+            raise ValueError(f"outcome log url {text!r} names no file; write sqlite:///abs/path/served.db")
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+        if set(options) - {"synchronous"}:
+            raise ValueError(f"unknown option(s) {sorted(set(options) - {'synchronous'})} in {text!r}; "
+                             "sqlite urls take only ?synchronous=")
+        return SqliteOutcomeLog(path, options.get("synchronous", "NORMAL"))
+    if scheme in REDIS_SCHEMES:
+        return _open_redis(text)
+    schemes = ", ".join(f"{s}://" for s in SQLITE_SCHEMES + REDIS_SCHEMES)
+    raise ValueError(f"unknown outcome log url scheme {scheme!r} in {text!r}; use one of {schemes} or a plain path")
+
+
+def _open_redis(url: str) -> RedisOutcomeLog:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = {"stream": str, "maxlen": int, "socket_timeout": float}
+    options: dict[str, Any] = {}
+    for key, kind in own.items():
+        values = [value for k, value in query if k == key]
+        if len(values) > 1:
+            raise ValueError(f"outcome log url {url!r} names ?{key}= more than once")
+        if values:
+            try:
+                options[key] = kind(values[0])
+            except ValueError as exc:
+                raise ValueError(f"outcome log url {url!r}: {key} must be a {kind.__name__}, got {values[0]!r}") from exc
+    client_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
+    return RedisOutcomeLog(client_url, options.get("stream", DEFAULT_STREAM),
+                           maxlen=options.get("maxlen", DEFAULT_MAXLEN), timeout_s=options.get("socket_timeout", 5.0))
+
+
+# ------------------------------------------------------------------------------------ off the request path
+
+
+class BackgroundWriter:
+    """Writes served lists from a daemon thread so that ``POST /recommend`` never waits for the log.
+
+    ``submit`` only puts the record in a bounded queue (``put_nowait``): it returns at once, True when
+    queued, False when the queue is full or the writer is closed; such records are dropped and counted
+    in ``dropped``. The thread takes what has accumulated (up to ``batch_size``) and appends it in one
+    call; a transient storage failure (``OSError``, which includes ``OutcomeLogUnavailableError``) is
+    retried ``max_retries`` times with exponential backoff from ``retry_delay_s``; a batch that still
+    fails, or fails otherwise, is counted in ``failed`` and the thread carries on. ``on_lost(count,
+    reason)`` (reason ``"queue_full"``, ``"closed"`` or ``"write_failed"``) is the hook for a Prometheus
+    counter; it runs on the caller's thread for drops and on the writer thread for failures, so it
+    must be cheap and must not raise. The writer does not own the log: close the writer, then the log.
+    """
+
+    def __init__(self, log: OutcomeLog, max_queue: int = 10_000, *, batch_size: int = 500, max_retries: int = 3,
+                 retry_delay_s: float = 0.5, on_lost: Callable[[int, str], None] | None = None) -> None:
+        for name, value, least in (("max_queue", max_queue, 1), ("batch_size", batch_size, 1),
+                                   ("max_retries", max_retries, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not (retry_delay_s >= 0 and math.isfinite(retry_delay_s)):
+            raise ValueError(f"retry_delay_s must be finite seconds >= 0, got {retry_delay_s!r}")
+        self.log = log
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.retry_delay_s = retry_delay_s
+        self._on_lost = on_lost
+        self._queue: queue.Queue[ServedList | None] = queue.Queue(max_queue)  # None: the stop sentinel
+        self._cond = threading.Condition()  # guards the counters below; never held during I/O
+        self._accepted = self._finished = 0
+        self._dropped = self._failed = self._written = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Records refused by ``submit`` (queue full, or submitted after ``close``)."""
+        return self._dropped
+
+    @property
+    def failed(self) -> int:
+        """Records accepted but never written (the log kept failing)."""
+        return self._failed
+
+    @property
+    def written(self) -> int:
+        """Records handed to the log successfully."""
+        return self._written
+
+    @property
+    def pending(self) -> int:
+        """Records accepted and not yet written or given up."""
+        return self._accepted - self._finished
+
+    def submit(self, record: ServedList) -> bool:
+        """Queue ``record`` without waiting; False (and counted in ``dropped``) when it had to be dropped."""
+        if not isinstance(record, ServedList):
+            raise TypeError(f"submit() takes a ServedList, got {type(record).__name__}")
+        reason = None
+        with self._cond:
+            if self._closed:
+                reason = CLOSED
+            else:
+                try:
+                    self._queue.put_nowait(record)
+                    self._accepted += 1
+                except queue.Full:
+                    reason = QUEUE_FULL
+            if reason is not None:
+                self._dropped += 1
+        if reason is None:
+            return True
+        if self._on_lost is not None:
+            self._on_lost(1, reason)
+        return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record accepted so far is written or given up; False if ``timeout`` passed first."""
+        with self._cond:
+            target = self._accepted
+            return self._cond.wait_for(lambda: self._finished >= target, timeout)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop accepting, write what is queued and stop the thread; False when it did not finish within
+        ``timeout`` seconds (the rest is lost when the process exits). Idempotent."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            first = not self._closed
+            self._closed = True
+        if first:
+            try:  # the queue may be full: the sentinel waits for the thread to make room
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                logger.warning("outcome log writer: %d served lists still queued at close", self.pending)
+                return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.warning("outcome log writer: %d served lists not written at close", self.pending)
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            batch, stop = [record], False
+            while len(batch) < self.batch_size:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[ServedList]) -> None:
+        ok = False
+        for attempt in range(self.max_retries + 1):
+            try:
+                self.log.append(batch)
+                ok = True
+                break
+            except OSError as exc:  # transient: the log's storage is down or busy
+                logger.warning("outcome log %r: append of %d served lists failed (attempt %d of %d): %s",
+                               self.log, len(batch), attempt + 1, self.max_retries + 1, exc)
+                if attempt < self.max_retries:
+                    time.sleep(self.retry_delay_s * 2**attempt)
+            except Exception:  # a bug must not kill the thread and silently stop all logging: count and go on
+                logger.exception("outcome log %r: append of %d served lists failed", self.log, len(batch))
+                break
+        with self._cond:
+            if ok:
+                self._written += len(batch)
+            else:
+                self._failed += len(batch)
+            self._finished += len(batch)
+            self._cond.notify_all()
+        if not ok and self._on_lost is not None:
+            self._on_lost(len(batch), WRITE_FAILED)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
