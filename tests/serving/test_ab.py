@@ -31,8 +31,9 @@ def test_arms_follow_assignment_and_their_versions(settings: ServeSettings, regi
             arm = ArmAssigner(experiment).assign(user).name
             assert body["arm"] == arm and body["model_version"] == expected_version[arm]
         assert {b["arm"] for b in bodies.values()} == {"control", "live"}
-        # asking again lands in the same arm with the same answer
-        assert client.post("/recommend", json={"user_id": "1", "k": 5}).json() == bodies["1"]
+        # asking again lands in the same arm with the same answer (under a new request id)
+        again = client.post("/recommend", json={"user_id": "1", "k": 5}).json()
+        assert again.pop("request_id") != bodies["1"].pop("request_id") and again == bodies["1"]
         arms = {a["name"]: a for a in client.get("/version").json()["arms"]}
         assert arms["control"]["version"] == "v000001" and arms["live"]["version"] == live_v
         newer = variant(registry, seed=12)

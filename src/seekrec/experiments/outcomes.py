@@ -512,6 +512,22 @@ class RedisOutcomeLog(OutcomeLog):
 # ------------------------------------------------------------------------------------------- factory
 
 
+def outcome_log_beside(event_log: str) -> str:
+    """The outcome log a server keeps by default next to its event log: ``<name>-served.db`` beside a SQLite
+    event log; on a Redis event log's server, the stream ``seekrec:served`` (its other options kept)."""
+    text = str(event_log)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in REDIS_SCHEMES:
+        parts = urlsplit(text)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "stream"]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+    prefix, path = (text.split("://", 1)[0] + "://", text.split("://", 1)[1]) if scheme else ("", text)
+    path, _, query = path.partition("?")
+    served = Path(path)
+    served = served.with_name(f"{served.stem}-served{served.suffix or '.db'}")
+    return f"{prefix}{served}{'?' + query if query else ''}"
+
+
 def open_outcome_log(url: str | Path) -> OutcomeLog:
     """Open the outcome log that ``url`` names, like ``open_event_log``:
 

@@ -65,6 +65,8 @@ class RecommendResponse(BaseModel):
     model_version: str
     arm: str
     fallback: bool
+    request_id: str = Field(description="this answer's id: send it with the events it leads to (POST /events "
+                                        "request_id), so experiments credit them to this list and its arms")
 
 
 class EventIn(_Request):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seekrec.config import from_table, load_config
+from seekrec.experiments.outcomes import outcome_log_beside
 from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.registry.artifacts import RegistryError, parse_version
@@ -151,6 +152,12 @@ class ServeSettings:
     items_journal: Path | None = field(default=None, metadata={
         "help": "file journaling items added by POST /items, replayed at start-up "
                 "(default: added_items.jsonl in the registry)"})
+    outcome_log: str | None = field(default=None, metadata={
+        "help": "where every served list is logged for experiments (request id, arms, version, items, latency): a "
+                "path, sqlite:///ABS/PATH.db or redis://host:port/db; 'off' logs nothing (default: beside the event "
+                "log, <name>-served.db, or the stream seekrec:served on its Redis)"})
+    outcome_queue: int = field(default=10_000, metadata={
+        "help": "served lists waiting to be written; beyond it they are dropped and counted, never waited for"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", Path(self.registry))
@@ -164,7 +171,7 @@ class ServeSettings:
         limits = {"port": (0, 65535), "default_k": (1, 1000), "history_len": (1, 100_000),
                   "candidates": (1, 100_000), "ann_threshold": (0, 10**12), "max_batch": (1, 4096),
                   "threads": (0, 1024), "max_body_bytes": (1024, 2**31), "rate_limit_burst": (1, 10**9),
-                  "max_queue": (1, 10**7), "max_users": (1, 10**9)}
+                  "max_queue": (1, 10**7), "max_users": (1, 10**9), "outcome_queue": (1, 10**8)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -203,6 +210,13 @@ class ServeSettings:
         for name in ("metrics_require_key", "docs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ServeSettings.{name} must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def outcome_log_url(self) -> str | None:
+        """The outcome log to open (None: 'off')."""
+        if self.outcome_log is None:
+            return outcome_log_beside(self.event_log)
+        return None if str(self.outcome_log).lower() == "off" else str(self.outcome_log)
 
     @property
     def items_journal_path(self) -> Path:

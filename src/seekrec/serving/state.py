@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from seekrec.experiments.outcomes import BackgroundWriter, OutcomeLog, ServedList, open_outcome_log
 from seekrec.online.event_log import (
     Event,
     EventLog,
@@ -91,6 +92,8 @@ class ServingState:
         self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
                                 max_users=settings.max_users, on_sync=metrics.history_syncs.inc)
         self.event_log: EventLog | None = None
+        self.outcome_log: OutcomeLog | None = None  # every served list, for experiments (settings.outcome_log)
+        self.outcomes: BackgroundWriter | None = None  # writes them off the request path
         self.batcher: MicroBatcher[tuple[ArmModel, Query], Recommendation] = MicroBatcher(
             self._run_batch, settings.max_batch, settings.max_wait_ms, on_batch=metrics.batch_size.observe,
             run_in_thread=settings.device != "cpu", max_queue=settings.max_queue)  # inline is cheaper on a CPU
@@ -129,6 +132,7 @@ class ServingState:
         for arm in self.table.settings:
             if arm.version != CURRENT:
                 await asyncio.to_thread(self.registry.manifest, arm.version)  # RegistryError naming it
+        await self._open_outcome_log()
         self.batcher.start()
         if not self.settings.background_start:
             try:
@@ -138,6 +142,20 @@ class ServingState:
                 raise
             return
         self._starting = asyncio.create_task(self._load_in_background(), name="start-up")
+
+    async def _open_outcome_log(self) -> None:
+        url = self.settings.outcome_log_url
+        if url is None:
+            return
+        self.outcome_log = await asyncio.to_thread(open_outcome_log, url)
+        lost = self.metrics.outcomes_lost
+        self.outcomes = BackgroundWriter(self.outcome_log, self.settings.outcome_queue,
+                                         on_lost=lambda count, reason: lost.labels(reason=reason).inc(count))
+
+    def log_served(self, record: ServedList) -> None:
+        """Queue a served list for the outcome log; never waits (a full queue drops it and counts it)."""
+        if self.outcomes is not None:
+            self.outcomes.submit(record)
 
     async def _load_in_background(self) -> None:
         try:
@@ -212,6 +230,10 @@ class ServingState:
         if self.event_log is not None:
             await self.event_log.aclose()
             await asyncio.to_thread(self.event_log.close)
+        if self.outcomes is not None:
+            await asyncio.to_thread(self.outcomes.close)  # writes what is queued (bounded wait)
+        if self.outcome_log is not None:
+            await asyncio.to_thread(self.outcome_log.close)
 
     @property
     def ready(self) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from seekrec.experiments.outcomes import ServedList, new_request_id
 from seekrec.serving.auth import Role, require
 from seekrec.serving.routes import get_state
 from seekrec.serving.schemas import (
@@ -22,8 +24,13 @@ router = APIRouter(tags=["recommend"], dependencies=[Depends(require(Role.READ))
 @router.post("/recommend", response_model=RecommendResponse, responses=BODY_ERRORS)
 async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depends(get_state)]) -> RecommendResponse:
     """Personalised items (or popular ones, ``fallback: true``, for users with no usable history)."""
+    start = time.perf_counter()
     k = body.k if body.k is not None else state.settings.default_k
     rec, arm = await state.recommend(body.user_id, k, body.exclude_seen, body.min_offset)
+    request_id = new_request_id()
+    state.log_served(ServedList(request_id, body.user_id, time.time(), {state.settings.experiment.name: arm},
+                                rec.model_version, list(rec.item_ids), (time.perf_counter() - start) * 1000,
+                                rec.fallback))
     items = [ScoredItem(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)]
     return RecommendResponse(user_id=body.user_id, items=items, model_version=rec.model_version, arm=arm,
-                             fallback=rec.fallback)
+                             fallback=rec.fallback, request_id=request_id)
