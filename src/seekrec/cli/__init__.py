@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from seekrec import __version__
 from seekrec.cli.data import add_data_commands
+from seekrec.cli.experiment import add_experiment_commands
 from seekrec.cli.keys import add_keys_command
 from seekrec.cli.live import add_live_commands
 from seekrec.cli.llm import add_llm_commands
@@ -51,6 +52,7 @@ def build_parser() -> Parser:
     add_live_commands(commands)
     add_llm_commands(commands)
     add_keys_command(commands)
+    add_experiment_commands(commands)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""``seekrec experiment report``: an experiment's tables and plots, rebuilt from the server's logs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seekrec.cli.options import HELP_FORMAT
+
+
+def _shares(text: str) -> dict[str, float]:
+    """``control=0.5,treatment=0.5`` -> ``{"control": 0.5, "treatment": 0.5}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, share = part.partition("=")
+        try:
+            out[name] = float(share)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--shares {text!r}: write arm=share pairs, e.g. control=0.5,treatment=0.5")
+    return out
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from seekrec.experiments.report import build_report, format_report, load_outcomes, plot_report
+    from seekrec.io import atomic_write_json
+
+    for flag, url in (("--outcome-log", args.outcome_log), ("--event-log", args.event_log)):
+        path = url.split("://", 1)[1].split("?")[0] if url.startswith("sqlite://") else url
+        if "://" not in path and not Path(path).is_file():
+            raise ValueError(f"{flag} {url}: no such file; pass the log the server wrote")
+    outcomes = load_outcomes(args.outcome_log, args.event_log, window_s=args.window_s)
+    if not outcomes:
+        raise ValueError(f"{args.outcome_log}: no served list logged; check --outcome-log (the server's "
+                         "--outcome-log, by default <event log>-served.db beside its event log)")
+    catalog = args.catalog_size or len({item for o in outcomes for item in o.served.items})
+    report = build_report(outcomes, args.layer, args.control, catalog_size=catalog, expected_shares=args.shares,
+                          bucket_s=args.bucket_s, tau2=args.tau2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "report.json", report.to_dict())
+    plot_report(report, args.out / "report.png")
+    print(format_report(report))
+    print(f"report: {args.out / 'report.json'}  plots: {args.out / 'report.png'}")
+    return 0
+
+
+def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
+    ex = commands.add_parser("experiment", help="experiment reports from the server's logs",
+                             formatter_class=HELP_FORMAT)
+    actions = ex.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rp = actions.add_parser(
+        "report", help="per-arm tables, CTR over time with confidence bands, the always-valid p-value, SRM",
+        formatter_class=HELP_FORMAT,
+        epilog="example:\n  seekrec experiment report --outcome-log runs/demo/events-served.db "
+               "--event-log runs/demo/events.db --layer default --control frozen --shares frozen=0.5,realtime=0.5\n")
+    rp.add_argument("--outcome-log", required=True, help="the server's outcome log (path or url)")
+    rp.add_argument("--event-log", required=True, help="the server's event log (path or url)")
+    rp.add_argument("--layer", default="default", help="the layer (a plain A/B server: its experiment name) "
+                    "(default: default)")
+    rp.add_argument("--control", required=True, help="the control arm every other arm is compared with")
+    rp.add_argument("--shares", type=_shares, default=None,
+                    help="configured traffic shares for the sample-ratio check, e.g. control=0.5,treatment=0.5 "
+                         "(default: no check)")
+    rp.add_argument("--window-s", type=float, default=1800.0,
+                    help="attribution window: an event credits a list served at most this long before (default: 1800)")
+    rp.add_argument("--bucket-s", type=float, default=10.0, help="seconds between points of the plots (default: 10)")
+    rp.add_argument("--tau2", type=float, default=1e-4,
+                    help="mSPRT mixture variance in CTR units squared, fixed before looking (default: 1e-4)")
+    rp.add_argument("--catalog-size", type=int, default=0,
+                    help="items in the catalogue, for coverage (default: the items seen in the served lists)")
+    rp.add_argument("--out", type=Path, default=Path("runs") / "experiment-report",
+                    help="where report.json and report.png go (default: runs/experiment-report)")
+    rp.set_defaults(func=cmd_report)
