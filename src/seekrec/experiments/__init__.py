@@ -1,0 +1,1 @@
+"""Online experiments: layered definitions, assignment, gradual rollouts and their outcomes (docs/experiments.md)."""
