@@ -1,1 +1,2 @@
-"""Online experiments: definitions, assignment, rollout, outcome logs and per-arm metrics."""
+"""Online experiments: layered definitions, assignment, gradual rollouts, outcome logs, per-arm metrics and
+reports (docs/experiments.md)."""
