@@ -22,7 +22,7 @@ from seekrec.serving.batching import QueueFullError
 from seekrec.serving.exposure import public_detail
 from seekrec.serving.limits import BodySizeLimit, RateLimit, TokenBuckets, client_key
 from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
-from seekrec.serving.routes import admin, events, health, items, metrics, recommend
+from seekrec.serving.routes import admin, events, experiments, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
 from seekrec.serving.state import NotReadyError, ServingState
 
@@ -58,7 +58,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                            key=functools.partial(client_key, keys=app.state.keys),
                            on_reject=lambda reason: rejected.labels(reason=reason).inc())
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
-    for module in (recommend, events, items, health, admin, metrics):
+    for module in (recommend, events, items, health, admin, experiments, metrics):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)

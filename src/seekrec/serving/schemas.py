@@ -67,6 +67,7 @@ class RecommendResponse(BaseModel):
     fallback: bool
     request_id: str = Field(description="this answer's id: send it with the events it leads to (POST /events "
                                         "request_id), so experiments credit them to this list and its arms")
+    arms: dict[str, str] = Field(default_factory=dict, description="experiment -> the user's arm in it")
 
 
 class EventIn(_Request):
@@ -148,6 +149,17 @@ class VersionResponse(BaseModel):
     current: str | None = Field(description="the CURRENT version this server serves to 'current' arms")
     ready: bool
     arms: list[ArmInfo]
+
+
+class ExperimentsResponse(BaseModel):
+    layers: list[dict[str, Any]] = Field(description="each layer's experiments and their arms")
+    rollouts: dict[str, dict[str, Any] | None] = Field(description="experiment -> its rollout state file (null: "
+                                                                  "not started)")
+    stages: dict[str, int] = Field(default_factory=dict, description="the stages this replica assigns with")
+
+
+class ExperimentAction(_Request):
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class ErrorResponse(BaseModel):

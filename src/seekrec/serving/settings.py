@@ -152,6 +152,17 @@ class ServeSettings:
     items_journal: Path | None = field(default=None, metadata={
         "help": "file journaling items added by POST /items, replayed at start-up "
                 "(default: added_items.jsonl in the registry)"})
+    experiments: Path | None = field(default=None, metadata={
+        "help": "layered experiments and gradual rollouts (TOML, docs/experiments.md); replaces --arm (default: "
+                "the single experiment of --arm)"})
+    rollout_dir: Path | None = field(default=None, metadata={
+        "help": "the rollouts' state files every replica follows (default: rollouts/ in the registry)"})
+    rollout_controller: bool = field(default=True, metadata={
+        "help": "judge the rollouts from the logs and move them in this process (run it on one replica)"})
+    rollout_interval_s: float = field(default=10.0, metadata={
+        "help": "seconds between two looks of the rollout controller"})
+    attribution_window_s: float = field(default=1800.0, metadata={
+        "help": "an event credits a list served at most this many seconds before it"})
     outcome_log: str | None = field(default=None, metadata={
         "help": "where every served list is logged for experiments (request id, arms, version, items, latency): a "
                 "path, sqlite:///ABS/PATH.db or redis://host:port/db; 'off' logs nothing (default: beside the event "
@@ -176,10 +187,12 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"ServeSettings.{name} must be an integer in {low}..{high}, got {value!r}")
-        for name in ("max_wait_ms", "poll_interval_s", "rate_limit_per_s", "read_your_writes_timeout_ms"):
+        for name in ("max_wait_ms", "poll_interval_s", "rate_limit_per_s", "read_your_writes_timeout_ms",
+                     "rollout_interval_s", "attribution_window_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (name in ("poll_interval_s", "read_your_writes_timeout_ms") and value == 0):
+                    or value < 0 or (name in ("poll_interval_s", "read_your_writes_timeout_ms", "rollout_interval_s",
+                                              "attribution_window_s") and value == 0):
                 raise ValueError(f"ServeSettings.{name} must be a finite number of at least 0 "
                                  f"(poll_interval_s and read_your_writes_timeout_ms > 0), got {value!r}")
         if not isinstance(self.read_your_writes, bool):
@@ -192,6 +205,11 @@ class ServeSettings:
                              f"got {self.unknown_items!r}")
         if self.items_journal is not None:
             object.__setattr__(self, "items_journal", Path(self.items_journal))
+        for name in ("experiments", "rollout_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if not isinstance(self.rollout_controller, bool):
+            raise ValueError(f"ServeSettings.rollout_controller must be true or false, got {self.rollout_controller!r}")
         if not isinstance(self.background_start, bool):
             raise ValueError(f"ServeSettings.background_start must be true or false, got {self.background_start!r}")
         if isinstance(self.retry_after_s, bool) or not isinstance(self.retry_after_s, int) \
@@ -210,6 +228,11 @@ class ServeSettings:
         for name in ("metrics_require_key", "docs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ServeSettings.{name} must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def rollout_path(self) -> Path:
+        """Where the rollouts' state files live: beside the registry's versions unless configured."""
+        return self.rollout_dir if self.rollout_dir is not None else self.registry / "rollouts"
 
     @property
     def outcome_log_url(self) -> str | None:

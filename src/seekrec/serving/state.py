@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 
+from seekrec.experiments.assignment import Assigner
+from seekrec.experiments.definition import ExperimentsConfig
 from seekrec.experiments.outcomes import BackgroundWriter, OutcomeLog, ServedList, open_outcome_log
+from seekrec.experiments.rollout_store import RolloutStore, current_stages
 from seekrec.online.event_log import (
     Event,
     EventLog,
@@ -35,6 +38,7 @@ from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
+from seekrec.serving.rollouts import RolloutController, model_arm, model_arms
 from seekrec.serving.history_tail import HistoryTail
 from seekrec.serving.item_journal import ItemJournal
 from seekrec.serving.metrics import ServingMetrics
@@ -85,10 +89,18 @@ class ServingState:
         self.settings, self.metrics = settings, metrics
         self.registry = ModelRegistry(settings.registry)
         self.assigner = ArmAssigner(settings.experiment)
+        # layered experiments (settings.experiments) replace the single A/B experiment: the model layer's arms
+        # are the model arms, and rollout stages come from the shared state files
+        self.experiments = ExperimentsConfig.load(settings.experiments) if settings.experiments is not None else None
+        self.layered = Assigner(self.experiments) if self.experiments is not None else None
+        self.rollouts = RolloutStore(settings.rollout_path) \
+            if self.experiments is not None and self.experiments.rollouts else None
+        self.controller: RolloutController | None = None
         context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
                               device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir,
                               feature_store=settings.feature_store)
-        self.table = ArmTable(self.registry, settings.experiment.arms, context, metrics)
+        arms = model_arms(self.experiments) if self.experiments is not None else settings.experiment.arms
+        self.table = ArmTable(self.registry, arms, context, metrics)
         self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
                                 max_users=settings.max_users, on_sync=metrics.history_syncs.inc)
         self.event_log: EventLog | None = None
@@ -187,11 +199,44 @@ class ServingState:
         self._tasks = [asyncio.create_task(self._every(self.refresh, "model_load"), name="registry-poller"),
                        asyncio.create_task(self._every(self.follow_journal, "items_journal"), name="journal-poller"),
                        asyncio.create_task(self._every(self.tail.catch_up, "event_tail"), name="event-log-tail")]
+        if self.rollouts is not None:
+            await self._start_rollouts()
         log.info("start-up done in %.1f s (ready: %s)", time.monotonic() - started, self.ready)
         # models, catalogs and histories live as long as the process: moved out of the collector's
         # generations, full collections stop walking them, which would pause requests at scale
         gc.collect()
         gc.freeze()
+
+    async def _start_rollouts(self) -> None:
+        """Follow the rollouts' stages; on the controlling replica, start them and judge them periodically."""
+        assert self.rollouts is not None and self.experiments is not None and self.event_log is not None
+        if self.settings.rollout_controller and self.outcome_log is not None:
+            self.controller = RolloutController(self.experiments, self.rollouts, self.outcome_log, self.event_log,
+                                                self.settings.attribution_window_s)
+            await asyncio.to_thread(self.controller.start)
+            self._tasks.append(asyncio.create_task(
+                self._every(self.judge_rollouts, "rollout", self.settings.rollout_interval_s), name="rollout-controller"))
+        elif self.settings.rollout_controller:
+            log.warning("rollout controller off: it reads the outcome log, which is 'off'")
+        await self.follow_rollouts()
+        self._tasks.append(asyncio.create_task(self._every(self.follow_rollouts, "rollout_state"),
+                                               name="rollout-follower"))
+
+    async def follow_rollouts(self) -> bool:
+        """Assign with the stages the state files hold now; whether any changed."""
+        assert self.rollouts is not None and self.layered is not None
+        stages = await asyncio.to_thread(current_stages, self.rollouts, self.layered.config)
+        if stages == self.layered.stages:
+            return False
+        log.info("rollout stages: %s", stages)
+        self.layered = self.layered.with_stages(stages)
+        return True
+
+    async def judge_rollouts(self) -> None:
+        """One look of the controller (outcome and event logs read in a worker thread), then follow it."""
+        assert self.controller is not None
+        await asyncio.to_thread(self.controller.step)
+        await self.follow_rollouts()
 
     async def _open_event_log(self) -> EventLog:
         """The event log; in the background an unreachable one is retried with backoff (Redis still
@@ -252,19 +297,19 @@ class ServingState:
 
     # -- requests ----------------------------------------------------------------------------
     async def recommend(self, user_id: str, k: int, exclude_seen: bool,
-                        min_offset: int | None = None) -> tuple[Recommendation, str]:
-        """The user's recommendation and arm; history is read now, so it reflects every event this
+                        min_offset: int | None = None) -> tuple[Recommendation, str, dict[str, str]]:
+        """The user's recommendation, model arm and experiment arms; history is read now, so it reflects every event this
         replica acknowledged. Events other replicas acknowledged show once the tail polls them, or at
         once with ``read_your_writes``, or when the request's ``min_offset`` (the offset a POST /events
         answered) is past what this replica applied: then the log is read first."""
-        arm = self.assigner.assign(user_id)
-        model = self.table.arms.get(arm.name)
+        arms, arm_name = self.assign(user_id)
+        model = self.table.arms.get(arm_name)
         histories = self.tail.histories
         if model is None or histories is None:
             raise NotReadyError(self.not_ready_reason())
         if self.settings.read_your_writes or (min_offset is not None and histories.offset < min_offset):
             await self._read_other_replicas()
-            model = self.table.arms.get(arm.name, model)  # a swap may have happened meanwhile
+            model = self.table.arms.get(arm_name, model)  # a swap may have happened meanwhile
         if model.needs_context:  # event-time / action inputs: the events' times and values go along
             items, times, values = model.translate_events(self.tail.events(user_id))
             query = Query(user_id, items, k, exclude_seen, times, values)
@@ -274,9 +319,22 @@ class ServingState:
             rec = await self.batcher.submit((model, query))
         else:  # popular items: no forward pass, so nothing to wait for or batch
             rec = model.predictor.recommend([query])[0]
-        self.metrics.recommendations.labels(arm=arm.name, version=rec.model_version,
+        self.metrics.recommendations.labels(arm=arm_name, version=rec.model_version,
                                             fallback=str(rec.fallback).lower()).inc()
-        return rec, arm.name
+        return rec, arm_name, arms
+
+    def record_failure(self, user_id: str) -> None:
+        """A request of ``user_id`` failed: counted against the arms of their rollouts (error-rate guardrail)."""
+        if self.controller is not None and self.layered is not None:
+            self.controller.record_error(self.assign(user_id)[0], self.layered.stages)
+
+    def assign(self, user_id: str) -> tuple[dict[str, str], str]:
+        """The user's arms (experiment -> arm, what the outcome log records) and the model arm that serves them."""
+        if self.layered is None:
+            arm = self.assigner.assign(user_id).name
+            return {self.settings.experiment.name: arm}, arm
+        arms = self.layered.assign(user_id).arms
+        return arms, model_arm(self.layered.config, arms)
 
     async def _read_other_replicas(self) -> None:
         """Read-your-writes: apply what other replicas appended before this request (``HistoryTail.sync``).
@@ -429,10 +487,11 @@ class ServingState:
             consumer = self.settings.trainer_consumer
             self.metrics.lag.labels(consumer=consumer).set(await asyncio.to_thread(self.event_log.lag, consumer))
 
-    async def _every(self, job: Callable[[], Awaitable[object]], kind: str) -> None:
-        """Run ``job`` every poll interval; a failure is logged and counted, and the loop goes on."""
+    async def _every(self, job: Callable[[], Awaitable[object]], kind: str, interval_s: float | None = None) -> None:
+        """Run ``job`` every ``interval_s`` (default: the poll interval); a failure is logged and counted, and the
+        loop goes on."""
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(self.settings.poll_interval_s if interval_s is None else interval_s)
             try:
                 await job()
             except EventLogUnavailableError as exc:  # an outage: reported once, not every poll

@@ -27,6 +27,6 @@ async def get_version(state: Annotated[ServingState, Depends(get_state)]) -> Ver
     """What is served right now, per arm."""
     served = state.describe_arms()
     arms = [ArmInfo(name=a.name, configured=a.version, weight=a.weight, **served.get(a.name, {}))
-            for a in state.settings.experiment.arms]
+            for a in state.table.settings]
     return VersionResponse(seekrec=_package_version(), experiment=state.settings.experiment.name,
                            current=state.current_version, ready=state.ready, arms=arms)

@@ -1,0 +1,115 @@
+"""Layered experiments served for real: a rollout whose treatment hurts clicks is rolled back by the server's own
+controller before it reaches 30% of users, every user is then back on control, and an operator can move a
+rollout through ``/experiments``. Clicks come from a scripted user who clicks the control arm's lists and never
+the treatment's (the broken model), sending each click back with its list's request id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from seekrec.experiments.rollout_store import RolloutStore
+from seekrec.registry import ModelRegistry
+from seekrec.serving.app import create_app
+from seekrec.serving.settings import ServeSettings
+
+EXPERIMENTS = """
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "rollout"
+control = "pinned"
+arms = [{ name = "pinned", version = "v000001" }, { name = "online", version = "current" }]
+guardrails = [{ metric = "ctr", max_relative_drop = 0.10, min_users = 20 }]
+
+[layers.experiments.rollout]
+steps = 10
+min_users_per_step = 20
+min_seconds_per_step = 0
+alpha = 0.05
+
+[[layers]]
+name = "explore"
+
+[[layers.experiments]]
+name = "epsilon"
+arms = [{ name = "greedy", share = 0.5, params = { explore_epsilon = 0.0 } },
+        { name = "explore", share = 0.5, params = { explore_epsilon = 0.1 } }]
+"""
+
+
+def _layered(settings: ServeSettings, tmp_path: Path) -> ServeSettings:
+    path = tmp_path / "experiments.toml"
+    path.write_text(EXPERIMENTS)
+    return replace(settings, experiments=path, rollout_interval_s=0.1)
+
+
+def _round(client: TestClient, users: range, rng: np.random.Generator, broken: str = "online") -> dict[str, int]:
+    """Every user asks once; lists of the control arm get two clicks, the broken arm's none."""
+    arms = {"pinned": 0, "online": 0}
+    events = []
+    for u in users:
+        body = client.post("/recommend", json={"user_id": f"u{u}", "k": 5}).json()
+        arm = body["arms"]["rollout"]
+        arms[arm] += 1
+        if arm != broken and body["items"]:
+            picks = rng.choice(len(body["items"]), size=min(2, len(body["items"])), replace=False)
+            events += [{"user_id": f"u{u}", "item_id": body["items"][int(i)]["item_id"],
+                        "request_id": body["request_id"]} for i in picks]
+    if events:
+        assert client.post("/events", json={"events": events}).status_code == 200
+    return arms
+
+
+def test_a_treatment_that_hurts_clicks_is_rolled_back_before_30_percent(
+        settings: ServeSettings, registry: ModelRegistry, variant: Callable[..., str], tmp_path: Path) -> None:
+    variant(registry, seed=5)  # CURRENT: the new model under rollout
+    layered = _layered(settings, tmp_path)
+    store = RolloutStore(layered.rollout_path)
+    rng = np.random.default_rng(0)
+    highest, served = 1, {"pinned": 0, "online": 0}
+    with TestClient(create_app(layered)) as client:
+        body = client.post("/recommend", json={"user_id": "u1", "k": 5}).json()
+        assert set(body["arms"]) == {"rollout", "epsilon"} and body["request_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for arm, n in _round(client, range(300), rng).items():
+                served[arm] += n
+            time.sleep(0.3)  # a look of the controller (every 0.1 s) and the replica's poll (every 0.05 s)
+            state = store.read("rollout")
+            highest = max(highest, state.stage)
+            if state.status != "running":
+                break
+        assert state.status == "rolled_back" and state.stage == 0, state.history
+        assert highest <= 2, f"reached stage {highest} ({highest * 10}% of users) before rolling back"
+        assert served["online"] > 0
+        time.sleep(0.2)
+        after = _round(client, range(300), rng)
+        assert after == {"pinned": 300, "online": 0}  # everyone back on control
+        status = client.get("/experiments").json()
+        assert status["rollouts"]["rollout"]["status"] == "rolled_back" and status["stages"] == {"rollout": 0}
+
+
+def test_an_operator_moves_a_rollout(settings: ServeSettings, registry: ModelRegistry, tmp_path: Path) -> None:
+    layered = replace(_layered(settings, tmp_path), rollout_controller=False)
+    RolloutStore(layered.rollout_path)  # the controller is off here: the operator starts and moves it
+    with TestClient(create_app(layered)) as client:
+        assert client.post("/experiments/rollout/advance", json={}).status_code == 409  # not started
+        from seekrec.experiments.definition import ExperimentsConfig
+
+        RolloutStore(layered.rollout_path).start(ExperimentsConfig.load(layered.experiments).experiment("rollout"),
+                                                  time.time())
+        moved = client.post("/experiments/rollout/advance", json={"reason": "looks fine"}).json()
+        assert moved["rollouts"]["rollout"]["stage"] == 2 and moved["stages"] == {"rollout": 2}
+        stopped = client.post("/experiments/rollout/stop", json={}).json()
+        assert stopped["rollouts"]["rollout"]["status"] == "stopped"
+        back = client.post("/experiments/rollout/rollback", json={"reason": "enough"}).json()
+        assert back["rollouts"]["rollout"]["status"] == "rolled_back" and back["stages"] == {"rollout": 0}
+        assert client.post("/experiments/rollout/explode", json={}).status_code == 404
+        assert client.post("/experiments/nothing/advance", json={}).status_code == 404
