@@ -1,9 +1,15 @@
-"""``seekrec experiment report``: an experiment's tables and plots, rebuilt from the server's logs."""
+"""``seekrec experiment status | advance | stop | rollback`` (a running server's experiments, admin) and
+``seekrec experiment report`` (tables and plots rebuilt from the server's logs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from seekrec.cli.options import HELP_FORMAT
 
@@ -20,6 +26,59 @@ def _shares(text: str) -> dict[str, float]:
         if not sep or not name:
             raise argparse.ArgumentTypeError(f"--shares {text!r}: write arm=share pairs, e.g. control=0.5,treatment=0.5")
     return out
+
+
+KEY_ENV = "SEEKREC_API_KEY"  # the admin key the commands send (Authorization: Bearer)
+
+
+def _call(url: str, method: str, path: str, key: str | None, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One JSON request to the server; a refusal or an unreachable server is one line naming it."""
+    request = urllib.request.Request(url.rstrip("/") + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        hint = f" (set {KEY_ENV} to an admin key)" if exc.code in (401, 403) else ""
+        raise ValueError(f"{method} {path}: HTTP {exc.code}: {detail}{hint}") from exc
+    except urllib.error.URLError as exc:
+        raise ValueError(f"cannot reach the server at {url}: {exc.reason}; check --url") from exc
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The layers, their experiments and arms, and each rollout's stage, status and last decision."""
+    lines = []
+    for layer in status["layers"]:
+        lines.append(f"layer {layer['name']}")
+        for exp in layer["experiments"]:
+            arms = ", ".join(f"{a['name']}" + (f" ({a['version']})" if a.get("version") else "")
+                             + (f" {a['share']:.0%}" if a.get("share") else "") for a in exp["arms"])
+            lines.append(f"  {exp['name']}: {arms}")
+            rollout = status["rollouts"].get(exp["name"])
+            if exp.get("rollout"):
+                if rollout is None:
+                    lines.append("    rollout: not started")
+                    continue
+                last = rollout.get("last_decision") or {}
+                lines.append(f"    rollout: stage {rollout['stage']}/{rollout['steps']} "
+                             f"({rollout.get('treatment_share', 0):.0%} of users), {rollout['status']}; last: "
+                             f"{last.get('action', '-')} ({'; '.join(last.get('reasons', [])) or '-'})")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(format_status(_call(args.url, "GET", "/experiments", os.environ.get(KEY_ENV))))
+    return 0
+
+
+def cmd_act(args: argparse.Namespace) -> int:
+    status = _call(args.url, "POST", f"/experiments/{args.name}/{args.action}", os.environ.get(KEY_ENV),
+                   {"reason": args.reason})
+    print(format_status(status))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -46,9 +105,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
-    ex = commands.add_parser("experiment", help="experiment reports from the server's logs",
-                             formatter_class=HELP_FORMAT)
+    ex = commands.add_parser("experiment", help="a server's experiments and rollouts: status, advance, stop, "
+                             "rollback, report", formatter_class=HELP_FORMAT)
     actions = ex.add_subparsers(dest="action", required=True, metavar="ACTION")
+    st = actions.add_parser("status", help="layers, arms and each rollout's stage (GET /experiments)",
+                            formatter_class=HELP_FORMAT,
+                            epilog=f"example:\n  {KEY_ENV}=KEY seekrec experiment status --url http://127.0.0.1:8000\n")
+    st.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+    st.set_defaults(func=cmd_status)
+    for action, what in (("advance", "move a rollout to its next stage (or resume it)"),
+                         ("stop", "freeze a rollout at its stage"), ("rollback", "put every user back on control")):
+        ap = actions.add_parser(action, help=f"{what} (admin key in {KEY_ENV})", formatter_class=HELP_FORMAT)
+        ap.add_argument("name", help="the rollout experiment")
+        ap.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+        ap.add_argument("--reason", default="", help="recorded in the rollout's history (default: none)")
+        ap.set_defaults(func=cmd_act)
     rp = actions.add_parser(
         "report", help="per-arm tables, CTR over time with confidence bands, the always-valid p-value, SRM",
         formatter_class=HELP_FORMAT,
