@@ -113,6 +113,10 @@ def test_shipped_configs_load() -> None:
             assert DistillConfig.load(path).distill.alpha >= 0
         elif path.stem.endswith("pipeline"):
             assert PipelineConfig.load(path).stages.k >= 1
+        elif path.stem.startswith("experiments"):  # layered experiments for `seekrec serve --experiments`
+            from seekrec.experiments.definition import ExperimentsConfig
+
+            assert ExperimentsConfig.load(path).layers
         elif path.stem.endswith("-world"):  # a simulator world for `seekrec data simulate --config`
             assert load_config(SimulatorConfig, path).n_users >= 1
         else:

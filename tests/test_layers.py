@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "seekrec"
 
 # the order of docs/architecture.md: a package imports only packages before it
 ORDER = ("io", "config", "data", "features", "models", "retrieval", "evaluation", "training", "registry", "llm", "online",
-         "pipeline", "publish", "serving", "demo", "api", "cli")
+         "experiments", "pipeline", "publish", "serving", "demo", "api", "cli")
 
 
 def _package(module: str) -> str:
