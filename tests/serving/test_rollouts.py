@@ -113,3 +113,37 @@ def test_an_operator_moves_a_rollout(settings: ServeSettings, registry: ModelReg
         assert back["rollouts"]["rollout"]["status"] == "rolled_back" and back["stages"] == {"rollout": 0}
         assert client.post("/experiments/rollout/explode", json={}).status_code == 404
         assert client.post("/experiments/nothing/advance", json={}).status_code == 404
+
+
+def test_an_exploring_arm_serves_candidates_from_below_the_greedy_list(settings: ServeSettings, tmp_path: Path) -> None:
+    """epsilon = 1: every slot comes from the model's candidates ranked K..top_n, never its own top K; the other arm
+    (Thompson) re-ranks within the top candidates and learns from the clicks sent back."""
+    path = tmp_path / "explore.toml"
+    path.write_text("""
+[[layers]]
+name = "explore"
+[[layers.experiments]]
+name = "explore"
+arms = [{ name = "thompson", share = 0.5, params = { explore_method = "thompson", explore_top_n = 20 } },
+        { name = "always", share = 0.5, params = { explore_epsilon = 1.0, explore_top_n = 20 } }]
+""")
+    users = [str(u) for u in range(1, 31)]
+    with TestClient(create_app(settings)) as client:
+        greedy = {u: [i["item_id"] for i in client.post("/recommend", json={"user_id": u, "k": 20}).json()["items"]]
+                  for u in users}
+    with TestClient(create_app(replace(settings, experiments=path))) as client:
+        served = {u: client.post("/recommend", json={"user_id": u, "k": 5}).json() for u in users}
+        for user, body in served.items():
+            items = [i["item_id"] for i in body["items"]]
+            assert len(items) == 5 and len(set(items)) == 5
+            if body["arms"]["explore"] == "always":
+                assert not set(items) & set(greedy[user][:5]) and set(items) <= set(greedy[user])
+            else:  # Thompson keeps to the model's top 20
+                assert set(items) <= set(greedy[user])
+        clicks = [{"user_id": u, "item_id": b["items"][0]["item_id"], "request_id": b["request_id"]}
+                  for u, b in served.items()]
+        assert client.post("/events", json={"events": clicks}).status_code == 200
+        assert {b["arms"]["explore"] for b in served.values()} == {"thompson", "always"}
+        metrics = client.get("/metrics").text
+        explored = [line for line in metrics.splitlines() if line.startswith("seekrec_explored_slots_total")]
+        assert explored and float(explored[0].split()[-1]) >= 5

@@ -290,3 +290,23 @@ class Explorer:
         ctr = rng.beta(a, b)  # [W] one posterior draw per candidate
         key = np.log(np.maximum(ctr, 1e-300)) - s.rank_weight * np.log1p(tie_ranks(scores))
         return np.lexsort((np.arange(len(ids)), -key))[:k]  # ties: the model's order
+
+
+EXPLORE_PARAMS = {"explore_method": "method", "explore_epsilon": "epsilon", "explore_top_n": "top_n",
+                  "explore_seed": "seed", "explore_prior_alpha": "prior_alpha", "explore_prior_beta": "prior_beta",
+                  "explore_rank_weight": "rank_weight"}
+
+
+def explore_settings(params: dict[str, object]) -> ExploreSettings | None:
+    """The exploration an arm's ``params`` ask for (``explore_*`` keys, see ``EXPLORE_PARAMS``), or None for greedy.
+    ``explore_epsilon`` alone means epsilon-greedy (greedy at 0)."""
+    given = {field: params[key] for key, field in EXPLORE_PARAMS.items() if key in params}
+    if not given:
+        return None
+    if "method" not in given:
+        given["method"] = ExploreMethod.EPSILON_GREEDY if float(given.get("epsilon", 0.0)) > 0 else ExploreMethod.GREEDY
+    try:
+        settings = ExploreSettings(**given)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"arm params {given}: {exc}") from exc
+    return None if settings.method == ExploreMethod.GREEDY else settings

@@ -51,6 +51,7 @@ class ServingMetrics:
         self.batch_size = Histogram("seekrec_batch_size", "Requests per micro-batch forward pass",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.events = Counter("seekrec_events_accepted", "Events durably appended to the event log", registry=r)
+        self.explored = Counter("seekrec_explored_slots", "Slots of served lists filled by exploration", registry=r)
         self.outcomes_lost = Counter("seekrec_outcome_records_lost", "Served-list records not logged, by reason "
                                      "(queue_full, write_failed, closed)", ["reason"], registry=r)
         self.swaps = Counter("seekrec_model_swaps", "Hot swaps to a new CURRENT version", registry=r)

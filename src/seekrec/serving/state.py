@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from seekrec.experiments.assignment import Assigner
@@ -38,6 +40,7 @@ from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
+from seekrec.serving.explore import ClickAttribution, Explorer, ExploreSettings, FeedbackCounts, explore_settings
 from seekrec.serving.rollouts import RolloutController, model_arm, model_arms
 from seekrec.serving.history_tail import HistoryTail
 from seekrec.serving.item_journal import ItemJournal
@@ -96,6 +99,11 @@ class ServingState:
         self.rollouts = RolloutStore(settings.rollout_path) \
             if self.experiments is not None and self.experiments.rollouts else None
         self.controller: RolloutController | None = None
+        # exploration arms (params explore_*): clicks per server item id, credited when the item was just shown
+        self.feedback = FeedbackCounts()
+        self.attribution = ClickAttribution(self.feedback)
+        self._explorers: dict[ExploreSettings, Explorer] = {}
+        self._requests = itertools.count()  # seeds each request's exploration draws
         context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
                               device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir,
                               feature_store=settings.feature_store)
@@ -302,7 +310,10 @@ class ServingState:
         replica acknowledged. Events other replicas acknowledged show once the tail polls them, or at
         once with ``read_your_writes``, or when the request's ``min_offset`` (the offset a POST /events
         answered) is past what this replica applied: then the log is read first."""
-        arms, arm_name = self.assign(user_id)
+        arms, arm_name, params = self.assign(user_id)
+        explorer = self._explorer(params)
+        if explorer is not None:
+            k, wanted = explorer.candidates_needed(k), k
         model = self.table.arms.get(arm_name)
         histories = self.tail.histories
         if model is None or histories is None:
@@ -319,22 +330,47 @@ class ServingState:
             rec = await self.batcher.submit((model, query))
         else:  # popular items: no forward pass, so nothing to wait for or batch
             rec = model.predictor.recommend([query])[0]
+        if explorer is not None:
+            rec = self._explore(explorer, rec, wanted)
         self.metrics.recommendations.labels(arm=arm_name, version=rec.model_version,
                                             fallback=str(rec.fallback).lower()).inc()
         return rec, arm_name, arms
+
+    def _explorer(self, params: dict[str, Any]) -> Explorer | None:
+        """The exploring re-ranker an arm's params ask for (one per distinct setting, sharing the click counts)."""
+        settings = explore_settings(params) if params else None
+        if settings is None:
+            return None
+        explorer = self._explorers.get(settings)
+        if explorer is None:
+            explorer = self._explorers[settings] = Explorer(settings, self.feedback)
+        return explorer
+
+    def _explore(self, explorer: Explorer, rec: Recommendation, k: int) -> Recommendation:
+        """Re-rank the model's top candidates (server item ids keep the click counts across model swaps)."""
+        if rec.fallback or not rec.item_ids:
+            return dataclasses.replace(rec, item_ids=rec.item_ids[:k], scores=rec.scores[:k])
+        ids = self.table.catalog.items.encode(rec.item_ids)
+        slate = explorer.rerank(ids, np.asarray(rec.scores), k, explorer.request_rng(rec.user_id, next(self._requests)))
+        self.attribution.served(rec.user_id, slate.item_ids)
+        self.metrics.explored.inc(len(slate.explored_positions))
+        positions = slate.positions.tolist()
+        return dataclasses.replace(rec, item_ids=tuple(rec.item_ids[i] for i in positions),
+                                   scores=tuple(rec.scores[i] for i in positions))
 
     def record_failure(self, user_id: str) -> None:
         """A request of ``user_id`` failed: counted against the arms of their rollouts (error-rate guardrail)."""
         if self.controller is not None and self.layered is not None:
             self.controller.record_error(self.assign(user_id)[0], self.layered.stages)
 
-    def assign(self, user_id: str) -> tuple[dict[str, str], str]:
-        """The user's arms (experiment -> arm, what the outcome log records) and the model arm that serves them."""
+    def assign(self, user_id: str) -> tuple[dict[str, str], str, dict[str, Any]]:
+        """The user's arms (experiment -> arm, what the outcome log records), the model arm that serves them and
+        their arms' params (e.g. ``explore_epsilon``)."""
         if self.layered is None:
             arm = self.assigner.assign(user_id).name
-            return {self.settings.experiment.name: arm}, arm
-        arms = self.layered.assign(user_id).arms
-        return arms, model_arm(self.layered.config, arms)
+            return {self.settings.experiment.name: arm}, arm, {}
+        assignment = self.layered.assign(user_id)
+        return assignment.arms, model_arm(self.layered.config, assignment.arms), assignment.params
 
     async def _read_other_replicas(self) -> None:
         """Read-your-writes: apply what other replicas appended before this request (``HistoryTail.sync``).
@@ -364,6 +400,10 @@ class ServingState:
         self.metrics.events.inc(len(offsets))
         logged = [LoggedEvent(e.user_id, e.item_id, e.timestamp, e.event_type, e.value, offset=o)
                   for e, o in zip(events, offsets)]
+        if self._explorers:  # the clicks on explored slates feed the Thompson arms' posteriors
+            for e in events:
+                if e.event_type == "click":
+                    self.attribution.event(e.user_id, int(self.table.catalog.items.encode([e.item_id])[0]))
         await self.tail.catch_up(logged)
         return offsets
 
