@@ -97,8 +97,6 @@ def test_event_log_records_convert_with_or_without_a_request_id():
     logged = LoggedEvent("u1", "a", 101.0, "rating", 4.0, offset=7)
     assert EventRecord.from_event(logged) == EventRecord("u1", "a", 101.0, "rating", 4.0, None)
     assert EventRecord.from_event(logged, request_id="r1").request_id == "r1"
-
-    class WithRequestId(Event):  # what the log's events look like once they store the id
-        request_id: str = "r9"
-
-    assert EventRecord.from_event(WithRequestId("u1", "a", 101.0)).request_id == "r9"
+    stored = LoggedEvent("u1", "a", 101.0, "click", 1.0, "r9", offset=8)  # an event that carried its list's id
+    assert EventRecord.from_event(stored).request_id == "r9"
+    assert EventRecord.from_event(Event("u1", "a", 101.0, request_id="r2")).request_id == "r2"

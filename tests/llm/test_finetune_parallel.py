@@ -11,9 +11,6 @@ order of the gradient reduction's sums differs; observed below 1e-6), validation
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +22,8 @@ from seekrec.training.metrics_log import MetricsLog
 from tests.llm.conftest import save_tiny
 from tests.llm.finetune_jobs import run_job
 from tests.llm.test_finetune import retriever_run, sim_data_dir, tiny_overrides  # noqa: F401  (module fixtures)
+from tests.torchrun import run_jobs
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).with_name("finetune_jobs.py")
 # 24 training requests: global batches of 10, 10 and 4 groups, as micro-batches of 5 + 5 (shared 3 + 2 between two
 # ranks) and one of 4
@@ -64,14 +61,7 @@ def runs(sim_data_dir, retriever_run, tiny_causal_dir, cross_encoder_dir, tmp_pa
             {"overrides": ddp, "data": data, "out": str(root / "two-ddp")},
             {"overrides": cross, "data": data, "out": str(root / "two-cross")},
             {"overrides": bf16, "data": data, "out": str(root / "two-bf16")}]
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(JOBS), str(root / "spec.json")], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert proc.returncode == 0, "\n".join([line for line in proc.stderr.splitlines() if line.startswith("[rank0]")][-40:]
-                                           or proc.stderr.splitlines()[-40:])
+    run_jobs(JOBS, spec, root)
     checkpoint = latest_checkpoint(root / "two-then-one" / "checkpoints")
     assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2
     run_job({"overrides": causal, "data": data, "out": str(root / "two-then-one")})

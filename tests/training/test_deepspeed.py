@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,9 @@ from seekrec.training.experiment import ExperimentConfig
 from seekrec.training.metrics_log import MetricsLog
 from seekrec.training.parallel import Replicated, Sharded
 from seekrec.training.run_dir import RunDir
+from tests.torchrun import run_jobs
 from tests.training.fsdp_jobs import CPU, TRAIN
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="DeepSpeed is not installed: pip install "
@@ -282,14 +280,7 @@ def ds_runs(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         {"kind": "experiment", "data": data, "out": str(root / "cli"),
          "overrides": [*EXPERIMENT, "train.strategy=deepspeed", f"train.deepspeed_config={json.dumps(seed)}"]},
     ]
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(JOBS), str(root / "spec.json")], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    rank0 = [line for line in proc.stderr.splitlines() if line.startswith("[rank0]")]
-    assert proc.returncode == 0, "\n".join(rank0[-40:] or proc.stderr.splitlines()[-40:])
+    run_jobs(JOBS, spec, root)
     return root
 
 

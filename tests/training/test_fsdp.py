@@ -11,9 +11,6 @@ process autocasts from fp32 weights, so losses agree to rtol 2e-3 (observed 2.4e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +33,9 @@ from seekrec.training.sharded_checkpoint import (
     save_sharded_checkpoint,
 )
 from tests.models import feature_helpers, helpers
+from tests.torchrun import run_jobs
 from tests.training.fsdp_jobs import CPU, MAX_LEN, MODELS, TRAIN, sequence_run
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
 CUT = 5  # the interrupted runs stop after global batch 5 (4 batches an epoch: mid-epoch)
 FAMILIES = ("sasrec", "deepseek", "two_tower", "din")
@@ -71,14 +68,7 @@ def runs(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         {"kind": "families", "names": list(FAMILIES), "out": str(root / "families.json")},
         {"kind": "experiment", "data": data, "out": str(root / "cli"), "overrides": EXPERIMENT},
     ]
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(JOBS), str(root / "spec.json")], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert proc.returncode == 0, "\n".join([line for line in proc.stderr.splitlines() if line.startswith("[rank0]")][-40:]
-                                           or proc.stderr.splitlines()[-40:])
+    run_jobs(JOBS, spec, root)
     cut_by_two = _files(latest_checkpoint(root / "two-then-one" / "checkpoints"))
     sequence_run(data, str(root / "two-then-one"), CPU, resume=True, checkpoint_every=CUT)
     return {"root": root, "cut_by_one": cut_by_one, "cut_by_two": cut_by_two}

@@ -152,7 +152,6 @@ class ServingState:
         for arm in self.table.settings:
             if arm.version != CURRENT:
                 await asyncio.to_thread(self.registry.manifest, arm.version)  # RegistryError naming it
-        await self._open_outcome_log()
         self.batcher.start()
         if not self.settings.background_start:
             try:
@@ -167,7 +166,12 @@ class ServingState:
         url = self.settings.outcome_log_url
         if url is None:
             return
-        self.outcome_log = await asyncio.to_thread(open_outcome_log, url)
+        try:
+            self.outcome_log = await asyncio.to_thread(open_outcome_log, url)
+        except EventLogUnavailableError as exc:  # its store is down: serve anyway, without experiment logs
+            self.metrics.errors.labels(kind="outcome_log").inc()
+            log.error("outcome log %s unavailable (%s): served lists are not logged until a restart", url, exc)
+            return
         lost = self.metrics.outcomes_lost
         self.outcomes = BackgroundWriter(self.outcome_log, self.settings.outcome_queue,
                                          on_lost=lambda count, reason: lost.labels(reason=reason).inc(count))
@@ -193,6 +197,7 @@ class ServingState:
         started = time.monotonic()
         self.event_log = await self._open_event_log()
         self.tail.event_log = self.event_log
+        await self._open_outcome_log()
         self.table.context = dataclasses.replace(self.table.context, event_log=self.event_log)
         self._journal_seen = await asyncio.to_thread(self.journal.signature)  # before reading: a later line is re-read
         self._journaled = await asyncio.to_thread(self.journal.load)

@@ -16,7 +16,7 @@ from seekrec.serving.schemas import (
     RecommendResponse,
     ScoredItem,
 )
-from seekrec.serving.state import ServingState
+from seekrec.serving.state import NotReadyError, ServingState
 
 router = APIRouter(tags=["recommend"], dependencies=[Depends(require(Role.READ))])
 
@@ -28,6 +28,8 @@ async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depen
     k = body.k if body.k is not None else state.settings.default_k
     try:
         rec, arm, arms = await state.recommend(body.user_id, k, body.exclude_seen, body.min_offset)
+    except NotReadyError:
+        raise
     except Exception:
         state.record_failure(body.user_id)  # the error-rate guardrail of the user's arms
         raise
