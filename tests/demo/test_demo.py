@@ -20,6 +20,12 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     assert any("Welch" in line for line in lines)
     # the frozen arm cannot show an item released after it was trained; the live model may
     assert report["released_items_shown_share"].get("frozen", 0.0) == 0.0
+    # the experiment rebuilt from the server's own logs: every request logged, clicks credited by request id
+    experiment = report["experiment"]
+    assert sum(arm["requests"] for arm in experiment["arms"].values()) == report["requests"]
+    assert sum(arm["users"] for arm in experiment["arms"].values()) > 10
+    assert experiment["srm"]["mismatch"] is False and (tmp_path / "experiment.png").is_file()
+    assert any("always-valid p=" in line for line in lines)
 
 
 @pytest.mark.slow

@@ -51,4 +51,5 @@ def test_the_outcome_log_can_be_turned_off_or_placed(settings: ServeSettings, tm
         assert len(list(log.read())) == 1
     assert outcome_log_beside("sqlite:///abs/dir/events.db") == "sqlite:///abs/dir/events-served.db"
     assert outcome_log_beside("redis://localhost:6379/0?stream=ev&socket_timeout=2") == \
-        "redis://localhost:6379/0?socket_timeout=2"
+        "redis://localhost:6379/0?stream=ev%3Aserved&socket_timeout=2"
+    assert outcome_log_beside("redis://localhost:6379/0") == "redis://localhost:6379/0"

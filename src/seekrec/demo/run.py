@@ -28,6 +28,10 @@ from seekrec.demo.traffic import (
     run_traffic,
 )
 from seekrec.evaluation.abtest import welch_test
+from seekrec.experiments.outcomes import outcome_log_beside
+from seekrec.experiments.report import ExperimentReport, load_outcomes, plot_report
+from seekrec.experiments.report import build_report as build_experiment_report
+from seekrec.experiments.report import format_report as format_report_of_experiment
 from seekrec.io import atomic_write_json
 from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import METRICS_FILE
@@ -39,6 +43,7 @@ from seekrec.training.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 FROZEN, REALTIME = "frozen", "realtime"
+DEMO_EXPERIMENT, EXPERIMENT_PNG = "demo", "experiment.png"
 SERVER_LOG, TRAINER_LOG, TRAINER_STATE = "server.log", "online-trainer.log", "online"  # under the workdir
 
 
@@ -109,13 +114,18 @@ def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:
     return sim, data_dir, version, registry
 
 
+def event_log_url(cfg: DemoConfig) -> str:
+    """The event log the server and the online trainer share (SQLite in the workdir unless given)."""
+    return cfg.event_log or f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
+
+
 def live_phase(
     cfg: DemoConfig, sim: Simulator, data_dir: Path, frozen_version: str, registry: ModelRegistry,
     show: Callable[[str], None],
 ) -> tuple[TrafficStats, float]:
     """Server + online trainer + simulated users for ``live`` seconds; prints a live table."""
     duration = cfg.live_seconds or cfg.sizes()["live"]
-    events_url = cfg.event_log or f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
+    events_url = event_log_url(cfg)
     with closing(open_event_log(events_url)) as events:
         if events.end_offset():  # an earlier run's events would be replayed as this world's live traffic
             raise ValueError(f"the event log {events_url} already holds {events.end_offset()} events; the demo "
@@ -130,7 +140,7 @@ def live_phase(
                           "--threads", "1"], cfg.workdir / TRAINER_LOG, stack)
         server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
                          "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5",
-                         "--experiment", "demo", "--arm", f"{FROZEN}={frozen_version}:0.5",
+                         "--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
                          "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / SERVER_LOG, stack)
         wait_ready(base, server, cfg.workdir / SERVER_LOG)
         stats, stop = TrafficStats(), threading.Event()
@@ -205,6 +215,17 @@ def format_report(report: dict[str, Any]) -> str:
     ])
 
 
+def experiment_report(cfg: DemoConfig, since: float, n_items: int) -> ExperimentReport:
+    """The A/B experiment rebuilt from the server's outcome log and the event log: per-user CTR by the delta
+    method, the always-valid p-value, the 50/50 sample-ratio check; plots in ``workdir/experiment.png``."""
+    events_url = event_log_url(cfg)
+    outcomes = load_outcomes(outcome_log_beside(events_url), events_url, window_s=60.0, since=since)
+    experiment = build_experiment_report(outcomes, DEMO_EXPERIMENT, FROZEN, catalog_size=n_items,
+                                         expected_shares={FROZEN: 0.5, REALTIME: 0.5}, bucket_s=5.0)
+    plot_report(experiment, cfg.workdir / EXPERIMENT_PNG)
+    return experiment
+
+
 def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole loop; writes ``workdir/report.json`` and returns the report."""
     cfg.workdir.mkdir(parents=True, exist_ok=True)
@@ -214,9 +235,13 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
     show(f"[2/3] initial model {version} published; starting server, online trainer and simulated users")
     stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show)
     report = build_report(stats, seconds, published_offsets(cfg.workdir / TRAINER_STATE / METRICS_FILE))
+    experiment = experiment_report(cfg, since=started, n_items=sim.config.n_items)
+    report["experiment"] = experiment.to_dict()
     report["total_seconds"] = time.time() - started
     atomic_write_json(cfg.workdir / "report.json", report)
     show("[3/3] report\n" + format_report(report))
+    show("experiment report from the server's logs (users as the unit; docs/experiments.md)\n"
+         + format_report_of_experiment(experiment) + f"\nplots: {cfg.workdir / EXPERIMENT_PNG}")
     show(f"wrote {cfg.workdir / 'report.json'} (logs: {SERVER_LOG}, {TRAINER_LOG})")
     return report
 

@@ -94,12 +94,15 @@ def run_traffic(
                 released = sum(item > n_items for item in slate)  # items out after the history
                 stats.record(body["arm"], float(np.sum(clicks)) / k, latency_ms, body["model_version"],
                              body.get("fallback", False), now, shown=(len(slate), released))
-                clicked = [item for item, c in zip(slate, clicks) if c]
+                # clicks on the slate carry its request id back (experiments credit them to its arm); an item the
+                # user found by browsing answers no list
+                events = [{"user_id": str(user), "item_id": str(i), "timestamp": now, "request_id": body["request_id"]}
+                          for i, c in zip(slate, clicks) if c]
                 if rng.random() < browse_share:
                     with sim_lock:
-                        clicked.append(simulator.browse(user, sim_time, rng=rng))
-                if clicked:
-                    events = [{"user_id": str(user), "item_id": str(i), "timestamp": now} for i in clicked]
+                        found = simulator.browse(user, sim_time, rng=rng)
+                    events.append({"user_id": str(user), "item_id": str(found), "timestamp": now})
+                if events:
                     try:
                         ack = client.post("/events", json={"events": events})
                         ack.raise_for_status()

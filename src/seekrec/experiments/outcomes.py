@@ -514,12 +514,13 @@ class RedisOutcomeLog(OutcomeLog):
 
 def outcome_log_beside(event_log: str) -> str:
     """The outcome log a server keeps by default next to its event log: ``<name>-served.db`` beside a SQLite
-    event log; on a Redis event log's server, the stream ``seekrec:served`` (its other options kept)."""
+    event log; on a Redis event log's server, ``<its stream>:served`` (``seekrec:served`` for the default stream;
+    the other options kept)."""
     text = str(event_log)
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in REDIS_SCHEMES:
+    if scheme in REDIS_SCHEMES:  # the event stream's name + ":served", so two event logs never share one
         parts = urlsplit(text)
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "stream"]
+        query = [(k, f"{v}:served" if k == "stream" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
         return urlunsplit(parts._replace(query=urlencode(query)))
     prefix, path = (text.split("://", 1)[0] + "://", text.split("://", 1)[1]) if scheme else ("", text)
     path, _, query = path.partition("?")
