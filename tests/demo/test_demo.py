@@ -46,3 +46,17 @@ def test_quick_demo_on_redis_streams(tmp_path, redis_url, redis_prefix):
         log.close()
     with pytest.raises(ValueError, match="already holds"):
         run_demo(DemoConfig(workdir=tmp_path / "again", quick=True, live_seconds=1, event_log=url), show=lambda _: None)
+
+
+@pytest.mark.slow
+def test_quick_demo_rolls_the_real_time_model_out(tmp_path):
+    """``--rollout``: the server's controller moves the real-time model through its steps while the guardrails
+    hold, and the report shows the stages from the rollout's state file."""
+    lines = []
+    report = run_demo(DemoConfig(workdir=tmp_path, quick=True, live_seconds=24, workers=2, rollout=True),
+                      show=lines.append)
+    rollout = report["experiment"]["rollout"]
+    assert rollout["status"] in ("running", "completed") and rollout["stage"] >= 2, rollout["history"]
+    assert [h["action"] for h in rollout["history"]][:2] == ["advance", "advance"]
+    assert report["errors"] == 0 and any("rollout: stage" in line for line in lines)
+    assert (tmp_path / "experiments.toml").is_file()

@@ -29,6 +29,7 @@ from seekrec.demo.traffic import (
 )
 from seekrec.evaluation.abtest import welch_test
 from seekrec.experiments.outcomes import outcome_log_beside
+from seekrec.experiments.rollout_store import RolloutStore
 from seekrec.experiments.report import ExperimentReport, load_outcomes, plot_report
 from seekrec.experiments.report import build_report as build_experiment_report
 from seekrec.experiments.report import format_report as format_report_of_experiment
@@ -58,6 +59,9 @@ class DemoConfig:
     live_seconds: float | None = field(default=None, metadata={
         "help": "length of the live phase (none: 75 s quick, 240 s full)"})
     workers: int = field(default=4, metadata={"help": "concurrent simulated-user loops"})
+    rollout: bool = field(default=False, metadata={
+        "help": "roll the real-time model out in 10 steps (10%, 20%, ... of users) against the frozen one, each "
+                "step taken by the server's controller while the guardrails hold, instead of a 50/50 A/B test"})
     event_log: str | None = field(default=None, metadata={
         "help": "event log url the server and the online trainer share (none: SQLite in the workdir, the embedded "
                 "default; redis://host:port/db runs the loop on Redis Streams)"})
@@ -114,6 +118,34 @@ def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:
     return sim, data_dir, version, registry
 
 
+ROLLOUT = """# written by seekrec demo --rollout: the real-time model replaces the frozen one in 10 steps
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "{name}"
+control = "{frozen}"
+arms = [{{ name = "{frozen}", version = "{version}" }}, {{ name = "{realtime}", version = "current" }}]
+guardrails = [{{ metric = "ctr", max_relative_drop = 0.10, min_users = 20 }},
+              {{ metric = "latency_p99_ms", max = 250.0, min_users = 20 }}]
+
+[layers.experiments.rollout]
+steps = 10
+min_users_per_step = 20
+min_seconds_per_step = {step_seconds}
+alpha = 0.05
+"""
+
+
+def write_rollout(cfg: DemoConfig, frozen_version: str, duration: float) -> Path:
+    """The experiments file of ``--rollout``: each of the 10 steps lasts at least ~1/12 of the live phase, so the
+    rollout can complete in it when the guardrails hold."""
+    path = cfg.workdir / "experiments.toml"
+    path.write_text(ROLLOUT.format(name=DEMO_EXPERIMENT, frozen=FROZEN, realtime=REALTIME, version=frozen_version,
+                                   step_seconds=round(duration / 12, 1)))
+    return path
+
+
 def event_log_url(cfg: DemoConfig) -> str:
     """The event log the server and the online trainer share (SQLite in the workdir unless given)."""
     return cfg.event_log or f"sqlite:///{(cfg.workdir / 'events.db').resolve()}"
@@ -138,10 +170,12 @@ def live_phase(
                           "--data", str(data_dir), "--state", str(cfg.workdir / TRAINER_STATE),
                           "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
                           "--threads", "1"], cfg.workdir / TRAINER_LOG, stack)
+        arms = (["--experiments", str(write_rollout(cfg, frozen_version, duration)), "--rollout-interval-s", "1.0"]
+                if cfg.rollout else ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
+                                     "--arm", f"{REALTIME}=current:0.5"])
         server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
-                         "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5",
-                         "--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
-                         "--arm", f"{REALTIME}=current:0.5"], cfg.workdir / SERVER_LOG, stack)
+                         "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5", *arms],
+                        cfg.workdir / SERVER_LOG, stack)
         wait_ready(base, server, cfg.workdir / SERVER_LOG)
         stats, stop = TrafficStats(), threading.Event()
         start = time.time()
@@ -217,11 +251,17 @@ def format_report(report: dict[str, Any]) -> str:
 
 def experiment_report(cfg: DemoConfig, since: float, n_items: int) -> ExperimentReport:
     """The A/B experiment rebuilt from the server's outcome log and the event log: per-user CTR by the delta
-    method, the always-valid p-value, the 50/50 sample-ratio check; plots in ``workdir/experiment.png``."""
+    method, the always-valid p-value, the 50/50 sample-ratio check (A/B) or the rollout's stages (``--rollout``);
+    plots in ``workdir/experiment.png``."""
     events_url = event_log_url(cfg)
     outcomes = load_outcomes(outcome_log_beside(events_url), events_url, window_s=60.0, since=since)
+    rollout = None
+    if cfg.rollout:
+        state = RolloutStore(cfg.workdir / "registry" / "rollouts").read(DEMO_EXPERIMENT)
+        rollout = None if state is None else state.to_json()
     experiment = build_experiment_report(outcomes, DEMO_EXPERIMENT, FROZEN, catalog_size=n_items,
-                                         expected_shares={FROZEN: 0.5, REALTIME: 0.5}, bucket_s=5.0)
+                                         expected_shares=None if cfg.rollout else {FROZEN: 0.5, REALTIME: 0.5},
+                                         bucket_s=5.0, rollout=rollout)
     plot_report(experiment, cfg.workdir / EXPERIMENT_PNG)
     return experiment
 

@@ -102,6 +102,11 @@ def format_report(report: ExperimentReport) -> str:
     if report.rollout is not None:
         lines.append(f"rollout: stage {report.rollout.get('stage')} of {report.rollout.get('steps')}, "
                      f"{report.rollout.get('status')}")
+        history = report.rollout.get("history") or []
+        start = history[0]["at"] if history else 0.0
+        for step in history:
+            lines.append(f"  +{step['at'] - start:6.1f} s  {step['action']:<18} stage {step['from_stage']} -> "
+                         f"{step['to_stage']}  ({'; '.join(step['reasons'])})")
     return "\n".join(lines)
 
 
