@@ -14,7 +14,8 @@ from seekrec.evaluation.experiments import ratio_estimate, ratio_test
 from seekrec.evaluation.sequential import confidence_sequence, msprt_pvalues
 from seekrec.experiments.attribution import EventRecord, Outcome, attribute
 from seekrec.experiments.metrics import Metric, arm_metrics, compare, timeline
-from seekrec.experiments.outcomes import ServedList, SqliteOutcomeLog
+from seekrec.experiments.outcome_stores import SqliteOutcomeLog
+from seekrec.experiments.outcomes import ServedList
 
 
 def served(rid: str, user: str, t: float, arm: str, items: list[str], latency: float, layer: str = "ranker") -> ServedList:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from seekrec.experiments.outcome_stores import RedisOutcomeLog, SqliteOutcomeLog, open_outcome_log
 from seekrec.experiments.outcomes import (
     CLOSED,
     QUEUE_FULL,
@@ -20,11 +21,8 @@ from seekrec.experiments.outcomes import (
     BackgroundWriter,
     OutcomeLog,
     OutcomeLogUnavailableError,
-    RedisOutcomeLog,
     ServedList,
-    SqliteOutcomeLog,
     new_request_id,
-    open_outcome_log,
 )
 from seekrec.online.sqlite_log import SqliteEventLog
 
@@ -131,7 +129,7 @@ def test_sqlite_reader_in_another_process_sees_committed_records(tmp_path: Path)
     path = tmp_path / "served.db"
     with SqliteOutcomeLog(path) as log:  # stays open (WAL): the child reads while the writer holds it
         log.append([served(k) for k in range(5)])
-        script = ("import json, sys; from seekrec.experiments.outcomes import open_outcome_log\n"
+        script = ("import json, sys; from seekrec.experiments.outcome_stores import open_outcome_log\n"
                   "log = open_outcome_log(sys.argv[1])\n"
                   f"print(json.dumps([r.request_id for r in log.read(since_time={T0 + 1})]))")
         out = subprocess.run([sys.executable, "-c", script, f"sqlite://{path}"], capture_output=True, text=True,

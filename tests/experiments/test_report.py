@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seekrec.experiments.outcomes import ServedList, open_outcome_log
+from seekrec.experiments.outcome_stores import open_outcome_log
+from seekrec.experiments.outcomes import ServedList
 from seekrec.experiments.report import build_report, format_report, load_outcomes, plot_report
 from seekrec.online.event_log import Event
 from seekrec.online.factory import open_event_log

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from seekrec.experiments.attribution import EventRecord, attribute
-from seekrec.experiments.outcomes import open_outcome_log, outcome_log_beside
+from seekrec.experiments.outcome_stores import open_outcome_log, outcome_log_beside
 from seekrec.online.factory import open_event_log
 from seekrec.serving.app import create_app
 from seekrec.serving.settings import ServeSettings

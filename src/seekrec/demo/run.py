@@ -28,11 +28,11 @@ from seekrec.demo.traffic import (
     run_traffic,
 )
 from seekrec.evaluation.abtest import welch_test
-from seekrec.experiments.outcomes import outcome_log_beside
-from seekrec.experiments.rollout_store import RolloutStore
+from seekrec.experiments.outcome_stores import outcome_log_beside
 from seekrec.experiments.report import ExperimentReport, load_outcomes, plot_report
 from seekrec.experiments.report import build_report as build_experiment_report
 from seekrec.experiments.report import format_report as format_report_of_experiment
+from seekrec.experiments.rollout_store import RolloutStore
 from seekrec.io import atomic_write_json
 from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import METRICS_FILE

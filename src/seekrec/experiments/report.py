@@ -18,7 +18,7 @@ import numpy as np
 from seekrec.evaluation.experiments import srm_check
 from seekrec.experiments.attribution import EventRecord, Outcome, attribute
 from seekrec.experiments.metrics import ArmMetrics, ArmTimeline, arm_metrics, compare, timeline
-from seekrec.experiments.outcomes import open_outcome_log
+from seekrec.experiments.outcome_stores import open_outcome_log
 from seekrec.online.factory import open_event_log
 
 READ_PAGE = 10_000

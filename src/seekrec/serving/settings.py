@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seekrec.config import from_table, load_config
-from seekrec.experiments.outcomes import outcome_log_beside
+from seekrec.experiments.outcome_stores import outcome_log_beside
 from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.registry.artifacts import RegistryError, parse_version

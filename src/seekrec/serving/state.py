@@ -25,7 +25,8 @@ import torch
 
 from seekrec.experiments.assignment import Assigner
 from seekrec.experiments.definition import ExperimentsConfig
-from seekrec.experiments.outcomes import BackgroundWriter, OutcomeLog, ServedList, open_outcome_log
+from seekrec.experiments.outcome_stores import open_outcome_log
+from seekrec.experiments.outcomes import BackgroundWriter, OutcomeLog, ServedList
 from seekrec.experiments.rollout_store import RolloutStore, current_stages
 from seekrec.online.event_log import (
     Event,
@@ -41,7 +42,6 @@ from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.explore import ClickAttribution, Explorer, ExploreSettings, FeedbackCounts, explore_settings
-from seekrec.serving.rollouts import RolloutController, model_arm, model_arms
 from seekrec.serving.history_tail import HistoryTail
 from seekrec.serving.item_journal import ItemJournal
 from seekrec.serving.metrics import ServingMetrics
@@ -52,6 +52,7 @@ from seekrec.serving.predictor import (
     Query,
     Recommendation,
 )
+from seekrec.serving.rollouts import RolloutController, model_arm, model_arms
 from seekrec.serving.settings import CURRENT, ServeSettings
 
 log = logging.getLogger(__name__)
