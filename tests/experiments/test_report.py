@@ -61,3 +61,29 @@ def test_a_broken_split_is_flagged(tmp_path):
     assert "MISMATCH" in format_report(report)
     with pytest.raises(ValueError, match="control arm 'nobody'"):
         build_report(load_outcomes(outcome_url, event_url), LAYER, "nobody", catalog_size=100)
+
+
+def test_an_interleaving_experiment_is_judged_by_its_users_votes(tmp_path):
+    """Lists whose second ranker's items draw the clicks: users prefer the second ranker, the sign test says so."""
+    from seekrec.experiments.report import format_interleaving, interleaving_report
+
+    rng = np.random.default_rng(1)
+    served, events = [], []
+    for u in range(120):
+        for r in range(2):
+            teams = [0, 1, 1, 0, 0, 1] if r % 2 else [1, 0, 0, 1, 1, 0]
+            items = [str(i) for i in rng.choice(50, 6, replace=False) + 1]
+            rid = f"{u}-{r}"
+            served.append(ServedList(rid, f"u{u}", 1_800_000_000.0 + u + 300 * r, {"versus": "interleaved"},
+                                     "v1+v2", items, 5.0, False, teams))
+            events += [Event(f"u{u}", item, 1_800_000_001.0 + u + 300 * r, request_id=rid)
+                       for item, team in zip(items, teams) if rng.random() < (0.15 if team else 0.05)]
+    with open_outcome_log(tmp_path / "served.db") as log:
+        log.append(served)
+    with open_event_log(str(tmp_path / "events.db")) as log:
+        log.append(events)
+    found = interleaving_report(load_outcomes(tmp_path / "served.db", tmp_path / "events.db", window_s=60), "versus")
+    assert found["users"] == 120 and found["lists"] == 240
+    assert found["users_preferring_second"] > 2 * found["users_preferring_first"] and found["p_value"] < 1e-3
+    assert found["delta"] > 0 and found["ci_low"] > 0 and "sign test p=" in format_interleaving(found)
+    assert interleaving_report(load_outcomes(tmp_path / "served.db", tmp_path / "events.db"), "other") is None

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from seekrec.experiments.rollout_store import RolloutStore
 from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
-from seekrec.serving.settings import ServeSettings
+from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 
 EXPERIMENTS = """
 [[layers]]
@@ -147,3 +147,43 @@ arms = [{ name = "thompson", share = 0.5, params = { explore_method = "thompson"
         metrics = client.get("/metrics").text
         explored = [line for line in metrics.splitlines() if line.startswith("seekrec_explored_slots_total")]
         assert explored and float(explored[0].split()[-1]) >= 5
+
+
+def test_an_interleaving_experiment_merges_both_rankers_and_logs_the_teams(
+        settings: ServeSettings, registry: ModelRegistry, variant: Callable[..., str], tmp_path: Path) -> None:
+    """Users of an interleaving experiment get one list drawn from both versions by team draft; the outcome log
+    keeps which ranker gave each position, so clicks vote for one (``evaluation.interleaving``)."""
+    from seekrec.evaluation.interleaving import interleaving_credit
+    from seekrec.experiments.outcome_stores import open_outcome_log
+
+    other = variant(registry, seed=7)
+    path = tmp_path / "interleave.toml"
+    path.write_text(f"""
+[[layers]]
+name = "model"
+[[layers.experiments]]
+name = "versus"
+interleave = true
+arms = [{{ name = "old", version = "v000001" }}, {{ name = "new", version = "{other}" }}]
+""")
+    users = [str(u) for u in range(1, 21)]
+    alone = {}
+    for version in ("v000001", other):
+        plain = replace(settings, experiment=ExperimentSettings("x", (ArmSettings("only", version),)))
+        with TestClient(create_app(plain)) as client:
+            alone[version] = {u: [i["item_id"] for i in client.post("/recommend", json={"user_id": u, "k": 6})
+                                  .json()["items"]] for u in users}
+    with TestClient(create_app(replace(settings, experiments=path))) as client:
+        bodies = {u: client.post("/recommend", json={"user_id": u, "k": 6}).json() for u in users}
+    with open_outcome_log(replace(settings, experiments=path).outcome_log_url) as log:
+        served = {s.request_id: s for s in log.read()}
+    for user, body in bodies.items():
+        assert body["arm"] == "interleaved" and body["arms"] == {"versus": "interleaved"}
+        assert body["model_version"] == f"v000001+{other}"
+        record = served[body["request_id"]]
+        items = [i["item_id"] for i in body["items"]]
+        assert len(items) == 6 == len(set(items)) and len(record.teams) == 6
+        for item, team in zip(items, record.teams):  # each item came from the ranker its team names
+            assert item in alone["v000001" if team == 0 else other][user]
+        assert abs(sum(record.teams) - 3) <= 1  # team draft: the two rankers fill the list evenly
+    assert interleaving_credit(np.array(record.teams), [0]) != 0

@@ -89,10 +89,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         path = url.split("://", 1)[1].split("?")[0] if url.startswith("sqlite://") else url
         if "://" not in path and not Path(path).is_file():
             raise ValueError(f"{flag} {url}: no such file; pass the log the server wrote")
+    if args.control is None and not args.interleaved:
+        raise ValueError("--control is required (the arm every other arm is compared with), unless --interleaved")
     outcomes = load_outcomes(args.outcome_log, args.event_log, window_s=args.window_s)
     if not outcomes:
         raise ValueError(f"{args.outcome_log}: no served list logged; check --outcome-log (the server's "
                          "--outcome-log, by default <event log>-served.db beside its event log)")
+    if args.interleaved:
+        from seekrec.experiments.report import format_interleaving, interleaving_report
+
+        found = interleaving_report(outcomes, args.layer)
+        if found is None:
+            raise ValueError(f"no interleaved list of experiment {args.layer!r} in {args.outcome_log}; check --layer")
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "report.json", found)
+        print(format_interleaving(found))
+        return 0
     catalog = args.catalog_size or len({item for o in outcomes for item in o.served.items})
     report = build_report(outcomes, args.layer, args.control, catalog_size=catalog, expected_shares=args.shares,
                           bucket_s=args.bucket_s, tau2=args.tau2)
@@ -129,7 +141,10 @@ def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
     rp.add_argument("--event-log", required=True, help="the server's event log (path or url)")
     rp.add_argument("--layer", default="default", help="the layer (a plain A/B server: its experiment name) "
                     "(default: default)")
-    rp.add_argument("--control", required=True, help="the control arm every other arm is compared with")
+    rp.add_argument("--control", help="the control arm every other arm is compared with (required unless "
+                    "--interleaved)")
+    rp.add_argument("--interleaved", action="store_true",
+                    help="the layer is an interleaving experiment: report the users' preference and its sign test")
     rp.add_argument("--shares", type=_shares, default=None,
                     help="configured traffic shares for the sample-ratio check, e.g. control=0.5,treatment=0.5 "
                          "(default: no check)")

@@ -134,6 +134,8 @@ class Assigner:
                 # treatment owns arm buckets [0, cut), control [cut, N): a higher stage only adds treated users
                 arms: tuple[Arm, ...] = (exp.arm(exp.treatment), exp.arm(exp.control))  # type: ignore[arg-type]
                 edges: tuple[int, ...] = (cut, N_BUCKETS)
+            elif exp.interleave:  # both arms answer every request together: the first arm stands for the pair
+                stage, arms, edges = None, exp.arms, (N_BUCKETS, N_BUCKETS)
             else:
                 stage, arms = None, exp.arms
                 cumulative = [round(N_BUCKETS * c) for c in accumulate(a.share for a in arms)]  # type: ignore[misc]

@@ -210,7 +210,9 @@ class Experiment:
     """Arms compared on the users of a bucket range of one layer (``buckets = [start, end)``; None: all).
 
     ``control`` names the baseline arm (default: the first). With ``rollout`` the experiment must have
-    exactly two arms, control and one treatment, whose shares follow the rollout stage.
+    exactly two arms, control and one treatment, whose shares follow the rollout stage. With ``interleave``
+    its two arms are two model versions that answer every request of its users together: each list is a
+    team-draft interleaving of both rankings (``evaluation.interleaving``), and clicks vote for a ranker.
     """
 
     name: str
@@ -220,6 +222,7 @@ class Experiment:
     metrics: Metrics = field(default_factory=Metrics)
     guardrails: tuple[Guardrail, ...] = ()
     rollout: Rollout | None = None
+    interleave: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -256,6 +259,12 @@ class Experiment:
         return _within("experiment", table, cls, "layers.experiments")
 
     def _check_shares(self, where: str) -> None:
+        if self.interleave:
+            if not isinstance(self.interleave, bool) or self.rollout is not None or len(self.arms) != 2 \
+                    or any(a.version is None or a.share is not None for a in self.arms):
+                raise ValueError(f"{where}: interleave = true needs exactly two arms, each with a version and no "
+                                 "share (every request gets both rankers), and no rollout")
+            return
         if self.rollout is not None:
             if len(self.arms) != 2:
                 raise ValueError(f"{where}: a rollout needs exactly two arms, control and treatment, got "

@@ -54,6 +54,16 @@ def model_arm(config: ExperimentsConfig, arms: dict[str, str]) -> str:
     return DEFAULT_ARM
 
 
+def interleaved_pair(config: ExperimentsConfig, arms: dict[str, str]) -> tuple[str, str, str] | None:
+    """``(experiment, first arm, second arm)`` when the user is in an interleaving experiment of the model layer."""
+    for layer in config.layers:
+        if layer.sets_version:
+            for experiment in layer.experiments:
+                if experiment.interleave and experiment.name in arms:
+                    return experiment.name, experiment.arms[0].name, experiment.arms[1].name
+    return None
+
+
 def snapshot(experiment: Experiment, stage: int, outcomes: Sequence[Outcome],
              errors: dict[str, int] | None = None) -> Snapshot:
     """Per-arm figures of ``outcomes`` (served at ``stage``): users, per-user clicked / shown items, lists,

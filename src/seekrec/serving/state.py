@@ -18,11 +18,13 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from seekrec.evaluation.interleaving import team_draft_interleave
 from seekrec.experiments.assignment import Assigner
 from seekrec.experiments.definition import ExperimentsConfig
 from seekrec.experiments.outcome_stores import open_outcome_log
@@ -52,10 +54,24 @@ from seekrec.serving.predictor import (
     Query,
     Recommendation,
 )
-from seekrec.serving.rollouts import RolloutController, model_arm, model_arms
+from seekrec.serving.rollouts import RolloutController, interleaved_pair, model_arm, model_arms
 from seekrec.serving.settings import CURRENT, ServeSettings
 
 log = logging.getLogger(__name__)
+
+
+INTERLEAVED = "interleaved"  # the arm of a request answered by an interleaving experiment's two rankers
+
+
+@dataclass(frozen=True)
+class Served:
+    """A recommendation and how it came about: the model arm (``interleaved`` for a merged list), the user's arm
+    in each experiment, and for an interleaved list which ranker gave each position (0: first arm, 1: second)."""
+
+    rec: Recommendation
+    arm: str
+    arms: dict[str, str]
+    teams: tuple[int, ...] | None = None
 
 
 class NotReadyError(RuntimeError):
@@ -310,37 +326,59 @@ class ServingState:
         return "user histories are loading"
 
     # -- requests ----------------------------------------------------------------------------
-    async def recommend(self, user_id: str, k: int, exclude_seen: bool,
-                        min_offset: int | None = None) -> tuple[Recommendation, str, dict[str, str]]:
-        """The user's recommendation, model arm and experiment arms; history is read now, so it reflects every event this
-        replica acknowledged. Events other replicas acknowledged show once the tail polls them, or at
+    async def recommend(self, user_id: str, k: int, exclude_seen: bool, min_offset: int | None = None) -> Served:
+        """The user's recommendation with the arms that produced it; history is read now, so it reflects every event
+        this replica acknowledged. Events other replicas acknowledged show once the tail polls them, or at
         once with ``read_your_writes``, or when the request's ``min_offset`` (the offset a POST /events
-        answered) is past what this replica applied: then the log is read first."""
+        answered) is past what this replica applied: then the log is read first. A user of an interleaving
+        experiment gets both of its rankers' lists merged by team draft (``teams``: which ranker gave each item)."""
         arms, arm_name, params = self.assign(user_id)
-        explorer = self._explorer(params)
-        if explorer is not None:
-            k, wanted = explorer.candidates_needed(k), k
-        model = self.table.arms.get(arm_name)
+        pair = interleaved_pair(self.layered.config, arms) if self.layered is not None else None
+        models = [arm_name] if pair is None else list(pair[1:])
         histories = self.tail.histories
-        if model is None or histories is None:
+        if histories is None or any(m not in self.table.arms for m in models):
             raise NotReadyError(self.not_ready_reason())
         if self.settings.read_your_writes or (min_offset is not None and histories.offset < min_offset):
             await self._read_other_replicas()
-            model = self.table.arms.get(arm_name, model)  # a swap may have happened meanwhile
+        if pair is not None:
+            experiment, first, second = pair
+            rec_a, rec_b = await asyncio.gather(*(self._rank(m, user_id, k, exclude_seen) for m in (first, second)))
+            rec, teams = self._interleave(rec_a, rec_b, k)
+            arms = {**arms, experiment: INTERLEAVED}
+            self.metrics.recommendations.labels(arm=INTERLEAVED, version=rec.model_version,
+                                                fallback=str(rec.fallback).lower()).inc()
+            return Served(rec, INTERLEAVED, arms, teams)
+        explorer = self._explorer(params)
+        rec = await self._rank(arm_name, user_id, explorer.candidates_needed(k) if explorer else k, exclude_seen)
+        if explorer is not None:
+            rec = self._explore(explorer, rec, k)
+        self.metrics.recommendations.labels(arm=arm_name, version=rec.model_version,
+                                            fallback=str(rec.fallback).lower()).inc()
+        return Served(rec, arm_name, arms)
+
+    async def _rank(self, arm_name: str, user_id: str, k: int, exclude_seen: bool) -> Recommendation:
+        """The model of ``arm_name`` ranks for the user's history (batched with other requests when personal)."""
+        model = self.table.arms[arm_name]
         if model.needs_context:  # event-time / action inputs: the events' times and values go along
             items, times, values = model.translate_events(self.tail.events(user_id))
             query = Query(user_id, items, k, exclude_seen, times, values)
         else:
             query = Query(user_id, model.translate(self.tail.get(user_id)), k, exclude_seen)
         if query.personal:
-            rec = await self.batcher.submit((model, query))
-        else:  # popular items: no forward pass, so nothing to wait for or batch
-            rec = model.predictor.recommend([query])[0]
-        if explorer is not None:
-            rec = self._explore(explorer, rec, wanted)
-        self.metrics.recommendations.labels(arm=arm_name, version=rec.model_version,
-                                            fallback=str(rec.fallback).lower()).inc()
-        return rec, arm_name, arms
+            return await self.batcher.submit((model, query))
+        return model.predictor.recommend([query])[0]  # popular items: no forward pass, nothing to batch
+
+    def _interleave(self, rec_a: Recommendation, rec_b: Recommendation, k: int) -> tuple[Recommendation, tuple[int, ...]]:
+        """Team-draft interleaving of two rankings (a fresh coin per request for who picks first)."""
+        rng = np.random.default_rng([next(self._requests), len(rec_a.item_ids)])
+        ids = {item: i for i, item in enumerate(dict.fromkeys((*rec_a.item_ids, *rec_b.item_ids)))}
+        raw = list(ids)
+        merged = team_draft_interleave([ids[i] for i in rec_a.item_ids], [ids[i] for i in rec_b.item_ids], k, rng)
+        scores = {**dict(zip(rec_b.item_ids, rec_b.scores)), **dict(zip(rec_a.item_ids, rec_a.scores))}
+        items = tuple(raw[i] for i in merged.ids)
+        return (Recommendation(rec_a.user_id, items, tuple(float(scores[i]) for i in items),
+                               f"{rec_a.model_version}+{rec_b.model_version}", rec_a.fallback and rec_b.fallback),
+                tuple(int(t) for t in merged.teams))
 
     def _explorer(self, params: dict[str, Any]) -> Explorer | None:
         """The exploring re-ranker an arm's params ask for (one per distinct setting, sharing the click counts)."""

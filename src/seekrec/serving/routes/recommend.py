@@ -27,16 +27,16 @@ async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depen
     start = time.perf_counter()
     k = body.k if body.k is not None else state.settings.default_k
     try:
-        rec, arm, arms = await state.recommend(body.user_id, k, body.exclude_seen, body.min_offset)
+        served = await state.recommend(body.user_id, k, body.exclude_seen, body.min_offset)
     except NotReadyError:
         raise
     except Exception:
         state.record_failure(body.user_id)  # the error-rate guardrail of the user's arms
         raise
+    rec = served.rec
     request_id = new_request_id()
-    state.log_served(ServedList(request_id, body.user_id, time.time(), arms,
-                                rec.model_version, list(rec.item_ids), (time.perf_counter() - start) * 1000,
-                                rec.fallback))
+    state.log_served(ServedList(request_id, body.user_id, time.time(), served.arms, rec.model_version,
+                                list(rec.item_ids), (time.perf_counter() - start) * 1000, rec.fallback, served.teams))
     items = [ScoredItem(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)]
-    return RecommendResponse(user_id=body.user_id, items=items, model_version=rec.model_version, arm=arm,
-                             fallback=rec.fallback, request_id=request_id, arms=arms)
+    return RecommendResponse(user_id=body.user_id, items=items, model_version=rec.model_version, arm=served.arm,
+                             fallback=rec.fallback, request_id=request_id, arms=served.arms)
