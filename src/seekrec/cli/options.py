@@ -79,7 +79,10 @@ def add_field_flags(
         if not f.init or kind is None or (only is not None and f.name not in only):
             continue
         names = [f"--{f.name.replace('_', '-')}", *([aliases[f.name]] if aliases and f.name in aliases else [])]
-        text = (f.metadata.get("help", "") + f" ({_shown_default(f)})").strip().replace("%", "%%")
+        text = f.metadata.get("help", "")
+        if "(default:" not in text:  # a help that says its default in words keeps only those
+            text += f" ({_shown_default(f)})"
+        text = text.strip().replace("%", "%%")
         if kind is bool:
             group.add_argument(*names, dest=_DEST + f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
