@@ -1,26 +1,38 @@
 """Users needed to see a real ranker gain: A/B test, A/B with CUPED and team-draft interleaving, in the simulator.
 
     python benchmarks/experiment_power.py --pre-rounds 12 --rounds 8 --round-seconds 1.25 --k 10 \
-        --resamples 400 --alpha 0.01 --power 0.8 --seeds 0 1 \
+        --resamples 400 --alpha 0.01 --power 0.8 --browse-share 0.2 --seeds 0 1 2 \
         --out benchmarks/results/experiment_power.json --plot docs/experiment_power.png   # the defaults
 
 The world is the demo's quick one (``seekrec demo --quick``: 400 users, 300 items, tastes and trend drifting a
 day every 3 s of live time, new items released every second); ``seekrec.demo.run.prepare`` simulates the history
-and trains the demo's SASRec. No server: every ranker is a ``SequencePredictor`` in process, as in
+and trains the demo's SASRec. As in the demo's traffic, after a share ``browse_share`` of requests the user also
+finds an item on their own (``Simulator.browse``): it joins their history and B's log but no CTR, and it is how
+released items reach the log. No server: every ranker is a ``SequencePredictor`` in process, as in
 ``benchmarks/exploration.py``.
 
 Timeline, in rounds of ``round_seconds`` live time; every user asks for a slate of K every round:
 
-1. **Pre-period** (``pre_rounds``): every user is served by **A**, the demo's frozen initial SASRec. The clicks
-   are the live period the real-time model learns from, and each user's pre-period CTR is the CUPED covariate.
-2. **B** is the same SASRec configuration retrained (same epochs, same seed) on the history plus the pre-period
-   clicks (``train_experiment`` on a data directory written here): the real-time model's gain, released items
-   included.
-3. **Experiment** (``rounds``), played twice from the same end-of-pre-period world (a copy of the simulator and
-   of the histories each), with the clicks of every (user, round) drawn from the same random stream in both:
+**B** is the demo's real-time model: the online trainer of ``seekrec stream-train`` (``OnlineTrainer``, run in
+process over its own SQLite event log, with the demo's settings: lr 3e-3, 64 new events per step plus 3 replayed
+each) started from A's weights. After every round the round's clicks are appended to its log, the trainer drains
+them with its usual steps (``StreamExamples`` rows, ``TrainStep``; an item first seen grows the item table with
+``grow_items_keeping_state``) and publishes a version, which serves B's requests the next round (the demo publishes
+every second and the server polls every 0.5 s: about the same one-round lag). B is never retrained offline.
+
+1. **Pre-period** (``pre_rounds``): every user is served by **A**, the demo's frozen initial SASRec. B learns from
+   these clicks as they happen (the demo's trainer starts learning at once), and each user's pre-period CTR is the
+   CUPED covariate.
+2. **Experiment** (``rounds``), played twice from the same end-of-pre-period world (a copy of the simulator, of
+   the histories and of B's trainer, its checkpoint and event log, each), with the clicks of every (user, round)
+   drawn from the same random stream in both:
    - *A/B*: users split 50/50 by a seeded hash of their id; each gets its arm's top K every round.
    - *Interleaving*: every user gets the team-draft interleaving of A's and B's top K every round; each
      impression credits the team whose items got more clicks (``interleaving_credit``).
+
+   In both designs B keeps learning from **every** user's clicks, A's arm's included: in the demo the server
+   logs every arm's events to the one log the online trainer reads, so a shared online learner sees all traffic,
+   and both designs then measure the same learner. A stays frozen.
 
 Users needed. For a total of n users (both arms together for A/B), ``resamples`` experiments are drawn from the
 played users with replacement (the users as the unit; n/2 from each A/B arm, n for interleaving); the power is
@@ -46,33 +58,36 @@ import logging
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from benchmarks.exploration import initial_histories
-from seekrec.data.schema import IdMap, InteractionData, build_events
 from seekrec.data.simulator import Simulator
 from seekrec.demo.run import DemoConfig, prepare
 from seekrec.evaluation.experiments import cuped, ratio_test, users_needed, welch_test
 from seekrec.evaluation.interleaving import interleaving_credit, interleaving_user_test, team_draft_interleave
 from seekrec.io import atomic_write_json
+from seekrec.online.event_log import Event, EventLog
+from seekrec.online.factory import open_event_log
+from seekrec.online.trainer import OnlineTrainer, OnlineTrainerConfig
+from seekrec.registry import ModelRegistry
 from seekrec.serving.predictor import Query
 from seekrec.serving.sequence_predictor import SequencePredictor
-from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.experiment_power")
 HISTORY_LEN = 200  # the server's default history_len: the seen filter's reach
 METHODS = ("ab", "ab_cuped", "interleaving")
 Ranker = Callable[[Sequence[int], dict[int, list[int]], int], list[np.ndarray]]  # users, histories, k -> [K] ids
+Click = tuple[int, int, float]  # (user, item, unix seconds), simulator ids
 
 
 @dataclass(frozen=True)
@@ -88,12 +103,15 @@ class PowerConfig:
     power: float = 0.8
     min_users: int = 20
     max_users: int = 200_000
+    browse_share: float = 0.2  # the demo's: after this share of requests the user also finds an item on their own
 
     def __post_init__(self) -> None:
         if min(self.pre_rounds, self.rounds, self.k, self.resamples) < 1 or self.round_seconds <= 0:
             raise ValueError("pre_rounds, rounds, k and resamples must be >= 1 and round_seconds > 0")
         if not (0 < self.alpha < 1 and 0 < self.power < 1):
             raise ValueError(f"alpha ({self.alpha}) and power ({self.power}) must lie in (0, 1)")
+        if not 0 <= self.browse_share <= 1:
+            raise ValueError(f"browse_share must lie in [0, 1], got {self.browse_share}")
         if not 4 <= self.min_users < self.max_users:
             raise ValueError(f"need 4 <= min_users < max_users, got {self.min_users}, {self.max_users}")
 
@@ -135,6 +153,88 @@ def predictor_ranker(predictor: SequencePredictor) -> Ranker:
     return rank
 
 
+class Learner(Protocol):
+    """A ranker that may learn from the clicks it is shown after each round."""
+
+    def rank(self, users: Sequence[int], histories: dict[int, list[int]], k: int) -> list[np.ndarray]: ...
+
+    def learn(self, clicks: Sequence[Click]) -> None: ...
+
+
+@dataclass
+class Frozen:
+    """A ranker that never learns (A; the test's rankers)."""
+
+    ranker: Ranker
+
+    def rank(self, users: Sequence[int], histories: dict[int, list[int]], k: int) -> list[np.ndarray]:
+        return self.ranker(users, histories, k)
+
+    def learn(self, clicks: Sequence[Click]) -> None:
+        pass  # frozen: the clicks change nothing
+
+
+ONLINE_SETTINGS = {"lr": 3e-3}  # the demo's ``stream-train`` flags; events_per_step and replay are the defaults
+
+
+class OnlineLearner:
+    """B: the demo's online trainer (``OnlineTrainer``) in process, over its own SQLite event log in ``work``.
+
+    ``learn`` appends the clicks to the log, runs the trainer until the log is drained (its own loop: 64 new
+    events per step plus replay, the item table grown for items first seen) and publishes one version, which
+    ``rank`` serves from then on. ``fork`` stops this learner and starts copies of it (checkpoint, log) that
+    resume where it stopped, so both experiment designs start from the same B.
+    """
+
+    def __init__(self, registry: ModelRegistry, data_dir: Path, work: Path, seed: int) -> None:
+        self.registry, self.data_dir, self.work, self.seed = registry, data_dir, work, seed
+        url = f"sqlite:///{(work / 'events.db').resolve()}"
+        # publishing only at the end of each drain (run() publishes what is new when it stops)
+        self.config = OnlineTrainerConfig(registry=registry.root, event_log=url, dataset=data_dir,
+                                          state_dir=work / "trainer", publish_every_events=10**9,
+                                          publish_every_seconds=1e9, block_ms=0, stop_when_idle=True,
+                                          seed=seed, registry_keep=1000, **ONLINE_SETTINGS)
+        work.mkdir(parents=True, exist_ok=True)
+        self.events: EventLog = open_event_log(url)
+        self.trainer = OnlineTrainer(self.config)
+        self.version = ""
+        self._load(self.trainer.state["published_version"])
+        self.learn_seconds = 0.0
+
+    def _load(self, version: str) -> None:
+        if version != self.version:
+            self.version = version
+            self.ranker = predictor_ranker(SequencePredictor.from_registry(self.registry, version))
+
+    def rank(self, users: Sequence[int], histories: dict[int, list[int]], k: int) -> list[np.ndarray]:
+        return self.ranker(users, histories, k)
+
+    def learn(self, clicks: Sequence[Click]) -> None:
+        if not clicks:
+            return
+        start = time.perf_counter()
+        self.events.append([Event(str(user), str(item), float(t)) for user, item, t in clicks])
+        self.trainer.run()
+        self._load(self.trainer.state["published_version"])
+        self.learn_seconds += time.perf_counter() - start
+
+    def summary(self) -> dict[str, Any]:
+        s = self.trainer.summary()
+        return {"version": self.version, "events_trained": s["events_trained"], "steps": s["steps"],
+                "n_items": s["n_items"], "versions_published": len(s["versions_published"]),
+                "learn_seconds": round(self.learn_seconds, 1)}
+
+    def close(self) -> None:
+        self.trainer.close()
+        self.events.close()
+
+    def fork(self, work: Path) -> OnlineLearner:
+        """A copy that resumes from this learner's last checkpoint and log (this learner is closed first)."""
+        self.close()
+        shutil.copytree(self.work, work)
+        return OnlineLearner(self.registry, self.data_dir, work, self.seed)
+
+
 def click(sim: Simulator, histories: dict[int, list[int]], user: int, slate: np.ndarray, t: float,
           rng: np.random.Generator) -> np.ndarray:
     """The simulator's clicks [K] on ``slate``; clicked items join the user's history."""
@@ -143,29 +243,50 @@ def click(sim: Simulator, histories: dict[int, list[int]], user: int, slate: np.
     return clicks
 
 
+def browse(sim: Simulator, histories: dict[int, list[int]], user: int, t: float, share: float,
+           rng: np.random.Generator) -> list[Click]:
+    """With probability ``share``, an item the user finds on their own (``Simulator.browse``, as the demo's
+    traffic sends it: the organic events through which new releases reach the log). It joins the user's history
+    and B's log, and counts for neither ranker's CTR."""
+    if rng.random() >= share:
+        return []
+    found = sim.browse(user, t, rng=rng)
+    histories[user] = (histories[user] + [found])[-HISTORY_LEN:]
+    return [(user, found, t)]
+
+
 def round_time(sim: Simulator, cfg: PowerConfig, r: int) -> float:
     return sim.history_end + (r + 1) * cfg.round_seconds
 
 
 def play_pre(sim: Simulator, rank_a: Ranker, histories: dict[int, list[int]], cfg: PowerConfig,
-             seed: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
-    """Pre-period: every user served by A every round; per-user clicks, shown, and (user, item, time) clicks."""
+             seed: int, learner: Learner | None = None) -> tuple[np.ndarray, np.ndarray, list[Click]]:
+    """Pre-period: every user served by A every round, ``learner`` learning from each round's clicks after it;
+    per-user clicks, shown, and the (user, item, time) clicks on the slates (the learner also gets the browsed
+    items)."""
     n = sim.config.n_users
     clicks_per_user, shown, log_rows = np.zeros(n + 1), np.zeros(n + 1), []
     users = list(range(1, n + 1))
     for r in range(cfg.pre_rounds):
         t = round_time(sim, cfg, r)
+        round_rows: list[Click] = []
+        organic: list[Click] = []
         for user, slate in zip(users, rank_a(users, histories, cfg.k)):
             clicks = click(sim, histories, user, slate, t, np.random.default_rng([seed, 1, user, r]))
             clicks_per_user[user] += clicks.sum()
             shown[user] += len(slate)
-            log_rows += [(user, item, int(t)) for item in slate[clicks].tolist()]
+            round_rows += [(user, item, t) for item in slate[clicks].tolist()]
+            organic += browse(sim, histories, user, t, cfg.browse_share, np.random.default_rng([seed, 4, user, r]))
+        if learner is not None:
+            learner.learn(sorted(round_rows + organic, key=lambda row: row[0]))
+        log_rows += round_rows
     return clicks_per_user, shown, log_rows
 
 
-def play_experiment(sim: Simulator, rank_a: Ranker, rank_b: Ranker, histories: dict[int, list[int]],
+def play_experiment(sim: Simulator, rank_a: Ranker, b_ab: Learner, b_il: Learner, histories: dict[int, list[int]],
                     pre: tuple[np.ndarray, np.ndarray], cfg: PowerConfig, seed: int) -> Played:
-    """The A/B design and the interleaving design, each from its own copy of the end-of-pre-period world."""
+    """The A/B design and the interleaving design, each from its own copy of the end-of-pre-period world and its
+    own copy of B (``b_ab``, ``b_il``), which learns from every user's clicks after each round."""
     n = sim.config.n_users
     users = list(range(1, n + 1))
     arm = np.array([0] + [arm_of(u, f"power-{seed}") for u in users])
@@ -178,20 +299,28 @@ def play_experiment(sim: Simulator, rank_a: Ranker, rank_b: Ranker, histories: d
     for r in range(cfg.pre_rounds, cfg.pre_rounds + cfg.rounds):
         t = round_time(sim, cfg, r)
         arms = [[u for u in users if arm[u] == a] for a in (0, 1)]
-        for a, rank in ((0, rank_a), (1, rank_b)):
+        ab_rows: list[Click] = []
+        for a, rank in ((0, rank_a), (1, b_ab.rank)):
             for user, slate in zip(arms[a], rank(arms[a], ab_hist, cfg.k)):
                 clicks = click(ab_sim, ab_hist, user, slate, t, np.random.default_rng([seed, 1, user, r]))
                 out.ab_clicks[user] += clicks.sum()
                 out.ab_shown[user] += len(slate)
-        lists_a, lists_b = rank_a(users, il_hist, cfg.k), rank_b(users, il_hist, cfg.k)
+                ab_rows += [(user, item, t) for item in slate[clicks].tolist()]
+                ab_rows += browse(ab_sim, ab_hist, user, t, cfg.browse_share, np.random.default_rng([seed, 4, user, r]))
+        b_ab.learn(sorted(ab_rows, key=lambda row: row[0]))  # user order, as the interleaving round
+        il_rows: list[Click] = []
+        lists_a, lists_b = rank_a(users, il_hist, cfg.k), b_il.rank(users, il_hist, cfg.k)
         for user, list_a, list_b in zip(users, lists_a, lists_b):
             for j, own in enumerate((list_a, list_b)):  # what each ranker alone would earn (changes nothing)
                 out.expected[j] += il_sim.click_probabilities(user, own, t) @ examined[: len(own)]
             merged = team_draft_interleave(list_a, list_b, cfg.k, np.random.default_rng([seed, 2, user, r]))
             clicks = click(il_sim, il_hist, user, merged.ids, t, np.random.default_rng([seed, 1, user, r]))
+            il_rows += [(user, item, t) for item in merged.ids[clicks].tolist()]
+            il_rows += browse(il_sim, il_hist, user, t, cfg.browse_share, np.random.default_rng([seed, 4, user, r]))
             won = int(interleaving_credit(merged.teams, np.flatnonzero(clicks)))
             credit[user] += won
             out.impressions[{-1: "a", 0: "tie", 1: "b"}[won]] += 1
+        b_il.learn(il_rows)
     out.votes = np.sign(credit)
     return out
 
@@ -300,71 +429,45 @@ def analyse(played: Played, cfg: PowerConfig, seed: int) -> dict[str, Any]:
             "ab_over_interleaving": ratio}
 
 
-def live_data(sim: Simulator, log_rows: list[tuple[int, int, int]], t_end: float) -> InteractionData:
-    """The history plus the pre-period clicks, with the items released by ``t_end`` in the catalog."""
-    history, truth = sim.generate(), sim.live_truth
-    n_items = sim.config.n_items + sim.released(t_end)
-    users, items, times = (np.array(col, dtype=np.int64) for col in zip(*log_rows)) if log_rows else ([], [], [])
-    h_users, h_items, h_times = history.interactions()
-    events = build_events(np.r_[h_users, users], np.r_[h_items, items], np.r_[h_times, times],
-                          np.ones(len(h_users) + len(users), np.float32), "click")
-    names = truth.genre_names
-    item_table = pa.table({
-        "item_id": pa.array(np.arange(1, n_items + 1), pa.int64()),
-        "title": pa.array(truth.titles[:n_items], pa.string()),
-        "genres": pa.array([[names[x] for x in row if x >= 0] for row in truth.item_genres[1 : n_items + 1].tolist()],
-                           pa.list_(pa.string())),
-        "year": pa.array(truth.years[:n_items], pa.int32()),
-    })
-    return InteractionData(events, item_table, history.users, history.user_ids, IdMap(np.arange(1, n_items + 1)),
-                           source="simulator", options={**history.options, "live_clicks": len(log_rows)})
-
-
-def train_b(work: Path, data: InteractionData) -> Path:
-    """B: the demo's initial SASRec configuration, retrained on the history plus the pre-period clicks."""
-    data.write(work / "data-live")
-    run = work / "runs" / "b"
-    table = RunDir(work / "runs" / "initial").read_config()  # A's config, less what the run added about its data
-    table = {key: value for key, value in table.items() if key not in ("data_manifest_sha256", "data_source")}
-    config = dataclasses.replace(ExperimentConfig.from_dict(table), name="power-b")
-    train_experiment(config, work / "data-live", run)
-    return run
-
-
 def run_seed(cfg: PowerConfig, seed: int, work: Path) -> dict[str, Any]:
-    """One world: prepare A, play the pre-period, train B, play both designs, analyse."""
+    """One world: prepare A, start B's online trainer from it, play the pre-period, fork B, play both designs,
+    analyse."""
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    sim, _, version, registry = prepare(DemoConfig(workdir=work, quick=True, seed=seed))
+    sim, data_dir, version, registry = prepare(DemoConfig(workdir=work, quick=True, seed=seed))
     seconds["prepare"] = time.perf_counter() - start
     rank_a = predictor_ranker(SequencePredictor.from_registry(registry, version))
     histories = {u: h[-HISTORY_LEN:] for u, h in initial_histories(sim).items()}
     begin = time.perf_counter()
-    pre_clicks, pre_shown, log_rows = play_pre(sim, rank_a, histories, cfg, seed)
+    learner = OnlineLearner(registry, data_dir, work / "online" / "pre", seed)
+    pre_clicks, pre_shown, log_rows = play_pre(sim, rank_a, histories, cfg, seed, learner)
     seconds["pre_period"] = time.perf_counter() - begin
+    at_fork = learner.summary()
+    b_ab, b_il = learner.fork(work / "online" / "ab"), learner.fork(work / "online" / "interleaving")
     begin = time.perf_counter()
-    run_b = train_b(work, live_data(sim, log_rows, round_time(sim, cfg, cfg.pre_rounds - 1)))
-    version_b = registry.publish_run(run_b)
-    rank_b = predictor_ranker(SequencePredictor.from_registry(registry, version_b))
-    seconds["train_b"] = time.perf_counter() - begin
-    begin = time.perf_counter()
-    played = play_experiment(sim, rank_a, rank_b, histories, (pre_clicks, pre_shown), cfg, seed)
+    played = play_experiment(sim, rank_a, b_ab, b_il, histories, (pre_clicks, pre_shown), cfg, seed)
     seconds["experiment"] = time.perf_counter() - begin
+    seconds["b_learning"] = at_fork["learn_seconds"] + b_ab.learn_seconds + b_il.learn_seconds
+    online = {"after_pre_period": at_fork, "ab": b_ab.summary(), "interleaving": b_il.summary()}
+    b_ab.close()
+    b_il.close()
     begin = time.perf_counter()
     result = analyse(played, cfg, seed)
     seconds["analysis"] = time.perf_counter() - begin
     seconds["total"] = time.perf_counter() - start
-    results_a, results_b = RunDir(work / "runs" / "initial").read_results(), RunDir(run_b).read_results()
+    results_a = RunDir(work / "runs" / "initial").read_results()
     log.info("seed %d: CTR A %.4f B %.4f, users needed %s (%.0f s)", seed, result["full_sample"]["ctr_a"],
              result["full_sample"]["ctr_b"], result["users_needed"], seconds["total"])
     return {
         "world": {"source": "seekrec.demo.run.prepare, quick", **dataclasses.asdict(sim.config)},
         "models": {"a": {"version": version, "test": results_a["metrics"],
                          "note": "the demo's initial SASRec, frozen"},
-                   "b": {"version": version_b, "test": results_b["metrics"], "live_clicks": len(log_rows),
-                         "note": "same configuration retrained on the history plus the pre-period clicks; its "
-                                 "test split is the last event of each user, so the two test figures differ in "
-                                 "data and are not comparable"}},
+                   "b": {"base_version": version, "pre_period_clicks": len(log_rows), "online": online,
+                         "settings": {**ONLINE_SETTINGS, "events_per_step": learner.config.events_per_step,
+                                      "replay_ratio": learner.config.replay_ratio},
+                         "note": "the demo's online trainer (OnlineTrainer) from A's weights, learning from every "
+                                 "user's clicks after each round and publishing one version per round; "
+                                 "n_items: its item table at the end (new items learned online)"}},
         **result,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
@@ -402,7 +505,8 @@ def plot(record: dict[str, Any], out: Path) -> None:
                title=f"seed {seed}: CTR A {fs['ctr_a']:.4f}, B {fs['ctr_b']:.4f}; true gain {fs['true_relative_gain']:+.1%}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"frozen SASRec (A) vs retrained on {p['pre_rounds']} live rounds (B): {p['rounds']} rounds of "
+    fig.suptitle(f"frozen SASRec (A) vs the online trainer learning from every click since A (B, "
+                 f"{p['pre_rounds']} pre-period rounds): {p['rounds']} rounds of "
                  f"K={p['k']} per user, {p['resamples']} resamples per size")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -442,14 +546,16 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=defaults.resamples)
     parser.add_argument("--alpha", type=float, default=defaults.alpha)
     parser.add_argument("--power", type=float, default=defaults.power)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--browse-share", type=float, default=defaults.browse_share)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, help="worlds, models and registries go here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/experiment_power.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/experiment_power.png"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)  # a batch of a few hundred short sequences: threads would only contend
-    cfg = PowerConfig(args.pre_rounds, args.rounds, args.round_seconds, args.k, args.resamples, args.alpha, args.power)
+    cfg = PowerConfig(args.pre_rounds, args.rounds, args.round_seconds, args.k, args.resamples, args.alpha, args.power,
+                      browse_share=args.browse_share)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="seekrec-experiment-power-") as tmp:
         work = args.work or Path(tmp)
@@ -457,7 +563,7 @@ def main() -> None:
     record = {
         "command": (f"python benchmarks/experiment_power.py --pre-rounds {cfg.pre_rounds} --rounds {cfg.rounds} "
                     f"--round-seconds {cfg.round_seconds} --k {cfg.k} --resamples {cfg.resamples} --alpha {cfg.alpha} "
-                    f"--power {cfg.power} --seeds " + " ".join(map(str, args.seeds))),
+                    f"--power {cfg.power} --browse-share {cfg.browse_share} --seeds " + " ".join(map(str, args.seeds))),
         "protocol": dataclasses.asdict(cfg),
         "definitions": {
             "users_needed": "total users (both arms for A/B) at which the share of resampled experiments with "

@@ -1,22 +1,24 @@
 """benchmarks/experiment_power.py's core on a tiny simulator: a random ranker (A) against the simulator's own
-oracle (B), no training; structure and sanity of the play and the power analysis."""
+oracle (B), no training (B's online trainer is replaced by a learner that records the clicks it is given);
+structure and sanity of the play and the power analysis."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from benchmarks.experiment_power import (
     METHODS,
+    Click,
+    Frozen,
     PowerConfig,
     Ranker,
     analyse,
     arm_of,
     initial_histories,
-    live_data,
     play_experiment,
     play_pre,
-    round_time,
     users_at_power,
 )
 from seekrec.data.simulator import Simulator, SimulatorConfig
@@ -57,17 +59,29 @@ def oracle_ranker(sim: Simulator) -> Ranker:
     return rank
 
 
+@dataclass
+class Recording(Frozen):
+    """A frozen ranker that records the clicks it is asked to learn from, round by round."""
+
+    rounds: list[list[Click]] = field(default_factory=list)
+
+    def learn(self, clicks: Sequence[Click]) -> None:
+        self.rounds.append(list(clicks))
+
+
 @pytest.fixture(scope="module")
 def played():
     sim = tiny_world()
     histories = initial_histories(sim)
-    rank_a, rank_b = random_ranker(sim), oracle_ranker(sim)
-    pre_clicks, pre_shown, rows = play_pre(sim, rank_a, histories, CFG, seed=0)
-    return sim, rows, play_experiment(sim, rank_a, rank_b, histories, (pre_clicks, pre_shown), CFG, seed=0)
+    rank_a = random_ranker(sim)
+    pre_b, b_ab, b_il = (Recording(oracle_ranker(sim)) for _ in range(3))
+    pre_clicks, pre_shown, rows = play_pre(sim, rank_a, histories, CFG, seed=0, learner=pre_b)
+    out = play_experiment(sim, rank_a, b_ab, b_il, histories, (pre_clicks, pre_shown), CFG, seed=0)
+    return sim, rows, out, (pre_b, b_ab, b_il)
 
 
 def test_play_records_every_request_and_the_truth_favours_the_oracle(played):
-    sim, rows, out = played
+    sim, rows, out, _ = played
     n = sim.config.n_users
     assert np.all(out.pre_shown[1:] == CFG.pre_rounds * CFG.k) and np.all(out.ab_shown[1:] == CFG.rounds * CFG.k)
     assert out.pre_clicks[1:].sum() == len(rows)
@@ -77,7 +91,7 @@ def test_play_records_every_request_and_the_truth_favours_the_oracle(played):
 
 
 def test_analysis_structure_and_sanity(played):
-    _, _, out = played
+    _, _, out, _ = played
     result = analyse(out, CFG, seed=0)
     curves, fs = result["power"], result["full_sample"]
     assert curves["users"] == sorted(curves["users"]) and all(len(curves[m]) == len(curves["users"]) for m in METHODS)
@@ -96,7 +110,7 @@ def test_no_gain_is_never_credited():
     histories = initial_histories(sim)
     rank = oracle_ranker(sim)
     pre = play_pre(sim, rank, histories, CFG, seed=1)[:2]
-    out = play_experiment(sim, rank, rank, histories, pre, CFG, seed=1)
+    out = play_experiment(sim, rank, Frozen(rank), Frozen(rank), histories, pre, CFG, seed=1)
     assert out.expected[0] == out.expected[1] and out.truth == 0
     result = analyse(out, CFG, seed=1)
     assert all(max(result["power"][m]) == 0 for m in METHODS) and result["ab_over_interleaving"] is None
@@ -114,9 +128,12 @@ def test_arms_are_a_stable_roughly_even_split():
     assert arms != [arm_of(u, "power-1") for u in range(1, 2001)]
 
 
-def test_live_data_appends_the_clicks_and_the_released_items(played):
-    sim, rows, _ = played
-    t_end = round_time(sim, CFG, CFG.pre_rounds - 1)
-    data = live_data(sim, rows, t_end)
-    assert data.events.num_rows == sim.generate().events.num_rows + len(rows)
-    assert data.n_items == sim.config.n_items + sim.released(t_end)
+def test_b_learns_from_every_click_of_every_round(played):
+    _, rows, out, (pre_b, b_ab, b_il) = played
+    assert len(pre_b.rounds) == CFG.pre_rounds and set(rows) <= set(sum(pre_b.rounds, []))  # clicks + browsed
+    browsed = len(sum(pre_b.rounds, [])) - len(rows)
+    assert 0 < browsed < len(pre_b.rounds) * 60 * 0.5  # about browse_share (0.2) of the 60 users' requests
+    assert len(b_ab.rounds) == len(b_il.rounds) == CFG.rounds
+    assert sum(map(len, b_ab.rounds)) > out.ab_clicks.sum()  # both arms' clicks, A's included, and browsed items
+    assert all(len({t for _, _, t in r}) <= 1 for r in b_ab.rounds + b_il.rounds)  # one round at a time
+    assert sum(map(len, b_il.rounds)) > 0
