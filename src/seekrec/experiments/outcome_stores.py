@@ -9,8 +9,6 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -28,7 +26,7 @@ from seekrec.experiments.outcomes import (
     _selected,
 )
 from seekrec.online.factory import REDIS_SCHEMES, SQLITE_SCHEMES
-from seekrec.online.sqlite_log import _TRANSIENT_CODES, SYNCHRONOUS_MODES
+from seekrec.online.sqlite_wal import check_synchronous, connect_wal, storage_errors_as, write_transaction
 
 if TYPE_CHECKING:
     import redis
@@ -59,21 +57,7 @@ _PAGE = (f"SELECT seq, {_COLUMNS} FROM served WHERE time >= ? AND time < ? AND (
          "ORDER BY time, seq LIMIT ?")
 
 
-def _sqlite_unavailable(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """SQLite's transient failures (locked past the busy timeout, disk full, I/O) become
-    ``OutcomeLogUnavailableError``; other errors (a bug, a corrupt file) pass through."""
-
-    @wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None and code & 0xFF in _TRANSIENT_CODES:
-                raise OutcomeLogUnavailableError(f"outcome log {args[0]!r} is unavailable: {exc}") from exc
-            raise
-
-    return wrapper
+_sqlite_unavailable = storage_errors_as(OutcomeLogUnavailableError, "outcome log")
 
 
 class SqliteOutcomeLog(OutcomeLog):
@@ -87,9 +71,7 @@ class SqliteOutcomeLog(OutcomeLog):
 
     def __init__(self, path: str | Path, synchronous: str = "NORMAL", *, busy_timeout_ms: int = 10_000,
                  page_size: int = 1000) -> None:
-        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
-        if mode not in SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
+        mode = check_synchronous(synchronous)
         if isinstance(busy_timeout_ms, bool) or not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be an integer >= 0, got {busy_timeout_ms!r}")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
@@ -99,29 +81,15 @@ class SqliteOutcomeLog(OutcomeLog):
         self.page_size = page_size
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = connect_wal(self.path, busy_timeout_ms, mode, "outcome log")
         try:
-            conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise OSError(f"cannot open the outcome log {self.path}: {exc}") from exc
-        self._conn: sqlite3.Connection | None = conn
-        try:
-            self._setup(conn, busy_timeout_ms)
+            self._setup(self._conn)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path} is not a SQLite outcome log: {exc}") from exc
-        if str(journal).lower() != "wal":
-            raise OSError(f"{self.path}: SQLite refused WAL mode (journal_mode={journal}); put the outcome log "
-                          "on a local filesystem")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        with self._transaction(conn):
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        with write_transaction(conn):
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if app_id == 0 and not tables:
@@ -131,17 +99,6 @@ class SqliteOutcomeLog(OutcomeLog):
             elif app_id != APPLICATION_ID or tables != {"served"}:
                 raise ValueError(f"{self.path} is not a seekrec outcome log (application_id={app_id}, "
                                  f"tables={sorted(tables)}); pass another path (not the event log's file)")
-
-    @contextmanager
-    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -160,7 +117,7 @@ class SqliteOutcomeLog(OutcomeLog):
         with self._lock:
             conn = self._connection()
             before = conn.total_changes
-            with self._transaction(conn):
+            with write_transaction(conn):
                 conn.executemany(f"INSERT OR IGNORE INTO served ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return conn.total_changes - before
 

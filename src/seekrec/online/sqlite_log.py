@@ -11,11 +11,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from functools import wraps
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from seekrec.online.event_log import (
     IDEMPOTENCY_WINDOW_S,
@@ -31,17 +28,17 @@ from seekrec.online.event_log import (
     check_read_args,
     check_replay,
 )
+from seekrec.online.sqlite_wal import (
+    check_synchronous,
+    connect_wal,
+    storage_errors_as,
+    write_transaction,
+)
 
 logger = logging.getLogger(__name__)
 
-SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 SCHEMA_VERSION = 3  # stored in PRAGMA user_version; bump it when the tables change (2: idempotency keys,
 # 3: the request id an event answers)
-# SQLite primary result codes that mean "storage unavailable right now", not a bug: busy, locked,
-# out of memory, I/O error, disk full, cannot open, lock protocol
-_TRANSIENT_CODES = {5, 6, 7, 10, 13, 14, 15}
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -69,21 +66,7 @@ _SCHEMA_2 = (
 _SCHEMA_3 = ("ALTER TABLE events ADD COLUMN request_id TEXT",)
 
 
-def _unavailable_on_storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Turn SQLite's transient failures (locked past the busy timeout, disk full, I/O errors) into
-    ``EventLogUnavailableError``; other errors (a bug, a corrupt file) pass through unchanged."""
-
-    @wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None and code & 0xFF in _TRANSIENT_CODES:
-                raise EventLogUnavailableError(f"event log {args[0]!r} is unavailable: {exc}") from exc
-            raise
-
-    return wrapper
+_unavailable_on_storage_errors = storage_errors_as(EventLogUnavailableError, "event log")
 _SELECT = (
     "SELECT event_offset, user_id, item_id, timestamp, event_type, value, request_id FROM events "
     "WHERE event_offset > ? ORDER BY event_offset LIMIT ?"
@@ -126,9 +109,7 @@ class SqliteEventLog(EventLog):
         poll_interval_s: float = 0.01,
         idempotency_window_s: float = IDEMPOTENCY_WINDOW_S,
     ) -> None:
-        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
-        if mode not in SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
+        mode = check_synchronous(synchronous)
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout_ms must be >= 0, got {busy_timeout_ms}")
         if not poll_interval_s > 0:
@@ -139,33 +120,15 @@ class SqliteEventLog(EventLog):
         self.idempotency_window_s = idempotency_window_s
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = connect_wal(self.path, busy_timeout_ms, mode, "event log")
         try:
-            # isolation_level=None: no implicit transactions; every write below says BEGIN IMMEDIATE.
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise OSError(f"cannot open the event log {self.path}: {exc}") from exc
-        self._conn: sqlite3.Connection | None = conn
-        try:
-            self._setup(conn, busy_timeout_ms)
+            self._setup(self._conn)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path} is not a SQLite event log: {exc}") from exc
-        if str(journal).lower() != "wal":
-            raise OSError(
-                f"{self.path}: SQLite refused WAL mode (journal_mode={journal}); put the event log on "
-                "a local filesystem (WAL needs shared memory, which network filesystems lack)"
-            )
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        with self._transaction(conn):
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        with write_transaction(conn):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0 and not tables - {"events", "consumers"}:
@@ -184,19 +147,6 @@ class SqliteEventLog(EventLog):
                 )
         logger.debug("opened event log %s (synchronous=%s)", self.path, self.synchronous)
 
-    @contextmanager
-    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so the reads inside
-        (the current end, a committed position) cannot be invalidated by another writer."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"the event log {self.path} is closed; open a new SqliteEventLog")
@@ -212,7 +162,7 @@ class SqliteEventLog(EventLog):
             return []
         with self._lock:
             conn = self._connection()
-            with self._transaction(conn):
+            with write_transaction(conn):
                 if idempotency_key is not None:
                     now = time.time()
                     conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self.idempotency_window_s,))
@@ -259,7 +209,7 @@ class SqliteEventLog(EventLog):
         check_offset(offset)
         with self._lock:
             conn = self._connection()
-            with self._transaction(conn):
+            with write_transaction(conn):
                 row = conn.execute("SELECT committed FROM consumers WHERE consumer = ?", (consumer,)).fetchone()
                 (end,) = conn.execute("SELECT COALESCE(MAX(event_offset), 0) FROM events").fetchone()
                 check_commit(consumer, offset, 0 if row is None else row[0], end)
