@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from seekrec.experiments.definition import Experiment, ExperimentsConfig
 from seekrec.experiments.guardrails import Snapshot
 from seekrec.experiments.rollout import Decision, RolloutState, apply, decide
-from seekrec.io import atomic_write_json
+from seekrec.io import atomic_write_json, exclusive_lock
 
 LOCK_FILE = ".lock"
 
@@ -77,15 +75,8 @@ class RolloutStore:
         """Start the rollout of ``experiment`` at its first stage; refused when a state exists already."""
         return self.write(RolloutState.start(experiment, now))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.root / LOCK_FILE)
 
 
 def current_stages(store: RolloutStore, config: ExperimentsConfig) -> dict[str, int]:

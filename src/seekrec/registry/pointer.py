@@ -9,13 +9,11 @@ second reads the old version or the new one, never a partial line.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-from seekrec.io import atomic_write_bytes, atomic_write_json
+from seekrec.io import atomic_write_bytes, atomic_write_json, exclusive_lock
 from seekrec.registry.artifacts import RegistryError, parse_version
 from seekrec.registry.store import VersionStore, utc_now
 
@@ -125,16 +123,9 @@ class VersionPointer:
                     self.store.discard(name)
                     log.info("retention: deleted %s", name)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive ``flock`` on ``root/.lock``: CURRENT + history read-modify-writes and retention."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(self.root / LOCK_FILE)
 
     def _read_history(self) -> dict[str, Any]:
         path = self.root / HISTORY_FILE
