@@ -15,7 +15,6 @@ validates and exports alone, as under DDP. Stage 3 is refused (``train.strategy 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from seekrec.training.deepspeed_config import (
     is_deepspeed_checkpoint,
     read_ds_config,
 )
-from seekrec.training.distributed import DistContext, all_reduce_sum, barrier
+from seekrec.training.distributed import DistContext, barrier
 from seekrec.training.parallel import Replicated
 from seekrec.training.run_dir import RunDir
 from seekrec.training.sharded_checkpoint import (
@@ -46,7 +45,7 @@ from seekrec.training.sharded_checkpoint import (
     read_rank_state,
     write_rank_state,
 )
-from seekrec.training.step import LossTask, StepStats, count_targets
+from seekrec.training.step import LossTask, StepStats, check_grad_norm, global_stats, global_targets
 
 log = logging.getLogger(__name__)
 FORMAT = "deepspeed"
@@ -190,9 +189,7 @@ class DeepSpeedStep:
     def __call__(self, micro_batches: Sequence[Any]) -> StepStats:
         start = time.perf_counter()
         self.engine.train()
-        n_targets = sum(count_targets(b) for b in micro_batches)
-        total = all_reduce_sum(torch.tensor(float(n_targets), device=self.ctx.device), self.ctx)
-        scale = self.ctx.world_size / max(total.item(), 1.0)
+        n_targets, total, scale = global_targets(micro_batches, self.ctx)
         loss_total, extras = 0.0, {}
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.ctx.device, non_blocking=True)
@@ -206,15 +203,9 @@ class DeepSpeedStep:
         self.engine.step()  # clip, step, scheduler, zero the gradients (skipped on an fp16 overflow)
         norm = self.engine.get_global_grad_norm()
         grad_norm = float(norm.item() if isinstance(norm, Tensor) else norm) if norm is not None else 0.0
-        if not math.isfinite(grad_norm) and self.config.precision != "fp16":
-            raise FloatingPointError(
-                f"gradient norm is {grad_norm}: training diverged. Lower train.lr or enable train.clip_norm"
-            )
+        if self.config.precision != "fp16":
+            check_grad_norm(grad_norm)
         if self.after_update is not None:
             self.after_update()
-        global_loss = all_reduce_sum(torch.tensor(loss_total, device=self.ctx.device), self.ctx).item()
-        return StepStats(
-            loss=global_loss / max(total.item(), 1.0), lr=lr, grad_norm=grad_norm,
-            sequences=sum(len(b) for b in micro_batches), tokens=n_targets, seconds=time.perf_counter() - start,
-            extra=extras,
-        )
+        return global_stats(micro_batches, loss_total, (n_targets, total), lr=lr, grad_norm=grad_norm, start=start,
+                            extras=extras, ctx=self.ctx)

@@ -101,6 +101,32 @@ def make_grad_scaler(model: torch.nn.Module) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda")
 
 
+def global_targets(micro_batches: Sequence[Any], ctx: DistContext) -> tuple[int, float, float]:
+    """``(this rank's targets, all ranks' targets, loss scale)``: each micro-batch's summed loss times the scale
+    is its share of the mean over the whole global batch (times ``world_size``, which DDP / FSDP average away)."""
+    n_targets = sum(count_targets(b) for b in micro_batches)
+    total = all_reduce_sum(torch.tensor(float(n_targets), device=ctx.device), ctx).item()
+    return n_targets, total, ctx.world_size / max(total, 1.0)
+
+
+def check_grad_norm(grad_norm: float) -> None:
+    """A non-finite gradient norm (without fp16 loss scaling, which skips such steps) means training diverged."""
+    if not math.isfinite(grad_norm):
+        raise FloatingPointError(
+            f"gradient norm is {grad_norm}: training diverged. Lower train.lr or enable train.clip_norm"
+        )
+
+
+def global_stats(micro_batches: Sequence[Any], loss_total: float, targets: tuple[int, float], *, lr: float,
+                 grad_norm: float, start: float, extras: dict[str, float], ctx: DistContext) -> StepStats:
+    """The step's record: the mean loss over all ranks' targets, this rank's sequences and targets, time."""
+    n_targets, total = targets
+    global_loss = all_reduce_sum(torch.tensor(loss_total, device=ctx.device), ctx).item()
+    return StepStats(loss=global_loss / max(total, 1.0), lr=lr, grad_norm=grad_norm,
+                     sequences=sum(len(b) for b in micro_batches), tokens=n_targets,
+                     seconds=time.perf_counter() - start, extra=extras)
+
+
 class TrainStep:
     """Forward, backward and update for one global batch given as micro-batches."""
 
@@ -123,9 +149,7 @@ class TrainStep:
     def __call__(self, micro_batches: Sequence[Any]) -> StepStats:
         start = time.perf_counter()
         self.model.train()
-        n_targets = sum(count_targets(b) for b in micro_batches)
-        total = all_reduce_sum(torch.tensor(float(n_targets), device=self.ctx.device), self.ctx)
-        scale = self.ctx.world_size / max(total.item(), 1.0)
+        n_targets, total, scale = global_targets(micro_batches, self.ctx)
         loss_total, extras = 0.0, {}
         for k, batch in enumerate(micro_batches):
             batch = batch.to(self.ctx.device, non_blocking=True)
@@ -143,10 +167,8 @@ class TrainStep:
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.config.clip_norm if self.config.clip_norm is not None else float("inf")
         grad_norm = clip_gradients(params, clip) if params else 0.0
-        if not math.isfinite(grad_norm) and self.scaler is None:
-            raise FloatingPointError(
-                f"gradient norm is {grad_norm}: training diverged. Lower train.lr or enable train.clip_norm"
-            )
+        if self.scaler is None:
+            check_grad_norm(grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -157,9 +179,5 @@ class TrainStep:
         self.scheduler.step()
         if self.after_update is not None:
             self.after_update()
-        sequences = sum(len(b) for b in micro_batches)
-        global_loss = all_reduce_sum(torch.tensor(loss_total, device=self.ctx.device), self.ctx).item()
-        return StepStats(
-            loss=global_loss / max(total.item(), 1.0), lr=lr, grad_norm=grad_norm, sequences=sequences,
-            tokens=n_targets, seconds=time.perf_counter() - start, extra=extras,
-        )
+        return global_stats(micro_batches, loss_total, (n_targets, total), lr=lr, grad_norm=grad_norm, start=start,
+                            extras=extras, ctx=self.ctx)
