@@ -32,3 +32,32 @@ def run_jobs(script: Path, spec: list[dict[str, Any]], root: Path, *, nproc: int
                              + "\n".join(stderr.splitlines()[-40:])) from None
     rank0 = [line for line in stderr.splitlines() if line.startswith("[rank0]")]
     assert proc.returncode == 0, "\n".join(rank0[-40:] or stderr.splitlines()[-40:])
+
+
+RANKING_KEYS = ("ndcg@10", "hr@10", "hr@50", "mrr")
+
+
+def records(run: Path, kind: str) -> list[dict[str, Any]]:
+    """The ``kind`` records (train / valid / test) of a run directory's metrics log."""
+    from seekrec.training.metrics_log import MetricsLog
+
+    return [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == kind]
+
+
+def assert_same_training(run: Path, reference: Path, *, steps: int, keys: tuple[str, ...] = RANKING_KEYS,
+                         atol: float = 1e-6) -> None:
+    """``steps`` per-step losses equal to rtol 1e-5, and every validation / test metric of ``keys`` (those the
+    reference logged) equal to ``atol``: a run of several processes trained as the reference did."""
+    import numpy as np
+    import pytest
+
+    losses, expected = ([r["loss"] for r in records(path, "train")] for path in (run, reference))
+    assert len(losses) == len(expected) == steps
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    for kind in ("valid", "test"):
+        got, want = records(run, kind), records(reference, kind)
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want, strict=True):
+            for key in keys:
+                if key in b:
+                    assert a[key] == pytest.approx(b[key], abs=atol), (kind, key)

@@ -18,11 +18,10 @@ import pytest
 from safetensors.torch import load_file
 
 from seekrec.training.checkpoint import latest_checkpoint
-from seekrec.training.metrics_log import MetricsLog
 from tests.llm.conftest import save_tiny
 from tests.llm.finetune_jobs import run_job
 from tests.llm.test_finetune import retriever_run, sim_data_dir, tiny_overrides  # noqa: F401  (module fixtures)
-from tests.torchrun import run_jobs
+from tests.torchrun import assert_same_training, records, run_jobs
 
 JOBS = Path(__file__).with_name("finetune_jobs.py")
 # 24 training requests: global batches of 10, 10 and 4 groups, as micro-batches of 5 + 5 (shared 3 + 2 between two
@@ -30,6 +29,7 @@ JOBS = Path(__file__).with_name("finetune_jobs.py")
 TRAINING = ["train.batch_size=10", "train.grad_accum=2", "train.max_epochs=2", "train.warmup_steps=1",
             "train.min_lr_ratio=1.0", "train.clip_norm=0.5", "train.checkpoint_every=2", "lora.dropout=0.0",
             "positions_per_user=1"]
+LLM_KEYS = ("ndcg@10", "ndcg@10_llm", "auc")  # validation / test metrics compared, to abs 1e-5
 CAUSAL = [*TRAINING, "train.strategy=fsdp", "train.activation_checkpointing=true"]
 CROSS = [*TRAINING, "train.strategy=fsdp", "full=true", "task=pointwise", "train.lr=0.0005"]
 
@@ -68,29 +68,14 @@ def runs(sim_data_dir, retriever_run, tiny_causal_dir, cross_encoder_dir, tmp_pa
     return root
 
 
-def _records(run: Path, kind: str) -> list[dict]:
-    return [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == kind]
-
-
-def _assert_same_training(run: Path, reference: Path) -> None:
-    losses, expected = ([r["loss"] for r in _records(path, "train")] for path in (run, reference))
-    assert len(losses) == len(expected) == 6  # 3 steps an epoch, 2 epochs
-    np.testing.assert_allclose(losses, expected, rtol=1e-5)
-    for kind in ("valid", "test"):
-        got, want = _records(run, kind), _records(reference, kind)
-        assert len(got) == len(want) > 0
-        for a, b in zip(got, want, strict=True):
-            for key in ("ndcg@10", "ndcg@10_llm", "auc"):
-                if key in b:
-                    assert a[key] == pytest.approx(b[key], abs=1e-5), (kind, key)
 
 
 @pytest.mark.slow
 def test_lora_sharded_over_two_ranks_trains_like_one_process(runs):
-    _assert_same_training(runs / "two", runs / "one")
+    assert_same_training(runs / "two", runs / "one", steps=6, keys=LLM_KEYS, atol=1e-5)
     results = json.loads((runs / "two" / "results.json").read_text())
     assert results["world_size"] == 2 and results["strategy"] == "fsdp" and results["weights"] == "adapter"
-    assert max(r["grad_norm"] for r in _records(runs / "two", "train")) > 0.5, "no step clipped: clipping untested"
+    assert max(r["grad_norm"] for r in records(runs / "two", "train")) > 0.5, "no step clipped: clipping untested"
     # the exported adapter is the whole one, not a shard: the same tensors as the one-process run's
     adapters = [load_file(str(runs / name / "adapter" / "adapter_model.safetensors")) for name in ("two", "one")]
     assert adapters[0].keys() == adapters[1].keys()
@@ -100,18 +85,18 @@ def test_lora_sharded_over_two_ranks_trains_like_one_process(runs):
 
 @pytest.mark.slow
 def test_a_checkpoint_of_two_ranks_resumes_in_one_process(runs):
-    _assert_same_training(runs / "two-then-one", runs / "two")
+    assert_same_training(runs / "two-then-one", runs / "two", steps=6, keys=LLM_KEYS, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_lora_replicated_over_two_ranks_trains_like_one_process(runs):
-    losses = [r["loss"] for r in _records(runs / "two-ddp", "train")]
-    np.testing.assert_allclose(losses, [r["loss"] for r in _records(runs / "one", "train")], rtol=1e-5)
+    losses = [r["loss"] for r in records(runs / "two-ddp", "train")]
+    np.testing.assert_allclose(losses, [r["loss"] for r in records(runs / "one", "train")], rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_full_finetune_of_a_cross_encoder_sharded_by_encoder_layer(runs):
-    _assert_same_training(runs / "two-cross", runs / "one-cross")
+    assert_same_training(runs / "two-cross", runs / "one-cross", steps=6, keys=LLM_KEYS, atol=1e-5)
     assert (runs / "two-cross" / "model" / "config.json").is_file()
 
 
@@ -119,6 +104,6 @@ def test_full_finetune_of_a_cross_encoder_sharded_by_encoder_layer(runs):
 def test_bf16_mixed_precision_policy_trains_like_autocast(runs):
     """FSDP computes with bf16-gathered weights where one process autocasts from fp32 ones: close, not equal
     (observed rel. diff. <= 4e-3)."""
-    sharded, single = ([r["loss"] for r in _records(runs / name, "train")] for name in ("two-bf16", "one-bf16"))
+    sharded, single = ([r["loss"] for r in records(runs / name, "train")] for name in ("two-bf16", "one-bf16"))
     assert len(sharded) == len(single) == 6 and np.isfinite(sharded).all()
     np.testing.assert_allclose(sharded, single, rtol=2e-2)

@@ -31,10 +31,9 @@ from seekrec.training.deepspeed_config import (
     train_from_ds_config,
 )
 from seekrec.training.experiment import ExperimentConfig
-from seekrec.training.metrics_log import MetricsLog
 from seekrec.training.parallel import Replicated, Sharded
 from seekrec.training.run_dir import RunDir
-from tests.torchrun import run_jobs
+from tests.torchrun import assert_same_training, records, run_jobs
 from tests.training.fsdp_jobs import CPU, TRAIN
 
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
@@ -284,29 +283,15 @@ def ds_runs(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return root
 
 
-def _records(run: Path, kind: str) -> list[dict]:
-    return [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == kind]
-
-
-def _assert_same_training(run: Path, reference: Path, steps: int) -> None:
-    losses, expected = [r["loss"] for r in _records(run, "train")], [r["loss"] for r in _records(reference, "train")]
-    assert len(losses) == len(expected) == steps
-    np.testing.assert_allclose(losses, expected, rtol=1e-5)
-    for kind in ("valid", "test"):
-        got, want = _records(run, kind), _records(reference, kind)
-        assert len(got) == len(want) > 0
-        for a, b in zip(got, want, strict=True):
-            for key in ("ndcg@10", "hr@10", "hr@50", "mrr"):
-                assert a[key] == pytest.approx(b[key], abs=1e-6), (kind, key)
 
 
 @pytest.mark.slow
 @needs_deepspeed
 def test_zero2_on_two_processes_matches_ddp(ds_runs):
     """ZeRO-2 with 2 accumulated micro-batches (the last step of each epoch has 1), clipping and a weight average."""
-    _assert_same_training(ds_runs / "zero2", ds_runs / "ddp", steps=9)
-    norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(_records(ds_runs / "zero2", "train"),
-                                                              _records(ds_runs / "ddp", "train"))]
+    assert_same_training(ds_runs / "zero2", ds_runs / "ddp", steps=9)
+    norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(records(ds_runs / "zero2", "train"),
+                                                              records(ds_runs / "ddp", "train"))]
     assert all(a == pytest.approx(b, rel=1e-4) for a, b in norms) and max(b for _, b in norms) > TRAIN["clip_norm"]
     assert RunDir(ds_runs / "zero2").read_best_meta()["epoch"] >= 1
 
@@ -315,7 +300,7 @@ def test_zero2_on_two_processes_matches_ddp(ds_runs):
 @needs_deepspeed
 def test_a_deepspeed_checkpoint_resumes_mid_epoch_exactly(ds_runs):
     run = ds_runs / "zero2-cut"
-    _assert_same_training(run, ds_runs / "zero2", steps=9)
+    assert_same_training(run, ds_runs / "zero2", steps=9)
     checkpoint = latest_checkpoint(run / "checkpoints")
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["format"] == "deepspeed" and state["world_size"] == 2
@@ -327,8 +312,8 @@ def test_a_deepspeed_checkpoint_resumes_mid_epoch_exactly(ds_runs):
 @pytest.mark.slow
 @needs_deepspeed
 def test_zero2_bf16_trains_like_ddp_autocast(ds_runs):
-    losses = [r["loss"] for r in _records(ds_runs / "zero2-bf16", "train")]
-    expected = [r["loss"] for r in _records(ds_runs / "ddp-bf16", "train")]
+    losses = [r["loss"] for r in records(ds_runs / "zero2-bf16", "train")]
+    expected = [r["loss"] for r in records(ds_runs / "ddp-bf16", "train")]
     assert len(losses) == len(expected) == 12 and np.isfinite(losses).all()
     np.testing.assert_allclose(losses, expected, rtol=2e-3)
 
@@ -345,7 +330,7 @@ def test_seekrec_train_deepspeed_runs_a_seed_config(ds_runs, sim_data_dir):
     train = run.read_config()["train"]
     assert (train["lr"], train["weight_decay"], train["clip_norm"], train["warmup_steps"]) == (3e-3, 0.01, 1.0, 3)
     assert json.loads((run.path / "ds_config.json").read_text()) == CLI_SEED
-    lrs = [r["lr"] for r in _records(run.path, "train")]
+    lrs = [r["lr"] for r in records(run.path, "train")]
     # DeepSpeed's WarmupLR exactly as it is: warmup_min_lr for the first update (set at construction), then the
     # default log warmup from iteration 0 (log 1 = 0) over warmup_num_steps; warmup_max_lr "auto" = train.lr
     warmup = [0.0] + [3e-3 * math.log(iteration + 1) / math.log(3) for iteration in range(3)]
@@ -370,5 +355,5 @@ def test_the_seed_config_trains_in_fp16_on_a_gpu(sim_data_dir, tmp_path):
     assert main([*argv, "train.max_epochs=3"]) == 0  # resumes from the DeepSpeed checkpoint of epoch 2
     run = RunDir(tmp_path / "run")
     assert run.read_results()["precision"] == "fp16" and run.read_results()["epochs"] == 3
-    assert np.isfinite([r["loss"] for r in _records(run.path, "train")]).all()
+    assert np.isfinite([r["loss"] for r in records(run.path, "train")]).all()
     assert {t.dtype for t in run.read_best_weights().values() if t.is_floating_point()} == {torch.float32}

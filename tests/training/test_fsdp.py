@@ -24,7 +24,6 @@ from seekrec.models.factory import build_model
 from seekrec.training.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import DistContext
-from seekrec.training.metrics_log import MetricsLog
 from seekrec.training.parallel import Replicated, Sharded, shard_model
 from seekrec.training.run_dir import RunDir
 from seekrec.training.sharded_checkpoint import (
@@ -33,7 +32,7 @@ from seekrec.training.sharded_checkpoint import (
     save_sharded_checkpoint,
 )
 from tests.models import feature_helpers, helpers
-from tests.torchrun import run_jobs
+from tests.torchrun import assert_same_training, records, run_jobs
 from tests.training.fsdp_jobs import CPU, MAX_LEN, MODELS, TRAIN, sequence_run
 
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
@@ -74,27 +73,12 @@ def runs(sim_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "cut_by_one": cut_by_one, "cut_by_two": cut_by_two}
 
 
-def _records(run: Path, kind: str) -> list[dict]:
-    return [r for r in MetricsLog(run / "metrics.jsonl").read() if r["kind"] == kind]
-
-
-def _assert_same_training(run: Path, reference: Path) -> None:
-    """Per-step losses to rtol 1e-5 and every validation / test metric to abs 1e-6."""
-    losses, expected = [r["loss"] for r in _records(run, "train")], [r["loss"] for r in _records(reference, "train")]
-    assert len(losses) == len(expected) == 12
-    np.testing.assert_allclose(losses, expected, rtol=1e-5)
-    for kind in ("valid", "test"):
-        got, want = _records(run, kind), _records(reference, kind)
-        assert len(got) == len(want) > 0
-        for a, b in zip(got, want, strict=True):
-            for key in ("ndcg@10", "hr@10", "hr@50", "mrr"):
-                assert a[key] == pytest.approx(b[key], abs=1e-6), (kind, key)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(runs):
-    _assert_same_training(runs["root"] / "two", runs["root"] / "one")
-    grad_norms = [r["grad_norm"] for r in _records(runs["root"] / "two", "train")]
+    assert_same_training(runs["root"] / "two", runs["root"] / "one", steps=12)
+    grad_norms = [r["grad_norm"] for r in records(runs["root"] / "two", "train")]
     assert max(grad_norms) > TRAIN["clip_norm"], "no step clipped: clipping went untested"
 
 
@@ -102,14 +86,14 @@ def test_two_processes_match_one_process(runs):
 def test_checkpoint_of_two_processes_resumes_on_one(runs):
     names, world = runs["cut_by_two"]
     assert world == 2 and {"__0_0.distcp", "__1_0.distcp", "rank-0.safetensors", "rank-1.safetensors"} <= set(names)
-    _assert_same_training(runs["root"] / "two-then-one", runs["root"] / "two")
+    assert_same_training(runs["root"] / "two-then-one", runs["root"] / "two", steps=12)
 
 
 @pytest.mark.slow
 def test_checkpoint_of_one_process_resumes_on_two(runs):
     names, world = runs["cut_by_one"]
     assert world == 1 and "__0_0.distcp" in names and "__1_0.distcp" not in names
-    _assert_same_training(runs["root"] / "one-then-two", runs["root"] / "one")
+    assert_same_training(runs["root"] / "one-then-two", runs["root"] / "one", steps=12)
     assert _files(latest_checkpoint(runs["root"] / "one-then-two" / "checkpoints"))[1] == 2
 
 
@@ -125,8 +109,8 @@ def test_every_model_family_trains_sharded(runs, family):
 
 @pytest.mark.slow
 def test_bf16_mixed_precision_policy_trains_like_autocast(runs):
-    sharded = [r["loss"] for r in _records(runs["root"] / "two-bf16", "train")]
-    single = [r["loss"] for r in _records(runs["root"] / "one-bf16", "train")]
+    sharded = [r["loss"] for r in records(runs["root"] / "two-bf16", "train")]
+    single = [r["loss"] for r in records(runs["root"] / "one-bf16", "train")]
     assert len(sharded) == len(single) == 12 and np.isfinite(sharded).all()
     np.testing.assert_allclose(sharded, single, rtol=2e-3)
 
@@ -141,7 +125,7 @@ def test_best_weights_are_gathered_into_one_file_that_scores_as_validated(runs, 
     with torch.inference_mode():
         scored = {which: evaluate(ModelScorer(model, MAX_LEN), split.eval_set(which), data.n_items, batch_size=64,
                                   device=torch.device("cpu")).metrics for which in ("valid", "test")}
-    meta, test = run.read_best_meta(), _records(run.path, "test")[0]
+    meta, test = run.read_best_meta(), records(run.path, "test")[0]
     for key in ("ndcg@10", "hr@50", "mrr"):
         assert scored["valid"][key] == pytest.approx(meta["valid"][key], abs=1e-6)
         assert scored["test"][key] == pytest.approx(test[key], abs=1e-6)
