@@ -25,10 +25,9 @@ from seekrec.experiments.definition import N_BUCKETS, Arm, Experiment, Experimen
 
 
 def bucket(salt: str, user_id: str) -> int:
-    """The user's bucket in ``0..N_BUCKETS-1``: first 8 bytes of sha256(``salt:user``), big-endian.
-
-    The same value as ``seekrec.serving.experiments.bucket(salt, user_id)`` (a test holds them equal),
-    so a layer salted with today's experiment name keeps its users where they are."""
+    """The user's bucket in ``0..N_BUCKETS-1``: first 8 bytes of sha256(``salt:user``), big-endian. The single
+    A/B experiment of ``seekrec serve --arm`` buckets with it too (salt: the experiment's name), so a layer
+    salted with that name keeps its users where they are."""
     digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % N_BUCKETS
 

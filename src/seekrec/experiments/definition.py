@@ -24,8 +24,8 @@ from typing import Any
 from seekrec.config import from_table, load_config
 from seekrec.registry import RegistryError, parse_version
 
-N_BUCKETS = 10_000  # buckets per hash, as in seekrec.serving.experiments
-CURRENT = "current"  # an arm that follows the registry's CURRENT pointer, as in seekrec.serving.settings
+N_BUCKETS = 10_000  # buckets per hash (every assignment: layered experiments and serve --arm)
+CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
 METRICS = ("ctr", "clicks_per_user", "value_per_user", "coverage", "novelty", "latency_p99_ms")
 CEILING_GUARDRAILS = ("latency_p99_ms", "error_rate")  # `max`: the treatment's figure must stay at or below it
 DROP_GUARDRAILS = ("ctr", "clicks_per_user")  # `max_relative_drop`: treatment vs control, always-valid test

@@ -7,19 +7,14 @@ the previous one.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_right
 from itertools import accumulate
 
+from seekrec.experiments.assignment import bucket
+from seekrec.experiments.definition import N_BUCKETS
 from seekrec.serving.settings import ArmSettings, ExperimentSettings
 
-N_BUCKETS = 10_000
-
-
-def bucket(experiment: str, user_id: str) -> int:
-    """The user's bucket in ``0..N_BUCKETS-1``: first 8 bytes of sha256(``experiment:user``), big-endian."""
-    digest = hashlib.sha256(f"{experiment}:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % N_BUCKETS
+__all__ = ["N_BUCKETS", "ArmAssigner", "bucket"]
 
 
 class ArmAssigner:

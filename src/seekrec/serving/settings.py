@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from seekrec.config import from_table, load_config
+from seekrec.experiments.definition import CURRENT
 from seekrec.experiments.outcome_stores import outcome_log_beside
 from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.registry.artifacts import RegistryError, parse_version
 
-CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
