@@ -39,7 +39,8 @@ played users with replacement (the users as the unit; n/2 from each A/B arm, n f
 the share with p < ``alpha`` and the estimate on the side of the ranker the simulator's ground truth favours
 (its expected clicks of A's and B's own top K for every interleaving request): ``ratio_test`` on per-user clicks / shown (A/B), ``welch_test`` on the
 ``cuped``-adjusted per-user CTR with the pre-period CTR as covariate (A/B + CUPED; the same draws as A/B), and
-``interleaving_user_test`` (one vote per user). "Users needed" is the n at which the power reaches ``power``,
+``interleaving_user_test`` (one vote per user) or ``interleaving_click_test`` (the per-user difference in clicks
+on each ranker's positions, a paired t-test). "Users needed" is the n at which the power reaches ``power``,
 interpolated in log n between the two grid sizes around it. Sizes past the 400 played users resample them, i.e.
 they assume a population like them. The normal-approximation ``users_needed`` from the measured effect and
 standard deviation is reported beside it as a check.
@@ -53,7 +54,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -73,7 +73,14 @@ from benchmarks.exploration import initial_histories
 from seekrec.data.simulator import Simulator
 from seekrec.demo.run import DemoConfig, prepare
 from seekrec.evaluation.experiments import cuped, ratio_test, users_needed, welch_test
-from seekrec.evaluation.interleaving import interleaving_credit, interleaving_user_test, team_draft_interleave
+from seekrec.evaluation.interleaving import (
+    interleaving_click_test,
+    interleaving_credit,
+    interleaving_user_test,
+    team_draft_interleave,
+)
+from seekrec.experiments.assignment import bucket
+from seekrec.experiments.definition import N_BUCKETS
 from seekrec.io import atomic_write_json
 from seekrec.online.event_log import Event, EventLog
 from seekrec.online.factory import open_event_log
@@ -85,7 +92,7 @@ from seekrec.training.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.experiment_power")
 HISTORY_LEN = 200  # the server's default history_len: the seen filter's reach
-METHODS = ("ab", "ab_cuped", "interleaving")
+METHODS = ("ab", "ab_cuped", "interleaving", "interleaving_clicks")
 Ranker = Callable[[Sequence[int], dict[int, list[int]], int], list[np.ndarray]]  # users, histories, k -> [K] ids
 Click = tuple[int, int, float]  # (user, item, unix seconds), simulator ids
 
@@ -126,6 +133,7 @@ class Played:
     ab_clicks: np.ndarray
     ab_shown: np.ndarray
     votes: np.ndarray  # interleaving: -1 prefers A, 0 tie, +1 prefers B (sign of the user's impression credits)
+    team_clicks: np.ndarray  # [2, U + 1] interleaving: clicks on A's and on B's positions per user
     impressions: dict[str, int]  # interleaving impressions won by A, B, tied
     expected: np.ndarray  # [2] the simulator's expected clicks of A's and B's own top K over every request
 
@@ -136,8 +144,8 @@ class Played:
 
 
 def arm_of(user: int, salt: str) -> int:
-    """The A/B arm (0 or 1) of ``user``: a salted hash, as a server assigns arms."""
-    return hashlib.sha256(f"{salt}:{user}".encode()).digest()[0] & 1
+    """The A/B arm (0 or 1) of ``user``: the server's salted bucket hash, split 50/50."""
+    return int(bucket(salt, str(user)) >= N_BUCKETS // 2)
 
 
 def predictor_ranker(predictor: SequencePredictor) -> Ranker:
@@ -291,7 +299,7 @@ def play_experiment(sim: Simulator, rank_a: Ranker, b_ab: Learner, b_il: Learner
     users = list(range(1, n + 1))
     arm = np.array([0] + [arm_of(u, f"power-{seed}") for u in users])
     out = Played(pre[0], pre[1], arm, np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1, dtype=np.int64),
-                 {"a": 0, "b": 0, "tie": 0}, np.zeros(2))
+                 np.zeros((2, n + 1)), {"a": 0, "b": 0, "tie": 0}, np.zeros(2))
     examined = (1.0 + np.arange(cfg.k)) ** -sim.config.position_bias  # [K] the simulator's examination
     ab_sim, ab_hist = copy.deepcopy(sim), copy.deepcopy(histories)
     il_sim, il_hist = copy.deepcopy(sim), copy.deepcopy(histories)
@@ -318,6 +326,8 @@ def play_experiment(sim: Simulator, rank_a: Ranker, b_ab: Learner, b_il: Learner
             il_rows += [(user, item, t) for item in merged.ids[clicks].tolist()]
             il_rows += browse(il_sim, il_hist, user, t, cfg.browse_share, np.random.default_rng([seed, 4, user, r]))
             won = int(interleaving_credit(merged.teams, np.flatnonzero(clicks)))
+            for team in (0, 1):
+                out.team_clicks[team, user] += int(np.sum(merged.teams[clicks] == team))
             credit[user] += won
             out.impressions[{-1: "a", 0: "tie", 1: "b"}[won]] += 1
         b_il.learn(il_rows)
@@ -347,8 +357,9 @@ def method_detects(played: Played, n: int, alpha: float, rng: np.random.Generato
         with_cuped = welch_test(post[a], post[b])
     users = rng.choice(np.arange(1, len(played.votes)), size=n)
     il = interleaving_user_test(np.arange(n), played.votes[users])
+    by_clicks = interleaving_click_test(np.arange(n), played.team_clicks[0, users], played.team_clicks[1, users])
     found = {"ab": (ab.p_value, ab.diff), "ab_cuped": (with_cuped.p_value, with_cuped.diff),
-             "interleaving": (il.p_value, il.delta)}
+             "interleaving": (il.p_value, il.delta), "interleaving_clicks": (by_clicks.p_value, by_clicks.diff)}
     return {m: bool(p < alpha and np.sign(effect) == played.truth) for m, (p, effect) in found.items()}
 
 
@@ -416,7 +427,12 @@ def full_sample(played: Played, cfg: PowerConfig) -> dict[str, Any]:
         "interleaving": {"impressions": played.impressions,
                          "user_votes": {"a": int(np.sum(played.votes[1:] < 0)), "b": int(np.sum(played.votes[1:] > 0)),
                                         "tie": int(np.sum(played.votes[1:] == 0))},
-                         "p_value": interleaving_user_test(np.arange(1, len(played.votes)), played.votes[1:]).p_value},
+                         "p_value": interleaving_user_test(np.arange(1, len(played.votes)), played.votes[1:]).p_value,
+                         "clicks_per_user": {"a": float(played.team_clicks[0, 1:].mean()),
+                                             "b": float(played.team_clicks[1, 1:].mean())},
+                         "p_value_clicks": interleaving_click_test(np.arange(1, len(played.votes)),
+                                                                   played.team_clicks[0, 1:],
+                                                                   played.team_clicks[1, 1:]).p_value},
     }
 
 
@@ -424,9 +440,11 @@ def analyse(played: Played, cfg: PowerConfig, seed: int) -> dict[str, Any]:
     """The full-sample figures, the power curves and the users each method needs."""
     curves = power_curves(played, cfg, seed)
     needed = {m: users_at_power(curves["users"], curves[m], cfg.power) for m in METHODS}
-    ratio = (needed["ab"] / needed["interleaving"]) if needed["ab"] and needed["interleaving"] else None
+    def ratio(method: str) -> float | None:
+        return needed["ab"] / needed[method] if needed["ab"] and needed[method] else None
+
     return {"full_sample": full_sample(played, cfg), "power": curves, "users_needed": needed,
-            "ab_over_interleaving": ratio}
+            "ab_over_interleaving": ratio("interleaving"), "ab_over_interleaving_clicks": ratio("interleaving_clicks")}
 
 
 def run_seed(cfg: PowerConfig, seed: int, work: Path) -> dict[str, Any]:
@@ -480,7 +498,8 @@ def summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return None if any(v is None for v in values) else float(np.mean(values))
 
     out: dict[str, Any] = {f"users_needed_{m}": mean([r["users_needed"][m] for r in runs.values()]) for m in METHODS}
-    out["ab_over_interleaving"] = mean([r["ab_over_interleaving"] for r in runs.values()])
+    for key in ("ab_over_interleaving", "ab_over_interleaving_clicks"):
+        out[key] = mean([r[key] for r in runs.values()])
     for key in ("true_relative_gain", "ci_narrower_with_cuped", "cuped_variance_reduction", "corr_pre_post", "relative_lift", "diff"):
         out[key] = mean([r["full_sample"][key] for r in runs.values()])
     return out
@@ -494,7 +513,9 @@ def plot(record: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs, p = record["runs"], record["protocol"]
-    labels = {"ab": "A/B (delta-method CTR)", "ab_cuped": "A/B + CUPED", "interleaving": "team-draft interleaving"}
+    labels = {"ab": "A/B (delta-method CTR)", "ab_cuped": "A/B + CUPED",
+              "interleaving": "team-draft interleaving (user votes)",
+              "interleaving_clicks": "team-draft interleaving (click difference)"}
     fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.5), squeeze=False)
     for ax, (seed, run) in zip(axes[0], runs.items()):
         for method in METHODS:
@@ -516,8 +537,9 @@ def plot(record: dict[str, Any], out: Path) -> None:
 
 def markdown(record: dict[str, Any]) -> str:
     """One row per seed and a mean row."""
-    rows = ["| seed | CTR A | CTR B | lift | true gain | users needed A/B | A/B + CUPED | interleaving | A/B ÷ interleaving "
-            "| CI narrower with CUPED | corr(pre, post) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| seed | CTR A | CTR B | lift | true gain | users needed A/B | A/B + CUPED | interleaving, votes "
+            "| interleaving, clicks | A/B ÷ votes | A/B ÷ clicks | CI narrower with CUPED | corr(pre, post) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def num(v: float | None, fmt: str = ".0f") -> str:
         return "not reached" if v is None else format(v, fmt)
@@ -526,12 +548,14 @@ def markdown(record: dict[str, Any]) -> str:
         fs, need = run["full_sample"], run["users_needed"]
         rows.append(f"| {seed} | {fs['ctr_a']:.4f} | {fs['ctr_b']:.4f} | {fs['relative_lift']:+.1%} "
                     f"| {fs['true_relative_gain']:+.1%} | {num(need['ab'])} "
-                    f"| {num(need['ab_cuped'])} | {num(need['interleaving'])} | {num(run['ab_over_interleaving'], '.1f')}x "
+                    f"| {num(need['ab_cuped'])} | {num(need['interleaving'])} | {num(need['interleaving_clicks'])} "
+                    f"| {num(run['ab_over_interleaving'], '.1f')}x | {num(run['ab_over_interleaving_clicks'], '.1f')}x "
                     f"| {fs['ci_narrower_with_cuped']:.1%} | {fs['corr_pre_post']:.2f} |")
     s = record["summary"]
     rows.append(f"| mean | | | {num(s['relative_lift'], '+.1%')} | {num(s['true_relative_gain'], '+.1%')} | {num(s['users_needed_ab'])} "
                 f"| {num(s['users_needed_ab_cuped'])} | {num(s['users_needed_interleaving'])} "
-                f"| {num(s['ab_over_interleaving'], '.1f')}x | {num(s['ci_narrower_with_cuped'], '.1%')} "
+                f"| {num(s['users_needed_interleaving_clicks'])} | {num(s['ab_over_interleaving'], '.1f')}x "
+                f"| {num(s['ab_over_interleaving_clicks'], '.1f')}x | {num(s['ci_narrower_with_cuped'], '.1%')} "
                 f"| {num(s['corr_pre_post'], '.2f')} |")
     return "\n".join(rows)
 

@@ -384,3 +384,20 @@ def test_pointer_works_on_the_store_alone(tmp_path: Path) -> None:
     pointer.retain()
     assert store.published() == [second, third]
     assert pointer.rollback() == second and pointer.current() == second
+
+
+def test_channels_move_without_touching_current_and_survive_retention(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", keep=2)
+    base = _publish(reg)
+    head = _publish(reg, seed=1, channel="explore")
+    assert reg.current() == base and reg.channel("explore") == head and reg.channel("greedy") is None
+    for seed in range(2, 6):
+        _publish(reg, seed=seed)  # CURRENT moves on; retention keeps 2 newest + current + rollback target
+    assert reg.channels() == {"explore": head} and head in [v.version for v in reg.versions()]
+    with pytest.raises(RegistryError, match="channel name"):
+        _publish(reg, channel="../escape")
+    (tmp_path / "reg" / "channels" / "explore").write_text("garbage\n")
+    with pytest.raises(RegistryError, match="publish to the channel again"):
+        reg.channel("explore")
+    with pytest.raises(RegistryError, match="not published"):
+        reg.pointer.set_channel("explore", "v000999")

@@ -60,3 +60,31 @@ def test_quick_demo_rolls_the_real_time_model_out(tmp_path):
     assert [h["action"] for h in rollout["history"]][:2] == ["advance", "advance"]
     assert report["errors"] == 0 and any("rollout: stage" in line for line in lines)
     assert (tmp_path / "experiments.toml").is_file()
+
+
+@pytest.mark.slow
+def test_quick_demo_trains_a_learner_per_arm(tmp_path):
+    """``--explore-test per-arm``: greedy vs exploration, each arm served from its own registry channel by a learner
+    that trains on that arm's users only; CURRENT stays the initial model."""
+    from seekrec.registry import ModelRegistry
+
+    lines = []
+    report = run_demo(DemoConfig(workdir=tmp_path, quick=True, live_seconds=15, workers=2, explore_test="per-arm"),
+                      show=lines.append)
+    assert report["errors"] == 0 and report["ab_test"]["arm_a"] == "greedy" and report["ab_test"]["arm_b"] == "explore"
+    registry = ModelRegistry(tmp_path / "registry")
+    channels = registry.channels()
+    assert set(channels) == {"greedy", "explore"} and registry.current() == "v000001"
+    for arm, version in channels.items():
+        assert registry.manifest(version)["extra"]["traffic"] == f"demo={arm}"
+    served = report["experiment"]["arms"]
+    assert set(served) == {"greedy", "explore"} and report["freshness_seconds"]["events_measured"] > 0
+    assert any("an online learner per arm" in line for line in lines)
+    assert (tmp_path / "online-greedy.log").is_file() and (tmp_path / "online-explore.log").is_file()
+
+
+def test_demo_options_are_checked():
+    with pytest.raises(ValueError, match="explore_test must be one of"):
+        DemoConfig(explore_test="both")
+    with pytest.raises(ValueError, match="choose one"):
+        DemoConfig(explore_test="shared", rollout=True)

@@ -20,6 +20,7 @@ from seekrec.evaluation.experiments import (
 )
 from seekrec.evaluation.interleaving import (
     Preference,
+    interleaving_click_test,
     interleaving_credit,
     interleaving_test,
     interleaving_user_test,
@@ -325,3 +326,37 @@ def test_per_impression_sign_test_is_anti_conservative_when_users_differ():
         false_impression += interleaving_test(int(np.sum(outcomes < 0)), int(np.sum(outcomes > 0)), 0).p_value < 0.05
     assert false_user / 300 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
     assert false_impression / 300 > 0.5
+
+
+def test_click_test_is_a_paired_t_test_over_users():
+    users = np.array([0, 0, 1, 2, 2, 2, 3])
+    a = np.array([1, 0, 2, 0, 1, 0, 0])
+    b = np.array([0, 2, 1, 1, 1, 1, 3])
+    rep = interleaving_click_test(users, a, b)
+    d = np.array([2 - 1, 1 - 2, 3 - 1, 3 - 0])  # per user: B's clicks - A's
+    ref = stats.ttest_1samp(d, 0.0)
+    assert rep.users == 4 and rep.diff == pytest.approx(d.mean()) and rep.p_value == pytest.approx(ref.pvalue)
+    ci = ref.confidence_interval(0.95)
+    assert (rep.ci_low, rep.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert interleaving_click_test([0, 1], [0, 0], [0, 0]).p_value == 1.0  # no clicks at all
+    with pytest.raises(ValueError, match="at least 2 users"):
+        interleaving_click_test([0, 0], [1, 0], [0, 1])
+    with pytest.raises(ValueError, match="counts >= 0"):
+        interleaving_click_test([0, 1], [-1, 0], [0, 1])
+
+
+def test_click_test_holds_alpha_under_a_tie_and_finds_the_better_ranker():
+    rng = np.random.default_rng(13)
+    false = 0
+    for _ in range(300):
+        users = np.repeat(np.arange(100), 5)
+        # identical rankers: each click lands on A's or B's position by the team-draft coin
+        clicks = rng.poisson(np.repeat(rng.gamma(0.5, 1.0, 100), 5))
+        b = rng.binomial(clicks, 0.5)
+        false += interleaving_click_test(users, clicks - b, b).p_value < 0.05
+    assert false / 300 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+    users = np.repeat(np.arange(400), 5)
+    clicks = rng.poisson(np.repeat(rng.gamma(0.5, 1.0, 400), 5))
+    b = rng.binomial(clicks, 0.6)  # B's positions draw 60% of the clicks
+    better = interleaving_click_test(users, clicks - b, b)
+    assert better.diff > 0 and better.ci_low > 0 and better.p_value < 1e-4

@@ -86,4 +86,6 @@ def test_an_interleaving_experiment_is_judged_by_its_users_votes(tmp_path):
     assert found["users"] == 120 and found["lists"] == 240
     assert found["users_preferring_second"] > 2 * found["users_preferring_first"] and found["p_value"] < 1e-3
     assert found["delta"] > 0 and found["ci_low"] > 0 and "sign test p=" in format_interleaving(found)
+    assert found["click_difference"] > 0 and found["click_ci_low"] > 0 and found["p_value_clicks"] < 1e-3
+    assert "paired t-test p=" in format_interleaving(found)
     assert interleaving_report(load_outcomes(tmp_path / "served.db", tmp_path / "events.db"), "other") is None

@@ -419,3 +419,39 @@ def test_trains_grows_and_resumes_a_model_with_item_side_features(tmp_path: Path
     assert current.model.n_items == n + 1 and base.model.item_features.sum() > 0
     assert torch.equal(current.model.item_features[: n + 1], base.model.item_features)
     assert torch.equal(current.model.item_features[n + 1], torch.zeros(base.model.item_features.shape[1]))
+
+
+class _Odd:
+    """A user filter (``UserFilter``): the users whose id ends in an odd digit."""
+
+    name = "test=odd"
+
+    def __call__(self, user_id: str) -> bool:
+        return int(user_id[-1]) % 2 == 1
+
+
+def test_a_per_arm_learner_trains_on_its_users_and_publishes_to_its_channel(config_for: Any, tmp_path: Path) -> None:
+    events = [Event(f"u{k % 10}", str(1 + (k * 7) % 23), float(k)) for k in range(60)]
+    config = config_for(channel="odd", consumer="odd", events_per_step=60)
+    _append(config, [*events, Event("u0", "seen-by-an-even-user-only", 99.0)])
+    registry = ModelRegistry(config.registry)
+    base = registry.current()
+    with OnlineTrainer(config, _Odd()) as trainer:
+        summary = trainer.run()
+        histories = trainer.examples.histories
+        assert histories.get("u0") and histories.get("u1")  # every user's events still build histories
+    # each user's first event has no history to condition on: 5 odd users x (6 - 1) examples
+    assert [r["examples"] for r in _records(config, "train")] == [25, 0]  # then u0's event: an even user
+    assert registry.current() == base  # CURRENT is left to the shared learner
+    assert registry.channel("odd") == summary["current_version"] != base
+    manifest = registry.manifest(registry.channel("odd"))
+    assert manifest["extra"]["traffic"] == "test=odd"
+    assert summary["n_items"] == base_items(registry, base) + 1  # ids match an unfiltered replay
+    with pytest.raises(ValueError, match="trained on the traffic of test=odd, not every user"):
+        OnlineTrainer(config)
+    with pytest.raises(ValueError, match="channel name"):
+        config_for(channel="no/slashes")
+
+
+def base_items(registry: ModelRegistry, version: str) -> int:
+    return int(registry.manifest(version)["model_config"]["n_items"])

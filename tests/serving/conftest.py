@@ -79,8 +79,10 @@ def settings(tmp_path: Path, registry: ModelRegistry, sim_data_dir: Path) -> Ser
                          poll_interval_s=0.05, max_wait_ms=1.0, background_start=False)
 
 
-def publish_variant(registry: ModelRegistry, seed: int, promote: bool = True, base: str | None = None) -> str:
-    """Publish ``base`` (default: CURRENT) with perturbed weights and the same catalog, as an online trainer would."""
+def publish_variant(registry: ModelRegistry, seed: int, promote: bool = True, base: str | None = None,
+                    channel: str | None = None) -> str:
+    """Publish ``base`` (default: CURRENT) with perturbed weights and the same catalog, as an online trainer would
+    (to ``channel`` instead of CURRENT when given)."""
     loaded = registry.load(base)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -90,7 +92,7 @@ def publish_variant(registry: ModelRegistry, seed: int, promote: bool = True, ba
                             model_config=loaded.manifest["model_config"], parent=loaded.version,
                             extra={"published_at": datetime.now(timezone.utc).isoformat()},
                             extra_files={CATALOG_FILE: (loaded.directory / CATALOG_FILE).read_bytes()},
-                            promote=promote)
+                            promote=promote, channel=channel)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ a corrupt version is refused and counted while the old one keeps serving."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.io import atomic_write_bytes
 from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
-from seekrec.serving.settings import ServeSettings
+from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 
 
 def _wait_for(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
@@ -95,3 +96,32 @@ def test_clicks_on_new_items_count_once_a_version_knows_them(settings: ServeSett
 def _ids(client: TestClient, user: str) -> list[str]:
     body = client.post("/recommend", json={"user_id": user, "k": 1000}).json()
     return [item["item_id"] for item in body["items"]]
+
+
+def test_channel_arms_follow_their_own_learner(settings: ServeSettings, registry: ModelRegistry,
+                                               variant: Callable[..., str]) -> None:
+    """Per-arm learners: an arm serving ``channel:NAME`` follows CURRENT until its learner first publishes to the
+    channel, then only the channel; the other arm never sees that version."""
+    arms = (ArmSettings("greedy", "channel:greedy", 0.5), ArmSettings("explore", "channel:explore", 0.5))
+    settings = dataclasses.replace(settings, experiment=ExperimentSettings("explore-test", arms))
+    with TestClient(create_app(settings)) as client:
+        users = {}
+        for user in map(str, range(1, 131)):
+            users.setdefault(client.post("/recommend", json={"user_id": user}).json()["arm"], user)
+        assert set(users) == {"greedy", "explore"}
+
+        def serving() -> dict[str, str]:
+            return {arm: client.post("/recommend", json={"user_id": u}).json()["model_version"]
+                    for arm, u in users.items()}
+
+        assert serving() == {"greedy": "v000001", "explore": "v000001"}  # no channel yet: CURRENT
+        explore = variant(registry, seed=1, channel="explore")
+        _wait_for(lambda: serving()["explore"] == explore)
+        assert serving()["greedy"] == "v000001" and registry.current() == "v000001"
+        current = variant(registry, seed=2, base="v000001")  # a new CURRENT moves the arm still without a channel
+        _wait_for(lambda: serving()["greedy"] == current)
+        assert serving()["explore"] == explore
+        greedy = variant(registry, seed=3, base="v000001", channel="greedy")
+        _wait_for(lambda: serving() == {"greedy": greedy, "explore": explore})
+        info = client.get("/metrics").text
+    assert f'seekrec_model_version_info{{arm="explore",version="{explore}"}} 1.0' in info

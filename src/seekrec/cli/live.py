@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from seekrec.cli.options import (
@@ -45,9 +46,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_stream_train(args: argparse.Namespace) -> int:
     from seekrec.online.trainer import OnlineTrainerConfig, run_online_trainer
 
-    summary = run_online_trainer(config_from_args(OnlineTrainerConfig, args))
+    config = config_from_args(OnlineTrainerConfig, args)
+    summary = run_online_trainer(config, arm_traffic(args, config))
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def arm_traffic(args: argparse.Namespace, config: Any) -> Any:
+    """``--experiments FILE --arm EXP=ARM``: the filter of a per-arm learner (None: every user's events)."""
+    if args.arm is None:
+        if args.experiments is not None:
+            raise ValueError("--experiments names the experiment definitions for --arm EXPERIMENT=ARM; give both")
+        return None
+    if args.experiments is None:
+        raise ValueError("--arm needs --experiments FILE, the definitions the server assigns users with")
+    if config.channel is None:
+        raise ValueError("a learner of one arm must publish to that arm's own channel: add --channel NAME "
+                         "(and serve the arm with version = \"channel:NAME\")")
+    from seekrec.experiments.arm_traffic import ArmTraffic, parse_arm_spec
+    from seekrec.experiments.definition import ExperimentsConfig
+    from seekrec.experiments.rollout_store import RolloutStore
+
+    experiment, arm = parse_arm_spec(args.arm)
+    rollout_dir = args.rollout_dir or Path(config.registry) / "rollouts"
+    return ArmTraffic(ExperimentsConfig.load(args.experiments), experiment, arm, RolloutStore(rollout_dir))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -96,9 +118,18 @@ def _add_stream_train(commands: argparse._SubParsersAction) -> None:
         epilog="examples:\n  seekrec stream-train --registry registry --event-log sqlite:///$PWD/events.db "
         "--data data/sim --state online\n"
         "  seekrec stream-train --config online.toml --max-events 5000 loss.name=bce loss.n_negatives=64\n"
+        "  seekrec stream-train ... --state online-control --consumer learner-control --channel control \\\n"
+        "      --experiments experiments.toml --arm explore-test=control   # this arm's traffic only\n"
         "Every OnlineTrainerConfig field is a flag above; the loss (LossConfig) is set as loss.KEY=VALUE.\n",
     )
     add_config_options(st, "OnlineTrainerConfig", "loss.name=bce")
+    st.add_argument("--experiments", type=Path, default=None,
+                    help="experiment definitions TOML the server assigns users with (with --arm; default: none)")
+    st.add_argument("--arm", default=None, metavar="EXPERIMENT=ARM",
+                    help="train only on the events of this arm's users, as the server assigns them (needs "
+                         "--experiments and --channel; default: every user's events)")
+    st.add_argument("--rollout-dir", type=Path, default=None,
+                    help="rollout state files, for an arm of a rollout (default: REGISTRY/rollouts, as the server)")
     st.defer(_stream_train_flags)
     st.set_defaults(func=cmd_stream_train)
 

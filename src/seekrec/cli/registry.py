@@ -16,6 +16,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     reg = ModelRegistry(args.root)
     if args.action == "list":
         print(format_versions(reg.versions()))
+        channels = reg.channels()
+        if channels:
+            print("channels: " + ", ".join(f"{name} -> {version}" for name, version in channels.items()))
     elif args.action == "show":
         print(format_manifest(reg.manifest(parse_version(args.target or reg.current() or ""))))
     elif args.action == "promote":

@@ -44,8 +44,11 @@ from seekrec.training.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 FROZEN, REALTIME = "frozen", "realtime"
+GREEDY, EXPLORE = "greedy", "explore"  # the arms of --explore-test
+LEARNERS = ("shared", "per-arm")
 DEMO_EXPERIMENT, EXPERIMENT_PNG = "demo", "experiment.png"
 SERVER_LOG, TRAINER_LOG, TRAINER_STATE = "server.log", "online-trainer.log", "online"  # under the workdir
+EXPERIMENTS_FILE = "experiments.toml"  # under the workdir: --rollout's or --explore-test's definitions
 
 
 @dataclass
@@ -62,15 +65,28 @@ class DemoConfig:
     rollout: bool = field(default=False, metadata={
         "help": "roll the real-time model out in 10 steps (10%, 20%, ... of users) against the frozen one, each "
                 "step taken by the server's controller while the guardrails hold, instead of a 50/50 A/B test"})
+    explore_test: str | None = field(default=None, metadata={
+        "help": "instead of frozen vs real-time: an A/B test of greedy vs Thompson-sampling exploration, both arms "
+                "served by online learners, 'shared' (one learner on every user's events) or 'per-arm' (a learner "
+                "per arm on its own users' events, publishing to its own registry channel; docs/experiments.md)"})
     event_log: str | None = field(default=None, metadata={
         "help": "event log url the server and the online trainer share (none: SQLite in the workdir, the embedded "
                 "default; redis://host:port/db runs the loop on Redis Streams)"})
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+        if self.explore_test is not None and self.explore_test not in LEARNERS:
+            raise ValueError(f"explore_test must be one of {LEARNERS} (or unset), got {self.explore_test!r}")
+        if self.explore_test is not None and self.rollout:
+            raise ValueError("--rollout and --explore-test are two different experiments: choose one")
         if self.workers < 1 or (self.live_seconds is not None and self.live_seconds <= 0):
             raise ValueError(f"demo needs workers >= 1 and live_seconds > 0, got workers={self.workers}, "
                              f"live_seconds={self.live_seconds}")
+
+    @property
+    def arms(self) -> tuple[str, str]:
+        """(control, treatment) of the demo's experiment."""
+        return (GREEDY, EXPLORE) if self.explore_test else (FROZEN, REALTIME)
 
     def sizes(self) -> dict[str, Any]:
         if self.quick:
@@ -140,10 +156,42 @@ alpha = 0.05
 def write_rollout(cfg: DemoConfig, frozen_version: str, duration: float) -> Path:
     """The experiments file of ``--rollout``: each of the 10 steps lasts at least ~1/12 of the live phase, so the
     rollout can complete in it when the guardrails hold."""
-    path = cfg.workdir / "experiments.toml"
+    path = cfg.workdir / EXPERIMENTS_FILE
     path.write_text(ROLLOUT.format(name=DEMO_EXPERIMENT, frozen=FROZEN, realtime=REALTIME, version=frozen_version,
                                    step_seconds=round(duration / 12, 1)))
     return path
+
+
+EXPLORE_TEST = """# written by seekrec demo --explore-test: greedy vs Thompson-sampling exploration, both on online learners
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "{name}"
+control = "{greedy}"
+arms = [{{ name = "{greedy}", share = 0.5, version = "{greedy_version}" }},
+        {{ name = "{explore}", share = 0.5, version = "{explore_version}", params = {{ explore_method = "thompson", explore_seed = {seed} }} }}]
+"""
+
+
+def write_explore_test(cfg: DemoConfig) -> Path:
+    """The experiments file of ``--explore-test``: per-arm learners serve their channels, a shared one CURRENT."""
+    path = cfg.workdir / EXPERIMENTS_FILE
+    per_arm = cfg.explore_test == "per-arm"
+    path.write_text(EXPLORE_TEST.format(
+        name=DEMO_EXPERIMENT, greedy=GREEDY, explore=EXPLORE, seed=cfg.seed,
+        greedy_version=f"channel:{GREEDY}" if per_arm else "current",
+        explore_version=f"channel:{EXPLORE}" if per_arm else "current"))
+    return path
+
+
+def learners(cfg: DemoConfig) -> dict[str, list[str]]:
+    """State dir name -> extra ``stream-train`` flags of each online learner the demo runs."""
+    if cfg.explore_test != "per-arm":
+        return {TRAINER_STATE: []}
+    experiments = cfg.workdir / EXPERIMENTS_FILE
+    return {f"{TRAINER_STATE}-{arm}": ["--channel", arm, "--consumer", f"learner-{arm}", "--experiments",
+                                       str(experiments), "--arm", f"{DEMO_EXPERIMENT}={arm}"] for arm in cfg.arms}
 
 
 def event_log_url(cfg: DemoConfig) -> str:
@@ -165,14 +213,22 @@ def live_phase(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "seekrec.cli"]
+    experiments = (write_rollout(cfg, frozen_version, duration) if cfg.rollout
+                   else write_explore_test(cfg) if cfg.explore_test else None)
+    control, treatment = cfg.arms
     with ExitStack() as stack:
-        trainer = _start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
-                          "--data", str(data_dir), "--state", str(cfg.workdir / TRAINER_STATE),
-                          "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
-                          "--threads", "1"], cfg.workdir / TRAINER_LOG, stack)
-        arms = (["--experiments", str(write_rollout(cfg, frozen_version, duration)), "--rollout-interval-s", "1.0"]
-                if cfg.rollout else ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
-                                     "--arm", f"{REALTIME}=current:0.5"])
+        trainers = [_start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
+                            "--data", str(data_dir), "--state", str(cfg.workdir / state),
+                            "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
+                            "--threads", "1", *flags], cfg.workdir / trainer_log(state), stack)
+                    for state, flags in learners(cfg).items()]
+        if cfg.rollout:
+            arms = ["--experiments", str(experiments), "--rollout-interval-s", "1.0"]
+        elif cfg.explore_test:
+            arms = ["--experiments", str(experiments)]
+        else:
+            arms = ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
+                    "--arm", f"{REALTIME}=current:0.5"]
         server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
                          "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5", *arms],
                         cfg.workdir / SERVER_LOG, stack)
@@ -183,19 +239,20 @@ def live_phase(
             "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop,
             "browse_share": 0.2})
         driver.start()
-        show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR frozen':>10}  {'CTR realtime':>12}  "
+        show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR ' + control:>10}  {'CTR ' + treatment:>12}  "
              f"{'serving':>8}  {'p99 ms':>7}  errors")
         try:
             while driver.is_alive():
                 driver.join(timeout=5.0)
-                if trainer.poll() is not None:
-                    raise RuntimeError(f"the online trainer exited; see {cfg.workdir / TRAINER_LOG}")
+                for state, trainer in zip(learners(cfg), trainers):
+                    if trainer.poll() is not None:
+                        raise RuntimeError(f"the online trainer exited; see {cfg.workdir / trainer_log(state)}")
                 elapsed = time.time() - start
                 with stats.lock:
                     ctr = {arm: float(np.mean(v)) if v else float("nan") for arm, v in stats.ctr.items()}
                     p99 = percentiles(stats.latencies_ms[-2000:])["p99"]
                     line = (f"{elapsed:5.0f}  {stats.requests:8d}  {stats.requests / elapsed:6.1f}  "
-                            f"{ctr.get(FROZEN, float('nan')):10.4f}  {ctr.get(REALTIME, float('nan')):12.4f}  "
+                            f"{ctr.get(control, float('nan')):10.4f}  {ctr.get(treatment, float('nan')):12.4f}  "
                             f"{max(stats.version_first_seen, default='-'):>8}  {p99:7.1f}  {stats.errors}")
                 show(line)
         finally:
@@ -204,19 +261,26 @@ def live_phase(
         return stats, time.time() - start
 
 
-def published_offsets(trainer_log: Path) -> dict[str, int]:
-    """Version -> event-log offset it was trained through, from the online trainer's own log
+def trainer_log(state: str) -> str:
+    """The log file of the online learner whose state dir is ``state``."""
+    return TRAINER_LOG if state == TRAINER_STATE else f"{state}.log"
+
+
+def published_offsets(metrics_files: list[Path]) -> dict[str, int]:
+    """Version -> event-log offset it was trained through, from the online learners' own logs
     (registry retention may already have deleted older versions)."""
-    return {r["version"]: int(r["offset"]) for r in MetricsLog(trainer_log).read() if r.get("kind") == "publish"}
+    return {r["version"]: int(r["offset"]) for path in metrics_files for r in MetricsLog(path).read()
+            if r.get("kind") == "publish"}
 
 
-def build_report(stats: TrafficStats, seconds: float, offsets: dict[str, int]) -> dict[str, Any]:
+def build_report(stats: TrafficStats, seconds: float, offsets: dict[str, int],
+                 arms: tuple[str, str] = (FROZEN, REALTIME)) -> dict[str, Any]:
     """CTR per arm with Welch's test, freshness from event to served model, latency and QPS."""
-    ab = welch_test(np.asarray(stats.ctr[FROZEN]), np.asarray(stats.ctr[REALTIME]))
+    ab = welch_test(np.asarray(stats.ctr[arms[0]]), np.asarray(stats.ctr[arms[1]]))
     served = [(t, offsets.get(v, 0)) for v, t in stats.version_first_seen.items()]
     fresh = freshness_seconds(stats.acked, served)
     return {
-        "ab_test": {**asdict(ab), "arm_a": FROZEN, "arm_b": REALTIME},
+        "ab_test": {**asdict(ab), "arm_a": arms[0], "arm_b": arms[1]},
         "freshness_seconds": {**percentiles(fresh), "events_measured": int(fresh.size),
                               "events_acknowledged": len(stats.acked)},
         "recommend_latency_ms": percentiles(stats.latencies_ms),
@@ -230,12 +294,18 @@ def build_report(stats: TrafficStats, seconds: float, offsets: dict[str, int]) -
     }
 
 
+TITLES = {FROZEN: "frozen initial model vs real-time model", GREEDY: "greedy vs Thompson-sampling exploration"}
+LEARNER_TITLES = {"shared": ", one online learner for both arms", "per-arm": ", an online learner per arm"}
+
+
 def format_report(report: dict[str, Any]) -> str:
     ab, fresh, lat = report["ab_test"], report["freshness_seconds"], report["recommend_latency_ms"]
+    width = max(len(ab["arm_a"]), len(ab["arm_b"])) + 4
     return "\n".join([
-        "A/B test: frozen initial model vs real-time model (per-request CTR of a 10-item slate)",
-        f"  CTR frozen    {ab['mean_a']:.4f}  (n={ab['n_a']})",
-        f"  CTR realtime  {ab['mean_b']:.4f}  (n={ab['n_b']})",
+        f"A/B test: {TITLES[ab['arm_a']]}{LEARNER_TITLES.get(report.get('learners', ''), '')} "
+        "(per-request CTR of a 10-item slate)",
+        f"  {'CTR ' + ab['arm_a']:<{width}}  {ab['mean_a']:.4f}  (n={ab['n_a']})",
+        f"  {'CTR ' + ab['arm_b']:<{width}}  {ab['mean_b']:.4f}  (n={ab['n_b']})",
         f"  difference    {ab['diff']:+.4f}  95% CI [{ab['ci_low']:+.4f}, {ab['ci_high']:+.4f}]  "
         f"lift {ab['relative_lift']:+.1%}",
         f"  Welch's t-test: t = {ab['t']:.2f}, p = {ab['p_value']:.3g}",
@@ -259,8 +329,9 @@ def experiment_report(cfg: DemoConfig, since: float, n_items: int) -> Experiment
     if cfg.rollout:
         state = RolloutStore(cfg.workdir / "registry" / "rollouts").read(DEMO_EXPERIMENT)
         rollout = None if state is None else state.to_json()
-    experiment = build_experiment_report(outcomes, DEMO_EXPERIMENT, FROZEN, catalog_size=n_items,
-                                         expected_shares=None if cfg.rollout else {FROZEN: 0.5, REALTIME: 0.5},
+    control, treatment = cfg.arms
+    experiment = build_experiment_report(outcomes, DEMO_EXPERIMENT, control, catalog_size=n_items,
+                                         expected_shares=None if cfg.rollout else {control: 0.5, treatment: 0.5},
                                          bucket_s=5.0, rollout=rollout)
     plot_report(experiment, cfg.workdir / EXPERIMENT_PNG)
     return experiment
@@ -274,7 +345,11 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
     sim, data_dir, version, registry = prepare(cfg)
     show(f"[2/3] initial model {version} published; starting server, online trainer and simulated users")
     stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show)
-    report = build_report(stats, seconds, published_offsets(cfg.workdir / TRAINER_STATE / METRICS_FILE))
+    states = learners(cfg)
+    report = build_report(stats, seconds, published_offsets([cfg.workdir / s / METRICS_FILE for s in states]),
+                          cfg.arms)
+    if cfg.explore_test:
+        report["learners"] = cfg.explore_test
     experiment = experiment_report(cfg, since=started, n_items=sim.config.n_items)
     report["experiment"] = experiment.to_dict()
     report["total_seconds"] = time.time() - started
@@ -282,6 +357,7 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
     show("[3/3] report\n" + format_report(report))
     show("experiment report from the server's logs (users as the unit; docs/experiments.md)\n"
          + format_report_of_experiment(experiment) + f"\nplots: {cfg.workdir / EXPERIMENT_PNG}")
-    show(f"wrote {cfg.workdir / 'report.json'} (logs: {SERVER_LOG}, {TRAINER_LOG})")
+    logs = ", ".join([SERVER_LOG, *(trainer_log(s) for s in states)])
+    show(f"wrote {cfg.workdir / 'report.json'} (logs: {logs})")
     return report
 

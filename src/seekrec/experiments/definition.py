@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from seekrec.config import from_table, load_config
-from seekrec.registry import RegistryError, parse_version
+from seekrec.registry import RegistryError, parse_channel, parse_version
 
 N_BUCKETS = 10_000  # buckets per hash (every assignment: layered experiments and serve --arm)
 CURRENT = "current"  # an arm that follows the registry's CURRENT pointer (the live online model)
+CHANNEL = "channel:"  # "channel:<name>": an arm that follows a registry channel (its own online learner)
 METRICS = ("ctr", "clicks_per_user", "value_per_user", "coverage", "novelty", "latency_p99_ms")
 CEILING_GUARDRAILS = ("latency_p99_ms", "error_rate")  # `max`: the treatment's figure must stay at or below it
 DROP_GUARDRAILS = ("ctr", "clicks_per_user")  # `max_relative_drop`: treatment vs control, always-valid test
@@ -48,6 +49,23 @@ def _within(kind: str, table: Mapping[str, Any], cls: type, section: str) -> Any
         raise ValueError(message if message.startswith(prefix) else prefix + message) from exc
 
 
+def parse_arm_version(text: str) -> str:
+    """What an arm serves: ``"current"``, ``"channel:<name>"`` or a registry version (short forms accepted)."""
+    if text == CURRENT:
+        return text
+    try:
+        if isinstance(text, str) and text.startswith(CHANNEL):
+            return CHANNEL + parse_channel(text[len(CHANNEL):])
+        return parse_version(text)
+    except RegistryError as exc:
+        raise ValueError(f"version must be {CURRENT!r}, '{CHANNEL}<name>' or a registry version: {exc}") from exc
+
+
+def channel_of(version: str) -> str | None:
+    """The channel name of an arm version ``"channel:<name>"``, else None."""
+    return version[len(CHANNEL):] if version.startswith(CHANNEL) else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -60,8 +78,8 @@ def _is_count(value: Any, low: int) -> bool:
 class Arm:
     """One arm: its share of its experiment's users and what it changes for them.
 
-    ``version``: the registry version it serves (``"v000003"``, short forms accepted, or ``"current"``);
-    None leaves the model to another layer or the server. ``params``: flat settings the server may apply
+    ``version``: the registry version it serves (``"v000003"``, short forms accepted), ``"current"``, or
+    ``"channel:<name>"`` (the head of a registry channel, which that arm's own online learner moves); None leaves the model to another layer or the server. ``params``: flat settings the server may apply
     (``explore_epsilon = 0.1``, ``k = 20``); read-only by convention. A rollout's arms take their shares
     from the rollout stage, so they leave ``share`` unset.
     """
@@ -77,12 +95,11 @@ class Arm:
             if not _is_number(self.share) or not 0 < self.share <= 1:
                 raise ValueError(f"arm {self.name!r}: share must be a number in (0, 1], got {self.share!r}")
             object.__setattr__(self, "share", float(self.share))
-        if self.version is not None and self.version != CURRENT:
+        if self.version is not None:
             try:
-                object.__setattr__(self, "version", parse_version(self.version))
-            except RegistryError as exc:
-                raise ValueError(f"arm {self.name!r}: version must be {CURRENT!r} or a registry version: {exc}") \
-                    from exc
+                object.__setattr__(self, "version", parse_arm_version(self.version))
+            except ValueError as exc:
+                raise ValueError(f"arm {self.name!r}: {exc}") from exc
         if not isinstance(self.params, Mapping):
             raise ValueError(f"arm {self.name!r}: params must be a table such as {{ k = 20 }}, got {self.params!r}")
         for key, value in self.params.items():

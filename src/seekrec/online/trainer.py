@@ -9,6 +9,12 @@ atomically and only then is the position committed to the event log, so the comm
 never runs ahead of a saved model. After ``kill -9`` the trainer restarts from its last checkpoint
 and reads the events after it again: no event is lost, at most the uncommitted tail is trained twice.
 
+Per-arm learning: with a ``traffic`` filter (``seekrec stream-train --experiments FILE --arm EXP=ARM``) the
+trainer learns only from the events of the users the server assigns to one experiment arm, and with
+``channel`` it publishes to a registry channel that only that arm serves (``channel:<name>``), instead of
+promoting CURRENT: a shared learner would carry what the treatment's users taught it into the control.
+Histories and the catalog still see every event, so item ids match an unfiltered replay.
+
 Restart: histories and the catalog are derived state. They are rebuilt from the dataset and the
 base catalog pinned in ``state_dir`` at first start, then the log is replayed up to the checkpoint's
 position. Replay is deterministic, so new items get the same ids as before the restart.
@@ -28,21 +34,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from seekrec.data.vocab import CATALOG_FILE, Catalog
 from seekrec.io import atomic_write_bytes
-from seekrec.models.losses import LossConfig
 from seekrec.models.factory import build_loss, build_model
+from seekrec.models.losses import LossConfig
 from seekrec.models.task import NextItemTask
 from seekrec.online.event_log import TRAINER_CONSUMER, EventLogUnavailableError, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
-from seekrec.registry import ModelRegistry, RegistryError
+from seekrec.registry import ModelRegistry, RegistryError, parse_channel
 from seekrec.training.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from seekrec.training.config import TrainConfig
 from seekrec.training.distributed import DistContext, resolve_device
@@ -94,6 +100,9 @@ class OnlineTrainerConfig:
                                                                    "process (none: run until stopped)"})
     max_seconds: float | None = field(default=None, metadata={"help": "stop after this long (none: until stopped)"})
     stop_when_idle: bool = field(default=False, metadata={"help": "stop once the log is drained"})
+    channel: str | None = field(default=None, metadata={
+        "help": "publish to this registry channel instead of promoting CURRENT; the server's arm with version "
+                "channel:NAME serves it (one learner per experiment arm; none: promote CURRENT)"})
     unknown_items: str = field(default="accept", metadata={
         "help": "events naming an item outside the catalog: 'accept' grows the item table for it, 'reject' "
                 "skips the event (the server's --unknown-items; keep the two the same)"})
@@ -117,8 +126,21 @@ class OnlineTrainerConfig:
                 raise ValueError(f"{name} must be > 0, or None to run until stopped")
         if self.unknown_items not in UNKNOWN_ITEM_POLICIES:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_ITEM_POLICIES}, got {self.unknown_items!r}")
+        if self.channel is not None:
+            try:
+                parse_channel(self.channel)
+            except RegistryError as exc:
+                raise ValueError(str(exc)) from exc
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None (torch's default), got {self.threads}")
+
+
+class UserFilter(Protocol):
+    """The users whose events a per-arm learner trains on (``seekrec.experiments.ArmTraffic``)."""
+
+    name: str  # recorded in checkpoints: resuming a state dir with another filter is refused
+
+    def __call__(self, user_id: str) -> bool: ...
 
 
 def _constant(step: int) -> float:
@@ -133,8 +155,8 @@ class OnlineTrainer:
     Use as a context manager so the event log and the ``state_dir`` lock are released.
     """
 
-    def __init__(self, config: OnlineTrainerConfig) -> None:
-        self.config = config
+    def __init__(self, config: OnlineTrainerConfig, traffic: UserFilter | None = None) -> None:
+        self.config, self.traffic = config, traffic
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry = ModelRegistry(config.registry, keep=config.registry_keep)
@@ -177,6 +199,7 @@ class OnlineTrainer:
             "position": 0, "events_trained": 0, "steps": 0, "checkpoint_index": 0, "trained_through_timestamp": None,
             "model_name": doc["model_name"], "model_config": doc["model_config"], "data_spec": doc["data_spec"],
             "base_version": loaded.version, "published_version": loaded.version,
+            "traffic": None if self.traffic is None else self.traffic.name,
         }
         self.model = loaded.model
         torch.manual_seed(self.config.seed)  # dropout draws from the global generator; checkpoints carry it on
@@ -193,6 +216,10 @@ class OnlineTrainer:
         state, extras = load_checkpoint(path, self.model, optimizer)
         # "step" and "optimizer_meta" belong to the file; carried along they would shadow the next save's
         self.state = {k: v for k, v in state.items() if k not in ("step", "optimizer_meta")}
+        wanted = None if self.traffic is None else self.traffic.name
+        if self.state.get("traffic") != wanted:
+            raise ValueError(f"{self.state_dir} trained on the traffic of {self.state.get('traffic') or 'every user'}, "
+                             f"not {wanted or 'every user'}: use another state dir (and consumer) for another arm")
         committed = self.events.committed(self.config.consumer)
         if committed > self.state["position"]:
             raise ValueError(f"consumer {self.config.consumer!r} committed offset {committed}, past the checkpoint "
@@ -214,7 +241,7 @@ class OnlineTrainer:
                                        add_items=cfg.unknown_items == "accept",
                                        with_context=bool(getattr(self.model.config, "needs_context", False)))
         position = int(self.state["position"])
-        self.examples.catch_up(self.events, position)
+        self.examples.catch_up(self.events, position, keep=self.traffic)
         if "n_items" in self.state and len(self.catalog.items) != self.state["n_items"]:
             raise ValueError(f"replaying the log to offset {position} gave {len(self.catalog.items)} items, the "
                              f"checkpoint has {self.state['n_items']}: the log or {BASE_CATALOG_FILE} changed")
@@ -332,7 +359,7 @@ class OnlineTrainer:
     def step(self, events: list[LoggedEvent]) -> float:
         """Consume one read of events and take one optimiser step on them; returns seconds spent."""
         t0 = time.perf_counter()
-        rows, max_ts = self.examples.consume(events)
+        rows, max_ts = self.examples.consume(events, keep=self.traffic)
         if len(self.catalog.items) > self.model.n_items:
             self._grow()
         record: dict[str, Any] = {"kind": "train", "time": time.time(), "from": events[0].offset,
@@ -362,9 +389,10 @@ class OnlineTrainer:
 
     # -- publishing and durability ----------------------------------------------------------
     def publish(self) -> str:
-        """Publish and promote the model with the grown catalog, then checkpoint and commit."""
+        """Publish the model with the grown catalog and promote it (or move the channel), then checkpoint and
+        commit."""
         t0 = time.perf_counter()
-        extra = {"offset": self.position, "events_trained": self.events_trained,
+        extra = {"offset": self.position, "events_trained": self.events_trained, "traffic": self.state.get("traffic"),
                  "trained_through_timestamp": self.state["trained_through_timestamp"], "published_at": time.time(),
                  "base_version": self.state["base_version"]}
         metrics = {} if self.last_loss is None else {"online/loss": self.last_loss}
@@ -372,7 +400,8 @@ class OnlineTrainer:
             self.model, model_name=self.state["model_name"],
             model_config={**self.state["model_config"], "n_items": self.model.n_items}, metrics=metrics,
             parent=self.state["published_version"], data_spec=self.state["data_spec"], extra=extra,
-            extra_files={CATALOG_FILE: self.catalog.to_bytes()}, promote=True,
+            extra_files={CATALOG_FILE: self.catalog.to_bytes()}, promote=self.config.channel is None,
+            channel=self.config.channel,
         )
         publish_s = time.perf_counter() - t0
         self.state["published_version"] = version
@@ -430,11 +459,11 @@ class OnlineTrainer:
         self.close()
 
 
-def run_online_trainer(config: OnlineTrainerConfig) -> dict[str, Any]:
+def run_online_trainer(config: OnlineTrainerConfig, traffic: UserFilter | None = None) -> dict[str, Any]:
     """Entry point of ``seekrec stream-train``: run until a stop condition; SIGTERM / SIGINT stop cleanly."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    with _start_through_outages(config) as trainer:
+    with _start_through_outages(config, traffic) as trainer:
         if threading.current_thread() is not threading.main_thread():
             return trainer.run()
 
@@ -450,14 +479,14 @@ def run_online_trainer(config: OnlineTrainerConfig) -> dict[str, Any]:
                 signal.signal(sig, handler)
 
 
-def _start_through_outages(config: OnlineTrainerConfig) -> OnlineTrainer:
+def _start_through_outages(config: OnlineTrainerConfig, traffic: UserFilter | None) -> OnlineTrainer:
     """``OnlineTrainer(config)``, retried with backoff while the event log cannot be reached (a trainer
     started before Redis, or during an outage, waits for it instead of exiting); gives up after
     ``max_seconds`` when that is set."""
     delay, failures, started = RETRY_FIRST_DELAY_S, 0, time.monotonic()
     while True:
         try:
-            trainer = OnlineTrainer(config)
+            trainer = OnlineTrainer(config, traffic)
         except (EventLogUnavailableError, ConnectionError) as exc:
             if config.max_seconds is not None and time.monotonic() - started + delay > config.max_seconds:
                 raise

@@ -10,7 +10,7 @@ r / (1 + r) of the loss, the share that guards against forgetting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +85,11 @@ class ExampleRows:
 
 def consume_events(
     events: Sequence[LoggedEvent], histories: UserHistories, catalog: Catalog, width: int, add_items: bool = True,
-    *, with_context: bool = False,
+    *, with_context: bool = False, keep: Callable[[str], bool] | None = None,
 ) -> tuple[ExampleRows, float | None]:
     """Apply ``events`` (new items join ``catalog`` when ``add_items``, else their events are skipped)
-    and return one example row per event.
+    and return one example row per event (only for users ``keep`` accepts, when given: every event still
+    updates the histories and the catalog, so item ids stay those of an unfiltered replay).
 
     Returns ``rows [E', L + 1]`` (the user's window before the event, then the event; with times and values
     when ``with_context``) and the largest timestamp applied. A user's first event has no history to
@@ -104,7 +105,7 @@ def consume_events(
             continue
         max_ts = event.timestamp if max_ts is None else max(max_ts, event.timestamp)
         latest = histories.last(event.user_id)  # the event as the histories keep it
-        if before and latest is not None:
+        if before and latest is not None and (keep is None or keep(event.user_id)):
             windows.append([*before, latest])
     return ExampleRows.of_windows(windows, width, with_context), max_ts
 
@@ -207,19 +208,21 @@ class StreamExamples:
         """Offset of the last event applied (0: none)."""
         return self.histories.offset
 
-    def catch_up(self, event_log: EventLog, position: int, chunk: int = 10_000) -> None:
-        """Apply the log up to ``position`` exactly as the live loop did (replay rows included)."""
+    def catch_up(self, event_log: EventLog, position: int, chunk: int = 10_000,
+                 keep: Callable[[str], bool] | None = None) -> None:
+        """Apply the log up to ``position`` as the live loop did (replay rows included, of ``keep``'s users)."""
         while self.position < position:
             events = event_log.read(self.position, min(chunk, position - self.position))
             if not events:
                 raise ValueError(f"the event log has no events after offset {self.position}, but the checkpoint "
                                  f"is at {position}: is this the log the trainer was reading?")
-            self.replay.push(self.consume(events)[0])
+            self.replay.push(self.consume(events, keep)[0])
 
-    def consume(self, events: Sequence[LoggedEvent]) -> tuple[ExampleRows, float | None]:
+    def consume(self, events: Sequence[LoggedEvent],
+                keep: Callable[[str], bool] | None = None) -> tuple[ExampleRows, float | None]:
         """``consume_events`` on this state: ``rows [E', L + 1]`` and the largest timestamp."""
         return consume_events(events, self.histories, self.catalog, self.width, self.add_items,
-                              with_context=self.with_context)
+                              with_context=self.with_context, keep=keep)
 
     def batch(self, rows: ExampleRows, replay_ratio: float, generator: torch.Generator) -> tuple[SeqBatch, int]:
         """New ``rows`` plus ``replay_ratio`` replayed rows each, as one batch; returns it and the replay count.

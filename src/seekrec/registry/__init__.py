@@ -7,6 +7,7 @@ Layout under ``root`` (a local directory, or shared storage with POSIX rename an
                                         metrics, parent, extra, sha256 + size of every other file
     versions/v000001/<extra files>      e.g. an item vocabulary JSON
     CURRENT                             the promoted version, one line
+    channels/<name>                     a channel's head, one line (per-arm online learners publish there)
     history.json                        promotion stack (rollback targets) and recent events
     .staging/<host>-<pid>-<hex>/        a publish in progress; readers never look here
     .trash/                             versions being deleted by retention
@@ -33,10 +34,11 @@ from seekrec.registry.artifacts import (
     VersionInfo,
     format_manifest,
     format_versions,
+    parse_channel,
     parse_version,
 )
 from seekrec.registry.model_registry import ModelRegistry
 from seekrec.registry.store import MODEL_KIND, LoadedBundle, LoadedModel
 
 __all__ = ["MODEL_KIND", "LoadedBundle", "LoadedModel", "ModelRegistry", "RegistryError", "VersionInfo",
-           "format_manifest", "format_versions", "parse_version"]
+           "format_manifest", "format_versions", "parse_channel", "parse_version"]

@@ -25,6 +25,7 @@ from seekrec.models import weights
 
 log = logging.getLogger(__name__)
 _VERSION_RE = re.compile(r"v?(\d+)")
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class RegistryError(RuntimeError):
@@ -62,6 +63,13 @@ def parse_version(text: str | int) -> str:
     if match is None or int(match.group(1)) < 1:
         raise RegistryError(f"invalid version {text!r}: expected something like v000003 (or 3)")
     return f"v{int(match.group(1)):06d}"
+
+
+def parse_channel(name: str) -> str:
+    """A channel name (1-64 letters, digits, '.', '_' or '-'): it names a file under ``channels/``."""
+    if not isinstance(name, str) or not _CHANNEL_RE.fullmatch(name):
+        raise RegistryError(f"channel name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return name
 
 
 def checked_config(model: nn.Module, model_name: str, model_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from torch import nn
 from seekrec.registry.artifacts import (
     RegistryError,
     VersionInfo,
+    parse_channel,
     parse_version,
     read_run,
 )
 from seekrec.registry.pointer import VersionPointer
 from seekrec.registry.store import LoadedBundle, LoadedModel, VersionStore
-
 
 
 class ModelRegistry:
@@ -70,6 +70,14 @@ class ModelRegistry:
         """Verify every file of a version (any kind) and return its directory; ``None``: current."""
         return self.store.load_bundle(self._resolve(version))
 
+    def channel(self, name: str) -> str | None:
+        """The head of channel ``name`` (None before its first publish); see ``pointer``'s docstring."""
+        return self.pointer.channel(name)
+
+    def channels(self) -> dict[str, str]:
+        """Every channel and the version it points at."""
+        return self.pointer.channels()
+
     def rollback_target(self) -> str | None:
         """The version :meth:`rollback` would switch to (the one current before the present one)."""
         return self.pointer.rollback_target()
@@ -91,6 +99,7 @@ class ModelRegistry:
         extra: Mapping[str, Any] | None = None,
         extra_files: Mapping[str, bytes] | None = None,
         promote: bool = True,
+        channel: str | None = None,
     ) -> str:
         """Publish ``model`` (the raw module, not a DDP / compiled wrapper) as a new version; returns it.
 
@@ -99,10 +108,13 @@ class ModelRegistry:
         is refused now. ``data_spec`` records what the model was trained on (e.g.
         ``data_manifest_sha256``, ``feature_spec_version``); ``extra`` is free-form JSON (e.g. the
         online trainer's offset); ``extra_files`` are stored beside the weights and checksummed.
+        ``channel``: move that channel to the new version instead of promoting CURRENT.
         """
+        if channel is not None:
+            parse_channel(channel)  # a bad name fails before the weights are written
         version = self.store.publish_model(model, model_name=model_name, model_config=model_config, metrics=metrics,
                                            parent=parent, data_spec=data_spec, extra=extra, extra_files=extra_files)
-        return self._after_publish(version, promote)
+        return self._after_publish(version, promote and channel is None, channel)
 
     def publish_bundle(
         self,
@@ -168,7 +180,9 @@ class ModelRegistry:
             raise RegistryError(f"no current version in {self.root}: publish one or promote an existing version")
         return resolved
 
-    def _after_publish(self, version: str, promote: bool) -> str:
+    def _after_publish(self, version: str, promote: bool, channel: str | None = None) -> str:
+        if channel is not None:
+            self.pointer.set_channel(channel, version)
         if promote:
             self.pointer.promote(version)
         self.pointer.retain()

@@ -1,5 +1,9 @@
 """The registry's pointer: which published version is current (``CURRENT``), the promotion history
-that rollback walks back (``history.json``), pinned versions (``pins.json``) and retention.
+that rollback walks back (``history.json``), pinned versions (``pins.json``), channels and retention.
+
+A channel (``channels/<name>``, one line like ``CURRENT``) is a second moving pointer: an online learner
+that trains on one experiment arm's traffic publishes to its own channel instead of promoting CURRENT,
+and the server's arm ``channel:<name>`` follows it. Retention spares every channel's head.
 
 Every read-modify-write of these files, and retention, runs under an exclusive ``flock`` on
 ``root/.lock``; ``CURRENT`` is replaced with tempfile + ``os.replace`` so a server polling it every
@@ -14,12 +18,13 @@ import logging
 from typing import Any
 
 from seekrec.io import atomic_write_bytes, atomic_write_json, exclusive_lock
-from seekrec.registry.artifacts import RegistryError, parse_version
+from seekrec.registry.artifacts import RegistryError, parse_channel, parse_version
 from seekrec.registry.store import VersionStore, utc_now
 
 log = logging.getLogger(__name__)
 
 CURRENT_FILE = "CURRENT"
+CHANNELS_DIR = "channels"
 PINS_FILE = "pins.json"
 HISTORY_FILE = "history.json"
 LOCK_FILE = ".lock"
@@ -48,6 +53,37 @@ class VersionPointer:
             return parse_version(text)
         except RegistryError as exc:
             raise RegistryError(f"{path}: {exc}; promote a version to rewrite it") from exc
+
+    def channel(self, name: str) -> str | None:
+        """The head of channel ``name``, or None before its first publish. One small file, like CURRENT."""
+        path = self.root / CHANNELS_DIR / parse_channel(name)
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return parse_version(text)
+        except RegistryError as exc:
+            raise RegistryError(f"{path}: {exc}; publish to the channel again to rewrite it") from exc
+
+    def channels(self) -> dict[str, str]:
+        """Every channel and its head."""
+        folder = self.root / CHANNELS_DIR
+        if not folder.is_dir():
+            return {}
+        heads = {path.name: self.channel(path.name) for path in sorted(folder.iterdir())
+                 if path.is_file() and not path.name.startswith(".")}
+        return {name: head for name, head in heads.items() if head is not None}
+
+    def set_channel(self, name: str, version: str) -> None:
+        """Point channel ``name`` at a published ``version`` (CURRENT and the rollback history are untouched)."""
+        name = parse_channel(name)
+        with self.locked():
+            if not self.store.exists(version):
+                raise RegistryError(f"cannot move channel {name!r} to {version}: it is not published in {self.root}")
+            (self.root / CHANNELS_DIR).mkdir(exist_ok=True)
+            atomic_write_bytes(self.root / CHANNELS_DIR / name, f"{version}\n".encode())
+        log.info("channel %s -> %s in %s", name, version, self.root)
 
     def rollback_target(self) -> str | None:
         """The version :meth:`rollback` would switch to (the one current before the present one)."""
@@ -112,12 +148,12 @@ class VersionPointer:
                 atomic_write_json(self.root / PINS_FILE, pins)
 
     def retain(self) -> None:
-        """Delete all but the newest ``keep`` versions, sparing the current one, the rollback target
-        and pinned versions."""
+        """Delete all but the newest ``keep`` versions, sparing the current one, the rollback target,
+        channel heads and pinned versions."""
         with self.locked():
             names = self.store.published()
             stack = self._stack(self._read_history())
-            protected = set(names[-self.keep :]) | set(stack[-2:]) | set(self.pins())
+            protected = set(names[-self.keep :]) | set(stack[-2:]) | set(self.pins()) | set(self.channels().values())
             for name in names:
                 if name not in protected:
                     self.store.discard(name)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from seekrec.data.vocab import Catalog, Vocab
+from seekrec.experiments.definition import channel_of
 from seekrec.online.histories import HistoryEvent
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.serving.loading import load_predictor
@@ -69,27 +70,71 @@ class ArmTable:
         # comes from each version's own catalog)
         self.catalog = Catalog(Vocab())
         self.arms: dict[str, ArmModel] = {}  # replaced whole on every swap, never mutated
-        self.current_version: str | None = None
+        # what each moving arm version serves now: "current" -> v.., "channel:<name>" -> v..
+        self.heads: dict[str, str] = {}
         self.failed_versions: dict[str, str] = {}  # version -> error, so a broken one is not reloaded each poll
         self.pointer_error: str | None = None  # why CURRENT could not be read at start-up, if it could not
 
+    @property
+    def current_version(self) -> str | None:
+        """The version the ``current`` arms serve (None before one loads)."""
+        return self.heads.get(CURRENT)
+
     # -- loading -----------------------------------------------------------------------------
     def wants_current(self) -> bool:
-        return any(a.version == CURRENT for a in self.settings)
+        """Whether CURRENT must be followed: an arm serves it, or a channel arm falls back to it."""
+        return bool(self.pointers())
 
-    async def load_initial(self) -> tuple[dict[str, Predictor], str | None]:
-        """Pinned versions first (errors propagate: start-up fails), then CURRENT; returns the
-        predictors and the version the ``current`` arms serve.
+    def pointers(self) -> list[str]:
+        """The moving arm versions to poll: ``"current"`` and each ``"channel:<name>"``, CURRENT first."""
+        moving = {a.version for a in self.settings if a.version == CURRENT or channel_of(a.version) is not None}
+        return sorted(moving, key=lambda v: (v != CURRENT, v))
+
+    def read_head(self, pointer: str, current: str | None) -> str | None:
+        """Worker thread: the version ``pointer`` names now. A channel nothing was published to yet serves
+        CURRENT, the version its learner starts from."""
+        channel = channel_of(pointer)
+        if channel is None:
+            return current
+        return self.registry.channel(channel) or current
+
+    def loaded(self, version: str) -> Predictor | None:
+        """The predictor of ``version`` if an arm already serves it (two pointers may name one version)."""
+        return next((m.predictor for m in self.arms.values() if m.predictor.version == version), None)
+
+    async def load_initial(self) -> tuple[dict[str, Predictor], dict[str, str]]:
+        """Pinned versions first (errors propagate: start-up fails), then CURRENT, then channel heads;
+        returns the predictors and what each moving arm version serves (``heads``).
 
         A CURRENT that cannot be loaded (corrupt files, an unreadable pointer) must not leave a
         restarted server answering 503 until someone rolls back by hand: the newest version that
         loads serves instead, and the bad one is reported (``failed_versions``, the ``model_load``
         error count, ``/readyz``'s detail, the log). The poller keeps skipping the bad version and
         swaps in the next one published."""
-        pinned = {a.version for a in self.settings if a.version != CURRENT}
+        pinned = {a.version for a in self.settings if a.version not in self.pointers()}
         loaded = {v: await asyncio.to_thread(self.load, v) for v in sorted(pinned)}
         if not self.wants_current():
-            return loaded, None
+            return loaded, {}
+        loaded, current = await self._load_current(loaded)
+        heads = {} if current is None else {CURRENT: current}
+        for pointer in self.pointers():
+            try:
+                head = await asyncio.to_thread(self.read_head, pointer, current)
+            except RegistryError as exc:  # a garbage channel file must not keep the server from starting
+                self.metrics.errors.labels(kind="model_load").inc()
+                log.error("cannot read %s: %s; its arms serve CURRENT until it is published to again", pointer, exc)
+                head = current
+            if pointer == CURRENT or head is None:
+                continue
+            predictor = loaded.get(head) or await self.try_load(head)
+            if predictor is None and current is not None:  # a bad channel head: serve what its learner started from
+                head, predictor = current, loaded[current]
+            if predictor is not None:
+                loaded[head], heads[pointer] = predictor, head
+        return loaded, heads
+
+    async def _load_current(self, loaded: dict[str, Predictor]) -> tuple[dict[str, Predictor], str | None]:
+        """CURRENT, or the newest version that loads when it cannot be served; the predictors and that version."""
         try:
             current = await asyncio.to_thread(self.registry.current)
         except RegistryError as exc:  # CURRENT itself is garbage: any good version beats none
@@ -149,7 +194,8 @@ class ArmTable:
             return None
 
     # -- installing --------------------------------------------------------------------------
-    async def build(self, predictors: dict[str, Predictor], current: str | None) -> tuple[dict[str, ArmModel], list[str]]:
+    async def build(self, predictors: dict[str, Predictor],
+                    heads: dict[str, str]) -> tuple[dict[str, ArmModel], list[str]]:
         """Grow the server catalog with the versions' items (on the loop: histories read it), map ids
         (off the loop); returns the next arm dict, not yet swapped in, and the raw ids that were new."""
         new_raws = await asyncio.to_thread(self._unknown_raws, list(predictors.values()))
@@ -157,18 +203,17 @@ class ArmTable:
             self.catalog.add(raw)
         server_raws = await asyncio.to_thread(self.catalog.items.decode, np.arange(1, len(self.catalog.items) + 1))
         built = {v: ArmModel(p, await asyncio.to_thread(_id_map, server_raws, p)) for v, p in predictors.items()}
-        arms = dict(self.arms)
+        arms, heads = dict(self.arms), {**self.heads, **heads}
         for arm in self.settings:
-            version = current if arm.version == CURRENT else arm.version
+            version = heads.get(arm.version, arm.version)
             if version in built:
                 arms[arm.name] = built[version]
         return arms, new_raws
 
-    def swap(self, arms: dict[str, ArmModel], current: str | None) -> None:
-        """The hot swap: one reference assignment."""
+    def swap(self, arms: dict[str, ArmModel], heads: dict[str, str]) -> None:
+        """The hot swap: one reference assignment (and the moving versions' new heads)."""
         self.arms = arms
-        if current is not None:
-            self.current_version = current
+        self.heads = {**self.heads, **heads}
 
     # -- reading -----------------------------------------------------------------------------
     def predictors(self) -> list[Predictor]:

@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from seekrec.config import from_table, load_config
-from seekrec.experiments.definition import CURRENT
+from seekrec.experiments.definition import CURRENT, parse_arm_version
 from seekrec.experiments.outcome_stores import outcome_log_beside
 from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
-from seekrec.registry.artifacts import RegistryError, parse_version
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
 class ArmSettings:
-    """One experiment arm: a pinned registry version (``"v000003"``) or ``"current"``, and its traffic weight."""
+    """One experiment arm: a pinned registry version (``"v000003"``), ``"current"`` or ``"channel:<name>"`` (a
+    registry channel, moved by that arm's own online learner), and its traffic weight."""
 
     name: str
     version: str = CURRENT
@@ -34,11 +34,10 @@ class ArmSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ValueError(f"arm name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        if self.version != CURRENT:
-            try:
-                object.__setattr__(self, "version", parse_version(self.version))
-            except RegistryError as exc:
-                raise ValueError(f"arm {self.name!r}: version must be {CURRENT!r} or a registry version: {exc}") from exc
+        try:
+            object.__setattr__(self, "version", parse_arm_version(self.version))
+        except ValueError as exc:
+            raise ValueError(f"arm {self.name!r}: {exc}") from exc
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) \
                 or not math.isfinite(self.weight) or self.weight <= 0:
             raise ValueError(f"arm {self.name!r}: weight must be a finite number > 0, got {self.weight!r}")

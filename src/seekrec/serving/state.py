@@ -167,7 +167,7 @@ class ServingState:
             torch.set_num_threads(self.settings.threads)
             set_search_threads(self.settings.threads)  # FAISS's own OpenMP pool: 2 threads cost 60x CPU per search
         for arm in self.table.settings:
-            if arm.version != CURRENT:
+            if arm.version not in self.table.pointers():
                 await asyncio.to_thread(self.registry.manifest, arm.version)  # RegistryError naming it
         self.batcher.start()
         if not self.settings.background_start:
@@ -221,9 +221,9 @@ class ServingState:
         if self._journaled:
             log.info("%d items added by POST /items are journaled in %s; replaying them into each version",
                      len(self._journaled), self.journal.path)
-        loaded, current = await self.table.load_initial()
+        loaded, heads = await self.table.load_initial()
         if loaded:
-            await self._install(loaded, current)
+            await self._install(loaded, heads)
         else:
             log.warning("no model in %s yet: not ready until one is published", self.settings.registry)
         self._tasks = [asyncio.create_task(self._every(self.refresh, "model_load"), name="registry-poller"),
@@ -470,7 +470,7 @@ class ServingState:
                 # durable before the answer: replayed into every version installed from now on
                 await asyncio.to_thread(self.journal.append, records)
                 self._journaled.update(records)
-                await self._install(adders, self.table.current_version, replay_items=False)
+                await self._install(adders, {}, replay_items=False)
         return added
 
     async def follow_journal(self) -> bool:
@@ -494,7 +494,7 @@ class ServingState:
                 adders[predictor.version] = predictor
             self._journaled.update(fresh)
             if adders:
-                await self._install(adders, self.table.current_version, replay_items=False)
+                await self._install(adders, {}, replay_items=False)
             log.info("%d items added by another replica's POST /items joined %d version(s)", len(fresh), len(adders))
             return True
 
@@ -512,30 +512,37 @@ class ServingState:
 
     # -- models ------------------------------------------------------------------------------
     async def refresh(self) -> bool:
-        """Load and swap in the registry's CURRENT if it changed; True when a swap happened."""
+        """Load and swap in what CURRENT and the arms' channels name now, where it changed; True when a swap
+        happened. A channel nothing was published to yet follows CURRENT."""
         if not self.table.wants_current():
             return False
         async with self._swap_lock:
             try:
-                version = await asyncio.to_thread(self.registry.current)
+                current = await asyncio.to_thread(self.registry.current)
             except RegistryError:
                 if self.table.pointer_error is not None:
                     return False  # still the unreadable CURRENT reported at start-up: no error per poll
                 raise
             self.table.pointer_error = None
-            if version is None or version == self.table.current_version or version in self.table.failed_versions:
-                return False
-            predictor = await self.table.try_load(version)
-            if predictor is None:
-                return False
-            await self._install({version: predictor}, version)
-            self.metrics.swaps.inc()
-            log.info("hot-swapped CURRENT to %s", version)
-            return True
+            if current is None or current in self.table.failed_versions:
+                current = self.table.current_version  # keep serving what serves now
+            swapped = False
+            for pointer in self.table.pointers():
+                head = await asyncio.to_thread(self.table.read_head, pointer, current)
+                if head is None or head == self.table.heads.get(pointer) or head in self.table.failed_versions:
+                    continue
+                predictor = self.table.loaded(head) or await self.table.try_load(head)
+                if predictor is None:
+                    continue
+                await self._install({head: predictor}, {pointer: head})
+                self.metrics.swaps.inc()
+                log.info("hot-swapped %s to %s", pointer.upper() if pointer == CURRENT else pointer, head)
+                swapped = True
+            return swapped
 
-    async def _install(self, predictors: dict[str, Predictor], current: str | None, replay_items: bool = True) -> None:
+    async def _install(self, predictors: dict[str, Predictor], heads: dict[str, str], replay_items: bool = True) -> None:
         """Replay journaled items into the new versions, map their ids, rebuild histories if they must,
-        then swap the arms in."""
+        then swap the arms in (``heads``: what the moving arm versions serve from now on)."""
         if replay_items and self._journaled:
             for predictor in predictors.values():
                 try:
@@ -544,7 +551,7 @@ class ServingState:
                     continue  # a sequence model learns new items from their events instead
                 if added:
                     log.info("%s: %d journaled items replayed", predictor.version, len(added))
-        arms, new_raws = await self.table.build(predictors, current)
+        arms, new_raws = await self.table.build(predictors, heads)
         if self.tail.needs_rebuild(new_raws):
             await self.tail.rebuild()
         async with self.tail.lock:
@@ -553,7 +560,7 @@ class ServingState:
             if self.event_log is not None:
                 for predictor in predictors.values():
                     predictor.replay(self.event_log)
-            self.table.swap(arms, current)
+            self.table.swap(arms, heads)
         self.metrics.set_versions(self.describe_arms())
         self.metrics.ready.set(1 if self.ready else 0)
         await self.tail.catch_up()
