@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -116,6 +116,32 @@ async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: 
             "server_cpu_s": server_cpu, "client_cpu_ms_per_request": 1000 * client_cpu / max(n, 1)}
 
 
+@contextlib.contextmanager
+def running_server(registry: Path, data_dir: Path, work: Path, server_args: Sequence[str],
+                   pin: bool = False) -> Iterator[tuple[str, int]]:
+    """``seekrec serve`` over ``registry`` in a child process (on CPU 0 when ``pin``), its event log and log file
+    in ``work``; yields its base url and pid once ready, terminates it on exit."""
+    port, log = free_port(), work / f"server-{time.monotonic_ns()}.log"
+    cmd = [*(["taskset", "-c", "0"] if pin else []), sys.executable, "-m", "seekrec.cli", "serve",
+           "--registry", str(registry), "--event-log", f"sqlite:///{work / f'events-{port}.db'}",
+           "--data", str(data_dir), "--port", str(port), *server_args]
+    with open(log, "w") as fh:
+        server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, server, log)
+            yield base, server.pid
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+
+def held_rate(rows: Sequence[dict], budget_ms: float) -> float | None:
+    """The highest offered rate of ``rows`` (``fire`` results) answered without errors at p99 <= ``budget_ms``."""
+    ok = [r["rate"] for r in rows if r["p99"] <= budget_ms and not r["errors"]]
+    return max(ok) if ok else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=[3706, 27000])
@@ -136,29 +162,13 @@ def main() -> None:
     for n_items in args.items:
         with tempfile.TemporaryDirectory() as tmp:
             data_dir, registry = publish_random_model(Path(tmp), n_items, args.users, seed=0)
-            port = free_port()
-            log = Path(tmp) / "server.log"
-            cmd = [*(["taskset", "-c", "0"] if pin else []), sys.executable, "-m", "seekrec.cli", "serve",
-                   "--registry", str(registry), "--event-log", f"sqlite:///{Path(tmp) / 'events.db'}",
-                   "--data", str(data_dir), "--port", str(port), *args.server_args.split()]
-            with open(log, "w") as fh:
-                server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-                try:
-                    base = f"http://127.0.0.1:{port}"
-                    wait_ready(base, server, log)
-                    asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
-                    for rate in args.rates:
-                        row = {"n_items": n_items,
-                               **asyncio.run(fire(base, rate, args.seconds, args.users, 1, server.pid))}
-                        results.append(row)
-                        print(json.dumps(row), flush=True)
-                finally:
-                    server.terminate()
-                    server.wait(timeout=15)
-    held = {}
-    for n_items in args.items:
-        ok = [r["rate"] for r in results if r["n_items"] == n_items and r["p99"] <= args.budget_ms and not r["errors"]]
-        held[str(n_items)] = max(ok) if ok else None
+            with running_server(registry, data_dir, Path(tmp), args.server_args.split(), pin) as (base, pid):
+                asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
+                for rate in args.rates:
+                    row = {"n_items": n_items, **asyncio.run(fire(base, rate, args.seconds, args.users, 1, pid))}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    held = {str(n): held_rate([r for r in results if r["n_items"] == n], args.budget_ms) for n in args.items}
     out = {"command": "python " + " ".join(sys.argv), "machine": {"platform": platform.platform(),
            "cpus": os.cpu_count()},
            "note": "server pinned to CPU 0, client to the others" if pin else "client and server share the machine's cores",

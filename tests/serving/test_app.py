@@ -97,7 +97,18 @@ def test_version_route(client: TestClient) -> None:
     assert body["current"] == "v000001" and body["ready"] and body["experiment"] == "default"
     assert body["arms"][0] | {"created": None} == {
         "name": "live", "configured": "current", "weight": 1.0, "version": "v000001", "model_name": "sasrec",
-        "created": None, "published_at": None, "n_items": 80, "index": "flat"}
+        "created": None, "published_at": None, "n_items": 80, "index": "flat", "encoder": "fp32"}
+
+
+def test_int8_options_round_trip(settings: ServeSettings) -> None:
+    """An int8 encoder over an sq8 index serves full lists and says so in /version and /metrics."""
+    with TestClient(create_app(replace(settings, quantize="int8", index_codec="sq8"))) as client:
+        body = _recommend(client, user_id="3", k=7)
+        assert not body["fallback"] and len(body["items"]) == 7
+        arm = client.get("/version").json()["arms"][0]
+        assert (arm["encoder"], arm["index"]) == ("int8", "flat-sq8")
+        assert ('seekrec_model_inference_info{arm="live",encoder="int8",index="flat-sq8",version="v000001"} 1.0'
+                in client.get("/metrics").text)
 
 
 def test_not_ready_until_a_model_is_published(tmp_path: Path, settings: ServeSettings, trained_run: Path) -> None:

@@ -75,6 +75,32 @@ def test_hnsw_predictor_serves_the_same_users(registry: ModelRegistry, histories
     assert sum(overlap) / len(overlap) > 0.95
 
 
+@pytest.mark.parametrize("quantize,codec", [("int8", "fp32"), ("none", "sq8"), ("int8", "sq8")])
+def test_int8_predictor_serves_nearly_the_same_lists(registry: ModelRegistry, histories: UserHistories,
+                                                     predictor: SequencePredictor, quantize: str, codec: str) -> None:
+    """Each int8 option keeps most of the fp32 top 10, and a returned score is the exact similarity of the
+    (int8-encoded) user with the fp32 item embedding: candidates may change, scores are never approximate."""
+    int8 = SequencePredictor.from_registry(registry, candidates=5, quantize=quantize,
+                                           index_config=IndexConfig(codec=codec))
+    assert (int8.describe()["encoder"], int8.describe()["index"]) == (
+        "int8" if quantize == "int8" else "fp32", "flat-sq8" if codec == "sq8" else "flat")
+    queries = [Query(str(u), tuple(histories.get(str(u))), 10) for u in range(1, 31)]
+    recs = int8.recommend(queries)
+    overlap = [len(set(a.item_ids) & set(b.item_ids)) / 10 for a, b in zip(recs, predictor.recommend(queries))]
+    assert sum(overlap) / len(overlap) > 0.8, f"top-10 overlap with fp32 {sum(overlap) / len(overlap):.2f}"
+    with torch.inference_mode():
+        users = int8.model.encode_users(histories.padded([q.user_id for q in queries], int8.max_len))  # [B, D]
+    for row, rec in enumerate(recs):
+        items = int8.item_embeddings[torch.tensor(int8.catalog.items.encode(list(rec.item_ids)))]  # [K, D]
+        exact = int8.model.similarity.pairwise(users[row : row + 1], items)
+        torch.testing.assert_close(torch.tensor(rec.scores), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_quantize_mode_is_refused(registry: ModelRegistry) -> None:
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        SequencePredictor.from_registry(registry, quantize="fp16")
+
+
 def _same(a: Recommendation, b: Recommendation) -> None:
     assert (a.user_id, a.item_ids, a.fallback, a.model_version) == (b.user_id, b.item_ids, b.fallback, b.model_version)
     torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-5, atol=1e-5)

@@ -17,10 +17,18 @@ def test_defaults_and_types(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("field,value", [("default_k", 0), ("default_k", 1001), ("candidates", 0),
                                          ("max_batch", 0), ("max_wait_ms", -1.0), ("poll_interval_s", 0),
-                                         ("port", 70000), ("event_log", ""), ("history_len", True)])
+                                         ("port", 70000), ("event_log", ""), ("history_len", True),
+                                         ("quantize", "int4"), ("quantize", "INT8"), ("index_codec", "pq")])
 def test_bad_values_name_the_field(tmp_path: Path, field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         ServeSettings(**{"registry": tmp_path, "event_log": "e.db", field: value})  # type: ignore[arg-type]
+
+
+def test_int8_encoder_is_refused_off_the_cpu(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"ServeSettings.quantize='int8' runs on CPU only.*'cuda'"):
+        ServeSettings(registry=tmp_path, event_log="e.db", device="cuda", quantize="int8")
+    s = ServeSettings(registry=tmp_path, event_log="e.db", device="cuda", index_codec="sq8")  # FAISS runs on the CPU
+    assert (s.quantize, s.index_codec) == ("none", "sq8")
 
 
 def test_load_toml_with_overrides(tmp_path: Path) -> None:

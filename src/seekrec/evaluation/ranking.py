@@ -61,13 +61,17 @@ class ModelScorer:
         self.needs_context = bool(getattr(config, "needs_context", False))
 
     def score(self, batch: EvalBatch) -> torch.Tensor:
+        return self.model.score_all(*self.inputs(batch))  # [B, N + 1]
+
+    def inputs(self, batch: EvalBatch) -> tuple[torch.Tensor] | tuple[torch.Tensor, SequenceContext]:
+        """The model's arguments: the last ``max_len`` items ``[B, L]``, and their context if it needs one."""
         history = batch.history[:, -self.max_len :]  # [B, L]
         if not self.needs_context:
-            return self.model.score_all(history)  # [B, N + 1]
+            return (history,)
         if batch.context is None:
             raise ValueError("the model needs event times (config.needs_context) but the EvalBatch has no context; "
                              "evaluate() builds it when the scorer sets needs_context")
-        return self.model.score_all(history, batch.context.last(history.shape[1]))  # [B, N + 1]
+        return history, batch.context.last(history.shape[1])
 
 
 def history_context(history: UserSequences, users: np.ndarray, target_times: np.ndarray) -> SequenceContext:

@@ -3,6 +3,11 @@
 Why two kinds: a flat inner-product scan is exact and, below some tens of thousands of items, as fast
 as a graph search on one CPU; past that the scan grows linearly while HNSW stays near logarithmic at a
 small recall cost. FAISS has no cosine metric, so cosine models index L2-normalised vectors.
+
+Either kind stores its vectors as fp32 (``codec="fp32"``) or as int8 codes (``codec="sq8"``: FAISS's
+8-bit scalar quantizer, one trained min/max range per dimension): a quarter of the bytes per item to
+scan, at the cost of approximate scores. The server rescores the candidates exactly with fp32 item
+embeddings, so sq8 can change which items are candidates, never a returned item's score.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import torch
 from torch import Tensor
 
 from seekrec.retrieval.exact import check_metric
+
+INDEX_CODECS = ("fp32", "sq8")
 
 try:
     import faiss
@@ -36,15 +43,19 @@ class IndexConfig:
 
     ``hnsw_threshold``: catalogs with at least this many items use HNSW. ``hnsw_m``: neighbours per
     node (memory and recall grow with it). ``ef_construction`` / ``ef_search``: candidate list sizes
-    at build / query time (recall against speed); a search always uses at least ``k``.
+    at build / query time (recall against speed); a search always uses at least ``k``. ``codec``: how
+    the index stores vectors, ``fp32`` or ``sq8`` (int8 scalar quantizer, see the module docstring).
     """
 
     hnsw_threshold: int = 50_000
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
+    codec: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.codec not in INDEX_CODECS:
+            raise ValueError(f"IndexConfig.codec must be one of {INDEX_CODECS}, got {self.codec!r}")
         if self.hnsw_threshold < 0:
             raise ValueError(f"hnsw_threshold must be >= 0 items, got {self.hnsw_threshold}")
         for name in ("hnsw_m", "ef_construction", "ef_search"):
@@ -70,13 +81,32 @@ class ItemIndex:
         self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         if self.ids.shape != (n,):
             raise ValueError(f"ids must have one entry per vector ({n}), got shape {self.ids.shape}")
-        self.kind = "hnsw" if n >= self.config.hnsw_threshold else "flat"
-        if self.kind == "hnsw":
-            self._index = faiss.IndexHNSWFlat(dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self._index.hnsw.efConstruction = self.config.ef_construction
-        else:
-            self._index = faiss.IndexFlatIP(dim)
+        self.graph = n >= self.config.hnsw_threshold
+        self._index = self._build(dim)
+        if not self._index.is_trained:  # sq8 learns each dimension's range from the items themselves
+            self._index.train(data)
         self._index.add(data)
+
+    def _build(self, dim: int) -> faiss.Index:
+        """The empty FAISS index of this kind and codec (inner product throughout)."""
+        m, ip = self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT
+        if self.config.codec == "sq8":
+            index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, ip) if self.graph
+                     else faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, ip))
+        else:
+            index = faiss.IndexHNSWFlat(dim, m, ip) if self.graph else faiss.IndexFlatIP(dim)
+        if self.graph:
+            index.hnsw.efConstruction = self.config.ef_construction
+        return index
+
+    @property
+    def kind(self) -> str:
+        """``flat`` or ``hnsw``, with ``-sq8`` for int8 codes: what ``/version`` shows as the index."""
+        return ("hnsw" if self.graph else "flat") + ("-sq8" if self.config.codec == "sq8" else "")
+
+    def bytes_per_item(self) -> float:
+        """The index's serialized size over its items: codes plus, for HNSW, the graph's links."""
+        return float(faiss.serialize_index(self._index).nbytes) / len(self)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -109,7 +139,7 @@ class ItemIndex:
         if data.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {data.shape[1]}, the index {self.dim}")
         k = min(k, len(self))
-        if self.kind == "hnsw":
+        if self.graph:
             params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
             scores, rows = self._index.search(data, k, params=params)
         else:

@@ -78,7 +78,8 @@ class LLMPredictor:
         manifest = {**bundle.manifest, "model_config": parts.model_config}  # SequencePredictor reads max_len there
         retrieval = SequencePredictor(LoadedModel(bundle.version, manifest, parts.model, bundle.directory),
                                       parts.catalog, candidates=context.candidates,
-                                      index_config=context.index_config, compile_encoder=context.compile_encoder)
+                                      index_config=context.index_config, compile_encoder=context.compile_encoder,
+                                      quantize=context.quantize)
         retrieval.check()
         reranker = LLMReranker.load(parts.llm_dir, device=context.device)
         predictor = cls(bundle.version, bundle.manifest, retrieval, reranker, parts.n_candidates)
@@ -109,7 +110,8 @@ class LLMPredictor:
     def describe(self) -> dict[str, Any]:
         """Version facts for ``/version`` and metrics."""
         return describe_version(self.version, self.manifest, self.n_items,
-                                f"{self.retrieval.index.kind} top {self.n_candidates} -> llm")
+                                f"{self.retrieval.index.kind} top {self.n_candidates} -> llm",
+                                encoder=self.retrieval.encoder)
 
     def check(self) -> None:
         """One request through retrieval and the LLM must give finite scores and a full list."""

@@ -57,6 +57,9 @@ class ServingMetrics:
         self.swaps = Counter("seekrec_model_swaps", "Hot swaps to a new CURRENT version", registry=r)
         self.model_version = Gauge("seekrec_model_version_info", "1 for the version each arm serves",
                                    ["arm", "version"], registry=r)
+        self.inference = Gauge("seekrec_model_inference_info", "1 per arm: its user encoder's precision (fp32, "
+                               "int8) and its ANN index (kind and codec, e.g. flat-sq8)",
+                               ["arm", "version", "encoder", "index"], registry=r)
         self.freshness = Gauge("seekrec_model_freshness_seconds", "Seconds since the served version was published",
                                ["arm", "version"], registry=r)
         self.lag = Gauge("seekrec_event_log_lag", "Events the consumer has not committed yet (end - committed)",
@@ -74,10 +77,13 @@ class ServingMetrics:
     def set_versions(self, arms: dict[str, dict[str, Any]]) -> None:
         """Replace the version and freshness series with ``{arm: Predictor.describe()}``."""
         self.model_version.clear()
+        self.inference.clear()
         self.freshness.clear()
         now = time.time()
         for arm, info in arms.items():
             self.model_version.labels(arm=arm, version=info["version"]).set(1)
+            self.inference.labels(arm=arm, version=info["version"], encoder=info.get("encoder", "fp32"),
+                                  index=str(info.get("index"))).set(1)
             published = published_at(info)
             if published is not None:
                 self.freshness.labels(arm=arm, version=info["version"]).set(max(0.0, now - published))

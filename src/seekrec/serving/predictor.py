@@ -80,6 +80,7 @@ class LoadContext:
     index_config: IndexConfig | None = None
     device: str = "cpu"
     compile_encoder: bool = False
+    quantize: str = "none"  # "int8": dynamic int8 user encoder (seekrec.models.quantization)
     data_dir: Path | None = None
     event_log: EventLog | None = None
     feature_store: str | None = None  # Redis url of the pipeline feature store replicas share (none: embedded)

@@ -140,7 +140,9 @@ class ArmInfo(BaseModel):
     created: str | None = None
     published_at: str | None = None
     n_items: int | None = None
-    index: str | None = None
+    index: str | None = Field(None, description="the ANN index: flat or hnsw, with -sq8 for int8 codes (--index-codec)")
+    encoder: str | None = Field(None, description="the user encoder's precision: fp32 or int8 (--quantize); null "
+                                                  "for pipeline arms, which run fp32")
 
 
 class VersionResponse(BaseModel):

@@ -25,6 +25,7 @@ import torch
 
 from seekrec.data.sequences import SequenceContext
 from seekrec.data.vocab import CATALOG_FILE, Catalog
+from seekrec.models.quantization import QUANTIZE_MODES, quantize_encoder
 from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.registry import MODEL_KIND, LoadedModel, ModelRegistry, RegistryError
 from seekrec.retrieval.index import IndexConfig, ItemIndex
@@ -51,10 +52,12 @@ class SequencePredictor:
     kind = MODEL_KIND
 
     def __init__(self, loaded: LoadedModel, catalog: Catalog, *, candidates: int = 200,
-                 index_config: IndexConfig | None = None, compile_encoder: bool = False,
+                 index_config: IndexConfig | None = None, compile_encoder: bool = False, quantize: str = "none",
                  clock: Callable[[], float] = time.time) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
         self.version, self.manifest, self.model = loaded.version, loaded.manifest, loaded.model.eval()
         self.catalog, self.candidates = catalog, candidates
         self.max_len = int(loaded.manifest["model_config"]["max_len"])
@@ -71,6 +74,10 @@ class SequencePredictor:
         self.index = ItemIndex(self.item_embeddings[1:].cpu(), ids=np.arange(1, self.n_items + 1),
                                metric=self.model.similarity.kind, config=index_config)
         self._popular = PopularItems(catalog, self.n_items, self.version)
+        # after the item embeddings: they, and the exact rescoring over them, stay fp32 (docs/inference-int8.md)
+        self.encoder = "int8" if quantize == "int8" else "fp32"
+        if quantize == "int8":
+            quantize_encoder(self.model)
         # torch.compile fuses the encoder's many small ops: at serving batch sizes eager PyTorch spends
         # most of the forward in per-op overhead (measured ~40% less CPU per forward on 2 cores). The
         # batch dimension is dynamic, so one compilation serves every batch size; it costs about a
@@ -81,7 +88,7 @@ class SequencePredictor:
     @classmethod
     def from_registry(cls, registry: ModelRegistry, version: str | None = None, *, candidates: int = 200,
                       index_config: IndexConfig | None = None, device: str = "cpu",
-                      compile_encoder: bool = False) -> SequencePredictor:
+                      compile_encoder: bool = False, quantize: str = "none") -> SequencePredictor:
         """Load (and checksum) ``version`` (None: CURRENT) with its catalog and build its index."""
         loaded = registry.load(version, device=device)
         path = loaded.directory / CATALOG_FILE
@@ -92,16 +99,18 @@ class SequencePredictor:
         except (ValueError, KeyError) as exc:
             raise RegistryError(f"{path}: unreadable catalog ({exc}); publish the model again") from exc
         predictor = cls(loaded, catalog, candidates=candidates, index_config=index_config,
-                        compile_encoder=compile_encoder)
+                        compile_encoder=compile_encoder, quantize=quantize)
         predictor.check()
-        log.info("loaded %s: %s over %d items", loaded.version, predictor.index.kind, predictor.n_items)
+        log.info("loaded %s: %s encoder, %s index over %d items", loaded.version, predictor.encoder,
+                 predictor.index.kind, predictor.n_items)
         return predictor
 
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, context: LoadContext) -> SequencePredictor:
         """``from_registry`` with the server's load settings (see ``serving.loading``)."""
         return cls.from_registry(registry, version, candidates=context.candidates, index_config=context.index_config,
-                                 device=context.device, compile_encoder=context.compile_encoder)
+                                 device=context.device, compile_encoder=context.compile_encoder,
+                                 quantize=context.quantize)
 
     def check(self) -> None:
         """Smoke-test the version before it serves: one forward pass must give finite scores and full
@@ -120,7 +129,7 @@ class SequencePredictor:
 
     def describe(self) -> dict[str, Any]:
         """Version facts for ``/version`` and metrics."""
-        return describe_version(self.version, self.manifest, self.n_items, self.index.kind)
+        return describe_version(self.version, self.manifest, self.n_items, self.index.kind, encoder=self.encoder)
 
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Top-``k`` items for every query, in query order; one forward pass for the whole batch."""

@@ -16,8 +16,10 @@ from typing import Any
 from seekrec.config import from_table, load_config
 from seekrec.experiments.definition import CURRENT, parse_arm_version
 from seekrec.experiments.outcome_stores import outcome_log_beside
+from seekrec.models.quantization import QUANTIZE_MODES
 from seekrec.online.event_log import TRAINER_CONSUMER
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
+from seekrec.retrieval.index import INDEX_CODECS
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -113,6 +115,12 @@ class ServeSettings:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile each loaded sequence model's user encoder (less CPU per request; about a "
                 "minute of compilation per version, so for stable versions)"})
+    quantize: str = field(default="none", metadata={
+        "help": "'int8': dynamic int8 quantization of each loaded sequence model's user-encoder linear layers "
+                "(CPU only; item embeddings stay fp32; docs/inference-int8.md) or 'none' (default: none)"})
+    index_codec: str = field(default="fp32", metadata={
+        "help": "how the ANN index stores item vectors: 'fp32' or 'sq8' (FAISS int8 scalar quantizer; candidates "
+                "are still rescored with fp32 embeddings; docs/inference-int8.md) (default: fp32)"})
     # -- limits (docs/serving.md "Limits"): each one answers with a status naming the limit, never a slow death
     max_body_bytes: int = field(default=1_048_576, metadata={
         "help": "largest request body in bytes; a larger one is refused with 413 before it is parsed"})
@@ -216,9 +224,20 @@ class ServeSettings:
             raise ValueError(f"ServeSettings.retry_after_s must be an integer in 1..3600, got {self.retry_after_s!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"ServeSettings.compile must be true or false, got {self.compile!r}")
+        self._check_int8()
         if not self.trainer_consumer:
             raise ValueError("trainer_consumer must be a non-empty consumer name")
         self._check_perimeter()
+
+    def _check_int8(self) -> None:
+        """The int8 options (docs/inference-int8.md): known values, and int8 encoders only on the CPU."""
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"ServeSettings.quantize must be one of {QUANTIZE_MODES}, got {self.quantize!r}")
+        if self.index_codec not in INDEX_CODECS:
+            raise ValueError(f"ServeSettings.index_codec must be one of {INDEX_CODECS}, got {self.index_codec!r}")
+        if self.quantize == "int8" and self.device != "cpu":
+            raise ValueError(f"ServeSettings.quantize='int8' runs on CPU only (torch dynamic quantization), but device "
+                             f"is {self.device!r}: serve with device cpu or quantize none")
 
     def _check_perimeter(self) -> None:
         """The access-control and exposure fields (``serving/auth.py`` reads the keys file itself)."""

@@ -121,8 +121,9 @@ class ServingState:
         self.attribution = ClickAttribution(self.feedback)
         self._explorers: dict[ExploreSettings, Explorer] = {}
         self._requests = itertools.count()  # seeds each request's exploration draws
-        context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
-                              device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir,
+        index_config = IndexConfig(hnsw_threshold=settings.ann_threshold, codec=settings.index_codec)
+        context = LoadContext(candidates=settings.candidates, index_config=index_config, device=settings.device,
+                              compile_encoder=settings.compile, quantize=settings.quantize, data_dir=settings.data_dir,
                               feature_store=settings.feature_store)
         arms = model_arms(self.experiments) if self.experiments is not None else settings.experiment.arms
         self.table = ArmTable(self.registry, arms, context, metrics)
