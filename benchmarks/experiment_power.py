@@ -40,7 +40,8 @@ the share with p < ``alpha`` and the estimate on the side of the ranker the simu
 (its expected clicks of A's and B's own top K for every interleaving request): ``ratio_test`` on per-user clicks / shown (A/B), ``welch_test`` on the
 ``cuped``-adjusted per-user CTR with the pre-period CTR as covariate (A/B + CUPED; the same draws as A/B), and
 ``interleaving_user_test`` (one vote per user) or ``interleaving_click_test`` (the per-user difference in clicks
-on each ranker's positions, a paired t-test). "Users needed" is the n at which the power reaches ``power``,
+on each ranker's positions, a paired t-test), on all clicks or leaving out clicks on items both rankers' top K
+hold (``team_clicks(..., shared)``). "Users needed" is the n at which the power reaches ``power``,
 interpolated in log n between the two grid sizes around it. Sizes past the 400 played users resample them, i.e.
 they assume a population like them. The normal-approximation ``users_needed`` from the measured effect and
 standard deviation is reported beside it as a check.
@@ -77,6 +78,7 @@ from seekrec.evaluation.interleaving import (
     interleaving_click_test,
     interleaving_credit,
     interleaving_user_test,
+    team_clicks,
     team_draft_interleave,
 )
 from seekrec.experiments.assignment import bucket
@@ -92,7 +94,7 @@ from seekrec.training.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.experiment_power")
 HISTORY_LEN = 200  # the server's default history_len: the seen filter's reach
-METHODS = ("ab", "ab_cuped", "interleaving", "interleaving_clicks")
+METHODS = ("ab", "ab_cuped", "interleaving", "interleaving_clicks", "interleaving_distinct")
 Ranker = Callable[[Sequence[int], dict[int, list[int]], int], list[np.ndarray]]  # users, histories, k -> [K] ids
 Click = tuple[int, int, float]  # (user, item, unix seconds), simulator ids
 
@@ -134,6 +136,7 @@ class Played:
     ab_shown: np.ndarray
     votes: np.ndarray  # interleaving: -1 prefers A, 0 tie, +1 prefers B (sign of the user's impression credits)
     team_clicks: np.ndarray  # [2, U + 1] interleaving: clicks on A's and on B's positions per user
+    distinct_clicks: np.ndarray  # [2, U + 1] the same, leaving out items both rankers' top K hold (``shared``)
     impressions: dict[str, int]  # interleaving impressions won by A, B, tied
     expected: np.ndarray  # [2] the simulator's expected clicks of A's and B's own top K over every request
 
@@ -299,7 +302,7 @@ def play_experiment(sim: Simulator, rank_a: Ranker, b_ab: Learner, b_il: Learner
     users = list(range(1, n + 1))
     arm = np.array([0] + [arm_of(u, f"power-{seed}") for u in users])
     out = Played(pre[0], pre[1], arm, np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1, dtype=np.int64),
-                 np.zeros((2, n + 1)), {"a": 0, "b": 0, "tie": 0}, np.zeros(2))
+                 np.zeros((2, n + 1)), np.zeros((2, n + 1)), {"a": 0, "b": 0, "tie": 0}, np.zeros(2))
     examined = (1.0 + np.arange(cfg.k)) ** -sim.config.position_bias  # [K] the simulator's examination
     ab_sim, ab_hist = copy.deepcopy(sim), copy.deepcopy(histories)
     il_sim, il_hist = copy.deepcopy(sim), copy.deepcopy(histories)
@@ -326,8 +329,8 @@ def play_experiment(sim: Simulator, rank_a: Ranker, b_ab: Learner, b_il: Learner
             il_rows += [(user, item, t) for item in merged.ids[clicks].tolist()]
             il_rows += browse(il_sim, il_hist, user, t, cfg.browse_share, np.random.default_rng([seed, 4, user, r]))
             won = int(interleaving_credit(merged.teams, np.flatnonzero(clicks)))
-            for team in (0, 1):
-                out.team_clicks[team, user] += int(np.sum(merged.teams[clicks] == team))
+            out.team_clicks[:, user] += team_clicks(merged.teams, np.flatnonzero(clicks))
+            out.distinct_clicks[:, user] += team_clicks(merged.teams, np.flatnonzero(clicks), merged.shared)
             credit[user] += won
             out.impressions[{-1: "a", 0: "tie", 1: "b"}[won]] += 1
         b_il.learn(il_rows)
@@ -358,8 +361,10 @@ def method_detects(played: Played, n: int, alpha: float, rng: np.random.Generato
     users = rng.choice(np.arange(1, len(played.votes)), size=n)
     il = interleaving_user_test(np.arange(n), played.votes[users])
     by_clicks = interleaving_click_test(np.arange(n), played.team_clicks[0, users], played.team_clicks[1, users])
+    distinct = interleaving_click_test(np.arange(n), played.distinct_clicks[0, users], played.distinct_clicks[1, users])
     found = {"ab": (ab.p_value, ab.diff), "ab_cuped": (with_cuped.p_value, with_cuped.diff),
-             "interleaving": (il.p_value, il.delta), "interleaving_clicks": (by_clicks.p_value, by_clicks.diff)}
+             "interleaving": (il.p_value, il.delta), "interleaving_clicks": (by_clicks.p_value, by_clicks.diff),
+             "interleaving_distinct": (distinct.p_value, distinct.diff)}
     return {m: bool(p < alpha and np.sign(effect) == played.truth) for m, (p, effect) in found.items()}
 
 
@@ -444,7 +449,8 @@ def analyse(played: Played, cfg: PowerConfig, seed: int) -> dict[str, Any]:
         return needed["ab"] / needed[method] if needed["ab"] and needed[method] else None
 
     return {"full_sample": full_sample(played, cfg), "power": curves, "users_needed": needed,
-            "ab_over_interleaving": ratio("interleaving"), "ab_over_interleaving_clicks": ratio("interleaving_clicks")}
+            "ab_over_interleaving": ratio("interleaving"), "ab_over_interleaving_clicks": ratio("interleaving_clicks"),
+            "ab_over_interleaving_distinct": ratio("interleaving_distinct")}
 
 
 def run_seed(cfg: PowerConfig, seed: int, work: Path) -> dict[str, Any]:
@@ -498,7 +504,7 @@ def summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return None if any(v is None for v in values) else float(np.mean(values))
 
     out: dict[str, Any] = {f"users_needed_{m}": mean([r["users_needed"][m] for r in runs.values()]) for m in METHODS}
-    for key in ("ab_over_interleaving", "ab_over_interleaving_clicks"):
+    for key in ("ab_over_interleaving", "ab_over_interleaving_clicks", "ab_over_interleaving_distinct"):
         out[key] = mean([r[key] for r in runs.values()])
     for key in ("true_relative_gain", "ci_narrower_with_cuped", "cuped_variance_reduction", "corr_pre_post", "relative_lift", "diff"):
         out[key] = mean([r["full_sample"][key] for r in runs.values()])
@@ -515,7 +521,8 @@ def plot(record: dict[str, Any], out: Path) -> None:
     runs, p = record["runs"], record["protocol"]
     labels = {"ab": "A/B (delta-method CTR)", "ab_cuped": "A/B + CUPED",
               "interleaving": "team-draft interleaving (user votes)",
-              "interleaving_clicks": "team-draft interleaving (click difference)"}
+              "interleaving_clicks": "team-draft interleaving (click difference)",
+              "interleaving_distinct": "team-draft interleaving (click difference, items one ranker lacks)"}
     fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.5), squeeze=False)
     for ax, (seed, run) in zip(axes[0], runs.items()):
         for method in METHODS:
@@ -536,10 +543,10 @@ def plot(record: dict[str, Any], out: Path) -> None:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    """One row per seed and a mean row."""
-    rows = ["| seed | CTR A | CTR B | lift | true gain | users needed A/B | A/B + CUPED | interleaving, votes "
-            "| interleaving, clicks | A/B ÷ votes | A/B ÷ clicks | CI narrower with CUPED | corr(pre, post) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per seed and a mean row: users needed per method, and A/B's over each interleaving test's."""
+    rows = ["| seed | CTR A | CTR B | lift | true gain | users needed: A/B | A/B + CUPED | interleaving, votes "
+            "| clicks | clicks, shared left out | A/B ÷ votes | ÷ clicks | ÷ clicks, shared left out "
+            "| CI narrower with CUPED | corr(pre, post) |", "|" + "---|" * 15]
 
     def num(v: float | None, fmt: str = ".0f") -> str:
         return "not reached" if v is None else format(v, fmt)
@@ -547,16 +554,14 @@ def markdown(record: dict[str, Any]) -> str:
     for seed, run in record["runs"].items():
         fs, need = run["full_sample"], run["users_needed"]
         rows.append(f"| {seed} | {fs['ctr_a']:.4f} | {fs['ctr_b']:.4f} | {fs['relative_lift']:+.1%} "
-                    f"| {fs['true_relative_gain']:+.1%} | {num(need['ab'])} "
-                    f"| {num(need['ab_cuped'])} | {num(need['interleaving'])} | {num(need['interleaving_clicks'])} "
-                    f"| {num(run['ab_over_interleaving'], '.1f')}x | {num(run['ab_over_interleaving_clicks'], '.1f')}x "
-                    f"| {fs['ci_narrower_with_cuped']:.1%} | {fs['corr_pre_post']:.2f} |")
+                    f"| {fs['true_relative_gain']:+.1%} | " + " | ".join(num(need[m]) for m in METHODS)
+                    + " | " + " | ".join(num(run[f"ab_over_{m}"], ".1f") + "x" for m in METHODS[2:])
+                    + f" | {fs['ci_narrower_with_cuped']:.1%} | {fs['corr_pre_post']:.2f} |")
     s = record["summary"]
-    rows.append(f"| mean | | | {num(s['relative_lift'], '+.1%')} | {num(s['true_relative_gain'], '+.1%')} | {num(s['users_needed_ab'])} "
-                f"| {num(s['users_needed_ab_cuped'])} | {num(s['users_needed_interleaving'])} "
-                f"| {num(s['users_needed_interleaving_clicks'])} | {num(s['ab_over_interleaving'], '.1f')}x "
-                f"| {num(s['ab_over_interleaving_clicks'], '.1f')}x | {num(s['ci_narrower_with_cuped'], '.1%')} "
-                f"| {num(s['corr_pre_post'], '.2f')} |")
+    rows.append(f"| mean | | | {num(s['relative_lift'], '+.1%')} | {num(s['true_relative_gain'], '+.1%')} | "
+                + " | ".join(num(s[f"users_needed_{m}"]) for m in METHODS)
+                + " | " + " | ".join(num(s[f"ab_over_{m}"], ".1f") + "x" for m in METHODS[2:])
+                + f" | {num(s['ci_narrower_with_cuped'], '.1%')} | {num(s['corr_pre_post'], '.2f')} |")
     return "\n".join(rows)
 
 

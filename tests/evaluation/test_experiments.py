@@ -23,6 +23,7 @@ from seekrec.evaluation.interleaving import (
     interleaving_click_test,
     interleaving_credit,
     interleaving_test,
+    team_clicks,
     interleaving_user_test,
     team_draft_interleave,
 )
@@ -360,3 +361,32 @@ def test_click_test_holds_alpha_under_a_tie_and_finds_the_better_ranker():
     b = rng.binomial(clicks, 0.6)  # B's positions draw 60% of the clicks
     better = interleaving_click_test(users, clicks - b, b)
     assert better.diff > 0 and better.ci_low > 0 and better.p_value < 1e-4
+
+
+def test_shared_items_are_marked_and_credit_no_team():
+    shown = team_draft_interleave([1, 2, 3, 4], [2, 5, 1, 6], 4, np.random.default_rng(0))
+    assert shown.ids.tolist() == [2, 1, 5, 3] and shown.shared.tolist() == [True, True, False, False]
+    assert team_clicks(shown.teams, [0, 2]) == (0, 2)  # items 2 (B's pick) and 5 (B)
+    assert team_clicks(shown.teams, [0, 2], shown.shared) == (0, 1)  # item 2 is in both lists: no credit
+    assert interleaving_credit(shown.teams, [0, 3], shown.shared) == Preference.A  # only item 3 (A) counts
+
+
+def test_leaving_shared_items_out_holds_alpha_for_different_rankers_of_equal_quality():
+    """Two rankers that order the same relevant items differently, neither better: the click test on items
+    only one of them shows rejects no more often than alpha."""
+    rng = np.random.default_rng(14)
+    false = 0
+    relevance = np.r_[np.full(15, 0.3), np.full(45, 0.02)]  # 15 relevant items of 60
+    for _ in range(200):
+        users, a_clicks, b_clicks = [], [], []
+        for u in range(80):
+            noisy = [np.argsort(-(relevance + rng.gumbel(0, 0.15, 60))) for _ in range(2)]  # same quality
+            for _ in range(3):
+                shown = team_draft_interleave(noisy[0], noisy[1], 10, rng)
+                clicked = np.flatnonzero(rng.random(10) < relevance[shown.ids] / np.arange(1, 11) ** 0.5)
+                a, b = team_clicks(shown.teams, clicked, shown.shared)
+                users.append(u)
+                a_clicks.append(a)
+                b_clicks.append(b)
+        false += interleaving_click_test(users, a_clicks, b_clicks).p_value < 0.05
+    assert false / 200 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)

@@ -55,8 +55,8 @@ def test_a_served_list_round_trips_through_json_exactly():
 @pytest.mark.parametrize(("change", "message"), [
     ({"time": float("nan")}, "ServedList.time must be a finite number >= 0, got nan"),
     ({"latency_ms": -1.0}, "ServedList.latency_ms"),
-    ({"teams": [0]}, r"one 0 or 1 per item \(2 items\), got \[0\]"),
-    ({"teams": [0, 2]}, "got \\[0, 2\\]"),
+    ({"teams": [0]}, r"one team per item \(2 items\): 0 or 1, plus 2 for an item both rankers show; got \[0\]"),
+    ({"teams": [0, 4]}, "got \\[0, 4\\]"),
     ({"items": "i1"}, "sequence of item ids, got 'i1'"),
     ({"arms": {"ranker": ""}}, "arms\\['ranker'\\]"),
     ({"request_id": ""}, "ServedList.request_id"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
+from seekrec.experiments.outcomes import SHARED
 from seekrec.experiments.rollout_store import RolloutStore
 from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
@@ -183,7 +184,10 @@ arms = [{{ name = "old", version = "v000001" }}, {{ name = "new", version = "{ot
         record = served[body["request_id"]]
         items = [i["item_id"] for i in body["items"]]
         assert len(items) == 6 == len(set(items)) and len(record.teams) == 6
-        for item, team in zip(items, record.teams):  # each item came from the ranker its team names
+        teams = [t % SHARED for t in record.teams]
+        for item, team, coded in zip(items, teams, record.teams):  # each item came from the ranker its team names
             assert item in alone["v000001" if team == 0 else other][user]
-        assert abs(sum(record.teams) - 3) <= 1  # team draft: the two rankers fill the list evenly
-    assert interleaving_credit(np.array(record.teams), [0]) != 0
+            # marked shared exactly when both rankers alone would have shown it
+            assert (coded >= SHARED) == (item in alone["v000001"][user] and item in alone[other][user])
+        assert abs(sum(teams) - 3) <= 1  # team draft: the two rankers fill the list evenly
+    assert interleaving_credit(np.array(teams), [0]) != 0

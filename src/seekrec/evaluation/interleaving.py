@@ -10,6 +10,13 @@ over impressions is anti-conservative (it rejects a true tie far more often than
 differ). ``interleaving_user_test`` is therefore the test to use: each user votes once, for the team
 that won more of their impressions. ``interleaving_click_test`` keeps more of the evidence: it compares
 the clicks each team drew per user (a paired t-test over users), where a vote keeps only the sign.
+
+Shared items. An item in both rankers' top K is shown whatever the coin says; which team places it
+depends on the coin and the ranks, and a click on it says little about which ranker is better, so it
+adds noise to the credit. ``team_clicks(..., shared=...)`` leaves those clicks out and credits only
+items one of the rankers would not have shown, the idea of optimized interleaving's credit (Radlinski,
+Craswell 2013: documents both rankers place alike earn no credit). Two rankers that share most of
+their lists (a model and its online-updated self) then need several times fewer users.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Preference(IntEnum):
 class Interleaved:
     ids: np.ndarray  # [K] shown item ids, no duplicates
     teams: np.ndarray  # [K] 0 where ranker A contributed the item, 1 where ranker B did
+    shared: np.ndarray  # [K] True where the item is in both rankers' first K (its clicks credit no team)
 
 
 def _unique_ids(items: Sequence[int] | np.ndarray, name: str) -> list[int]:
@@ -77,18 +85,31 @@ def team_draft_interleave(
         teams.append(team)
         shown.add(item)
         picks[team] += 1
-    return Interleaved(np.array(ids, dtype=np.int64), np.array(teams, dtype=np.int8))
+    both = set(lists[0][:k]) & set(lists[1][:k])
+    return Interleaved(np.array(ids, dtype=np.int64), np.array(teams, dtype=np.int8),
+                       np.array([i in both for i in ids], dtype=bool))
 
 
-def interleaving_credit(teams: np.ndarray, clicked_positions: Sequence[int] | np.ndarray) -> Preference:
-    """Which team won one impression: the one whose positions got more of the clicks (0-based
-    ``clicked_positions`` into ``teams`` ``[K]``); no clicks or equal clicks is a tie."""
+def team_clicks(teams: np.ndarray, clicked_positions: Sequence[int] | np.ndarray,
+                shared: np.ndarray | None = None) -> tuple[int, int]:
+    """Clicks on team A's and on team B's positions of one impression (0-based ``clicked_positions`` into
+    ``teams`` ``[K]``); with ``shared`` ``[K]``, clicks on items both rankers show count for neither."""
     teams = np.asarray(teams)
     pos = np.asarray(clicked_positions, dtype=np.int64).ravel()
     if np.any((pos < 0) | (pos >= len(teams))):
         raise ValueError(f"clicked positions {pos.tolist()} must lie in [0, {len(teams)}) of the shown list")
+    if shared is not None:
+        pos = pos[~np.asarray(shared, dtype=bool)[pos]]
     b = int(np.sum(teams[pos] == 1))
-    return Preference(int(np.sign(b - (len(pos) - b))))
+    return len(pos) - b, b
+
+
+def interleaving_credit(teams: np.ndarray, clicked_positions: Sequence[int] | np.ndarray,
+                        shared: np.ndarray | None = None) -> Preference:
+    """Which team won one impression: the one whose positions got more of the clicks (``team_clicks``);
+    no clicks or equal clicks is a tie."""
+    a, b = team_clicks(teams, clicked_positions, shared)
+    return Preference(int(np.sign(b - a)))
 
 
 @dataclass(frozen=True)

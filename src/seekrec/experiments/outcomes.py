@@ -34,6 +34,7 @@ MAX_REQUEST_ID_LEN = 200
 # PRAGMA application_id of an outcome-log file ("srol"). The event log reads user_version, which stays
 # 0 here: an event log opened on this file sees a foreign table and refuses it, and vice versa.
 APPLICATION_ID = 0x73726F6C
+SHARED = 2  # added to a position's team in ServedList.teams when both interleaved rankers show the item
 QUEUE_FULL = "queue_full"  # ``on_lost`` reasons of BackgroundWriter
 WRITE_FAILED = "write_failed"
 CLOSED = "closed"
@@ -70,7 +71,8 @@ class ServedList:
     """One answered ``POST /recommend``: the items shown in order (position = index) and how they came about.
 
     ``arms`` maps each experiment layer to the user's arm in it; ``teams`` marks, for an interleaved
-    list, which ranker contributed each position (0 = A, 1 = B), and is None otherwise. ``items`` and
+    list, which ranker contributed each position (0 = A, 1 = B; plus 2 where the item is in both rankers'
+    top K, ``SHARED``: its clicks tell the rankers apart less), and is None otherwise. ``items`` and
     ``teams`` are stored as tuples and ``arms`` as a private copy, so a record cannot change after it
     was queued.
     """
@@ -106,11 +108,11 @@ class ServedList:
         object.__setattr__(self, "items", tuple(self.items))
         if self.teams is not None:
             if isinstance(self.teams, (str, bytes)) or not isinstance(self.teams, Sequence):
-                raise ValueError(f"ServedList.teams must be None or a sequence of 0/1, got {self.teams!r}")
+                raise ValueError(f"ServedList.teams must be None or a sequence of 0-3, got {self.teams!r}")
             teams = tuple(self.teams)
-            if len(teams) != len(self.items) or any(t not in (0, 1) or isinstance(t, bool) for t in teams):
-                raise ValueError(f"ServedList.teams must hold one 0 or 1 per item ({len(self.items)} items), "
-                                 f"got {list(teams)!r}")
+            if len(teams) != len(self.items) or any(t not in (0, 1, 2, 3) or isinstance(t, bool) for t in teams):
+                raise ValueError(f"ServedList.teams must hold one team per item ({len(self.items)} items): 0 or 1, "
+                                 f"plus {SHARED} for an item both rankers show; got {list(teams)!r}")
             object.__setattr__(self, "teams", tuple(int(t) for t in teams))
 
     def arm(self, layer: str) -> str | None:

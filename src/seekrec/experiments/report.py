@@ -16,10 +16,16 @@ from typing import Any
 import numpy as np
 
 from seekrec.evaluation.experiments import srm_check
-from seekrec.evaluation.interleaving import interleaving_click_test, interleaving_credit, interleaving_user_test
+from seekrec.evaluation.interleaving import (
+    interleaving_click_test,
+    interleaving_credit,
+    interleaving_user_test,
+    team_clicks,
+)
 from seekrec.experiments.attribution import EventRecord, Outcome, attribute
 from seekrec.experiments.metrics import ArmMetrics, ArmTimeline, arm_metrics, compare, timeline
 from seekrec.experiments.outcome_stores import open_outcome_log
+from seekrec.experiments.outcomes import SHARED
 from seekrec.online.factory import open_event_log
 
 READ_PAGE = 10_000
@@ -84,15 +90,18 @@ def build_report(outcomes: Sequence[Outcome], layer: str, control: str, *, catal
 
 def interleaving_report(outcomes: Sequence[Outcome], experiment: str,
                         confidence: float = 0.95) -> dict[str, Any] | None:
-    """An interleaving experiment's verdict from its logged lists: each list's clicks vote for the ranker whose
-    positions got more of them, each user votes for the ranker that won more of their lists, and the sign test
-    runs over users; beside it, the paired t-test of the users' click differences, which also counts margins
-    (``evaluation.interleaving``). None when no interleaved list was logged."""
+    """An interleaving experiment's verdict from its logged lists. Two tests, users as the unit
+    (``evaluation.interleaving``): the standard one, where each list's clicks vote for the ranker whose
+    positions got more of them, each user votes once and a sign test runs over users; and the paired t-test
+    of the users' click differences on items only one ranker showed (clicks on shared items credit
+    neither), which in the demo world needs several times fewer users. None when no interleaved list was
+    logged."""
     lists = [o for o in outcomes if o.served.arm(experiment) is not None and o.served.teams is not None]
     if not lists:
         return None
     users = [o.served.user_id for o in lists]
-    votes = [int(interleaving_credit(np.asarray(o.served.teams), list(o.clicked_positions))) for o in lists]
+    coded = [np.asarray(o.served.teams) for o in lists]  # team + SHARED where both rankers show the item
+    votes = [int(interleaving_credit(t % SHARED, list(o.clicked_positions))) for t, o in zip(coded, lists)]
     index = np.unique(users, return_inverse=True)[1]
     test = interleaving_user_test(index, votes, confidence)
     found = {"experiment": experiment, "lists": len(lists), "users": len(set(users)),
@@ -100,23 +109,24 @@ def interleaving_report(outcomes: Sequence[Outcome], experiment: str,
              "users_preferring_second": test.wins_b, "users_tied": test.ties, "delta": test.delta,
              "ci_low": test.ci_low, "ci_high": test.ci_high, "p_value": test.p_value}
     if found["users"] >= 2:
-        team_clicks = np.array([[int(np.sum(np.asarray(o.served.teams)[list(o.clicked_positions)] == t)) for t in (0, 1)]
-                                for o in lists]).reshape(-1, 2)  # [lists, 2]
-        clicks = interleaving_click_test(index, team_clicks[:, 0], team_clicks[:, 1], confidence)
-        found.update(click_difference=clicks.diff, click_ci_low=clicks.ci_low, click_ci_high=clicks.ci_high,
-                     p_value_clicks=clicks.p_value)
+        clicks = np.array([team_clicks(t % SHARED, list(o.clicked_positions), t >= SHARED)
+                           for t, o in zip(coded, lists)]).reshape(-1, 2)  # [lists, 2]
+        by_clicks = interleaving_click_test(index, clicks[:, 0], clicks[:, 1], confidence)
+        found.update(click_difference=by_clicks.diff, click_ci_low=by_clicks.ci_low,
+                     click_ci_high=by_clicks.ci_high, p_value_clicks=by_clicks.p_value)
     return found
 
 
 def format_interleaving(found: dict[str, Any]) -> str:
-    """One paragraph: who the users preferred, by how much, and the sign test's p-value."""
+    """One paragraph: who the users preferred, by how much, and both tests' p-values."""
     return (f"interleaving {found['experiment']!r}: {found['lists']} lists to {found['users']} users; users preferring "
             f"the first ranker {found['users_preferring_first']}, the second {found['users_preferring_second']}, "
             f"tied {found['users_tied']}; preference for the second {found['delta']:+.3f} "
             f"[{found['ci_low']:+.3f}, {found['ci_high']:+.3f}], sign test p={found['p_value']:.3g}"
             + ("" if "p_value_clicks" not in found else
-               f"; clicks per user, second minus first {found['click_difference']:+.3f} "
-               f"[{found['click_ci_low']:+.3f}, {found['click_ci_high']:+.3f}], paired t-test p={found['p_value_clicks']:.3g}"))
+               f"; clicks per user on items only one ranker showed, second minus first "
+               f"{found['click_difference']:+.3f} [{found['click_ci_low']:+.3f}, {found['click_ci_high']:+.3f}], "
+               f"paired t-test p={found['p_value_clicks']:.3g}"))
 
 
 def format_report(report: ExperimentReport) -> str:

@@ -28,7 +28,7 @@ from seekrec.evaluation.interleaving import team_draft_interleave
 from seekrec.experiments.assignment import Assigner
 from seekrec.experiments.definition import ExperimentsConfig
 from seekrec.experiments.outcome_stores import open_outcome_log
-from seekrec.experiments.outcomes import BackgroundWriter, OutcomeLog, ServedList
+from seekrec.experiments.outcomes import SHARED, BackgroundWriter, OutcomeLog, ServedList
 from seekrec.experiments.rollout_store import RolloutStore, current_stages
 from seekrec.online.event_log import (
     Event,
@@ -379,7 +379,7 @@ class ServingState:
         items = tuple(raw[i] for i in merged.ids)
         return (Recommendation(rec_a.user_id, items, tuple(float(scores[i]) for i in items),
                                f"{rec_a.model_version}+{rec_b.model_version}", rec_a.fallback and rec_b.fallback),
-                tuple(int(t) for t in merged.teams))
+                tuple(int(t) + SHARED * int(both) for t, both in zip(merged.teams, merged.shared)))
 
     def _explorer(self, params: dict[str, Any]) -> Explorer | None:
         """The exploring re-ranker an arm's params ask for (one per distinct setting, sharing the click counts)."""
