@@ -43,8 +43,3 @@ def test_every_rule_has_a_runbook_and_names_only_exported_series() -> None:
         unknown = promql_series(rule["expr"]) - exported
         assert not unknown, f"{rule['alert']} names {unknown}, which neither the server nor the trainer exports"
 
-
-def test_the_operations_page_documents_every_alert() -> None:
-    page = (DEPLOY.parent / "docs" / "operations.md").read_text()
-    for rule in _rules():
-        assert f"`{rule['alert']}`" in page, f"docs/operations.md does not document {rule['alert']}"
