@@ -139,7 +139,8 @@ def test_prometheus_scrapes_both_and_alerts_when_the_trainer_stops(tmp_path: Pat
     for expr in ('seekrec_http_requests_total{route="/recommend"}', "seekrec_trainer_events_total",
                  'seekrec_stage_duration_seconds_count{stage="encode"}', "process_resident_memory_bytes"):
         assert query(expr), f"{expr} did not arrive"
-    assert alert_state() is None, "the trainer publishes: no alert"
+    # the base version may have aged past the threshold while the trainer started; once it publishes, no alert
+    _until(lambda: alert_state() is None, "no alert while the trainer publishes", deadline)
 
     # (b) stop the trainer; events keep coming, nothing publishes: pending, then firing
     processes.stop("trainer")
