@@ -32,7 +32,9 @@ MIN_REQUESTS = 100  # fewer recent requests than this: no PSI (too noisy to aler
 HISTORY_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256])
 POPULARITY_EDGES = np.arange(1, 21)  # log2(1 + count) buckets 0..20+
 SCORE_BINS = 10  # top-score bins: deciles of the baseline
-FEATURES = ("input_popularity", "history_length", "top_score")
+Baseline = list[tuple[int, float]]  # (history length, top score) per request
+Recent = list[tuple[int, float, tuple[int, ...]]]  # and the history's item ids
+DriftWindows = tuple[Baseline, Recent]
 
 
 def popularity_buckets(counts: np.ndarray) -> np.ndarray:
@@ -66,7 +68,7 @@ class DriftMonitor:
         else:
             state.recent.append((len(history), top_score, tuple(history)))
 
-    def windows(self) -> dict[str, tuple[list[tuple[int, float]], list[tuple[int, float, tuple[int, ...]]]]]:
+    def windows(self) -> dict[str, DriftWindows]:
         """``{arm: (baseline, recent)}`` copies for ``drift_psi`` (cheap, on the event loop; the PSI runs in a
         worker thread on the copies)."""
         return {arm: (list(state.baseline), list(state.recent)) for arm, state in self._arms.items()}
@@ -77,8 +79,7 @@ class DriftMonitor:
             del self._arms[arm]
 
 
-def drift_psi(baseline: Sequence[tuple[int, float]], recent: Sequence[tuple[int, float, tuple[int, ...]]],
-              catalog: Catalog) -> dict[str, float]:
+def drift_psi(baseline: Baseline, recent: Recent, catalog: Catalog) -> dict[str, float]:
     """``{feature: PSI}`` of the recent requests against the reference (empty until the baseline is full and
     ``MIN_REQUESTS`` recent requests are in). ``catalog``: the arm's serving version's."""
     if len(baseline) < BASELINE_REQUESTS or len(recent) < MIN_REQUESTS:

@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 
 from seekrec.online.metrics import register_process_metrics
-from seekrec.serving.quality import ArmQuality
+from seekrec.serving.quality import NEW_ITEM_MAX_EVENTS, ArmQuality
 
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -98,7 +98,7 @@ class ServingMetrics:
         self.popularity = Gauge("seekrec_served_popularity", "Mean popularity percentile of recently served items "
                                 "(1: the most popular item)", ["arm"], registry=r)
         self.new_share = Gauge("seekrec_served_new_item_share", "Share of recently served slots holding an item "
-                               "with fewer than 5 training interactions", ["arm"], registry=r)
+                               f"with fewer than {NEW_ITEM_MAX_EVENTS} training interactions", ["arm"], registry=r)
         self.predicted_ctr = Gauge("seekrec_predicted_ctr", "Mean predicted click probability of recent settled "
                                    "slots (calibrated rankers)", ["arm"], registry=r)
         self.observed_ctr = Gauge("seekrec_observed_ctr", "Observed click rate of the same slots", ["arm"],

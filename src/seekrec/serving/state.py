@@ -42,7 +42,7 @@ from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
-from seekrec.serving.drift import DriftMonitor, drift_psi
+from seekrec.serving.drift import DriftMonitor, DriftWindows, drift_psi
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.explore import ClickAttribution, Explorer, ExploreSettings, FeedbackCounts, explore_settings
 from seekrec.serving.freshness import PendingEvents
@@ -56,7 +56,14 @@ from seekrec.serving.predictor import (
     Query,
     Recommendation,
 )
-from seekrec.serving.quality import CALIBRATION_SETTLE_S, ArmQuality, ServedWindow, outcome_type, summarise
+from seekrec.serving.quality import (
+    CALIBRATION_SETTLE_S,
+    ArmQuality,
+    ServedRecord,
+    ServedWindow,
+    outcome_type,
+    summarise,
+)
 from seekrec.serving.rollouts import RolloutController, interleaved_pair, model_arm, model_arms
 from seekrec.serving.settings import CURRENT, ServeSettings
 from seekrec.timing import StageClock
@@ -627,7 +634,7 @@ class ServingState:
             self.metrics.lag.labels(consumer=consumer).set(await asyncio.to_thread(self.event_log.lag, consumer))
 
     @staticmethod
-    def _summaries(arms: dict[str, ArmModel], records: list[Any], windows: dict[str, tuple[list[Any], list[Any]]],
+    def _summaries(arms: dict[str, ArmModel], records: list[ServedRecord], windows: dict[str, DriftWindows],
                    ) -> tuple[dict[str, ArmQuality], dict[str, dict[str, float]]]:
         """Worker thread: each arm's served-list quality and drift PSI."""
         settled = time.time() - CALIBRATION_SETTLE_S
