@@ -310,3 +310,29 @@ def compose_seekrec_commands() -> dict[str, SeekrecCommand]:
             assert not any("$" in a for a in service["command"]), f"{name}: Compose would interpolate '$'"
             commands[name] = parse_seekrec(service["command"], image_config_file)
     return commands
+
+
+# -- Prometheus: the series seekrec exports, and the ones PromQL names ------------------------------------------
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
+             "gauge": ("",), "summary": ("", "_count", "_sum", "_created"), "info": ("_info",)}
+_PROMQL_METRIC = re.compile(r"\b(?:seekrec|process)_[a-z0-9_]+\b|\bup\b")
+
+
+def exported_series() -> set[str]:
+    """Every series name the server (``ServingMetrics``) and the online trainer (``TrainerMetrics``) can export,
+    from their registries' collectors (labelled metrics with no child yet included), plus Prometheus' ``up``."""
+    from seekrec.online.metrics import TrainerMetrics
+    from seekrec.serving.metrics import ServingMetrics
+
+    names = {"up"}
+    for registry in (ServingMetrics().registry, TrainerMetrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+            names.update(sample.name for sample in family.samples)
+    return names
+
+
+def promql_series(expr: str) -> set[str]:
+    """The seekrec / process series (and ``up``) an expression names; label values and functions are skipped
+    by the prefixes, and label names cannot start with them."""
+    return set(_PROMQL_METRIC.findall(re.sub(r'"[^"]*"', '""', expr)))

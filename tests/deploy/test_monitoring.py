@@ -32,17 +32,23 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_prometheus_scrapes_the_servers_metrics() -> None:
+def test_prometheus_scrapes_the_server_and_the_trainer_and_loads_the_alerts() -> None:
     from seekrec.serving.routes.metrics import router
 
     config = yaml.safe_load(PROMETHEUS.read_text())
-    (job,) = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics" and "/metrics" in {r.path for r in router.routes}
-    settings = compose_seekrec_commands()["server"].config
-    assert job["static_configs"][0]["targets"] == [f"server:{settings.port}"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"seekrec-server", "seekrec-trainer"}
+    assert jobs["seekrec-server"]["metrics_path"] == "/metrics" and "/metrics" in {r.path for r in router.routes}
+    commands = compose_seekrec_commands()
+    assert jobs["seekrec-server"]["static_configs"][0]["targets"] == [f"server:{commands['server'].config.port}"]
+    trainer = commands["online-trainer"].config
+    assert trainer.metrics_host == "0.0.0.0", "the trainer's metrics port must be reachable from Prometheus' container"
+    assert jobs["seekrec-trainer"]["static_configs"][0]["targets"] == [f"online-trainer:{trainer.metrics_port}"]
     command = compose_services()["prometheus"]["command"]
     config_file = next(a.split("=", 1)[1] for a in command if a.startswith("--config.file="))
     assert mounts("prometheus")[config_file] == PROMETHEUS.resolve()
+    (rules,) = config["rule_files"]
+    assert mounts("prometheus")[str(Path(config_file).parent / rules)] == (PROMETHEUS.parent / rules).resolve()
 
 
 def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards_folder() -> None:
@@ -58,6 +64,6 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards_folder(
     assert provider["type"] == "file"
     dashboards = grafana[provider["options"]["path"]]
     assert dashboards == (DEPLOY / "grafana" / "dashboards").resolve()
-    assert (dashboards / "README.md").is_file(), "the folder says the dashboards arrive with a later issue"
+    assert (dashboards / "README.md").is_file(), "the folder says what each dashboard shows"
     for dashboard in dashboards.glob("*.json"):
         assert "panels" in json.loads(dashboard.read_text()), f"{dashboard.name} is not a Grafana dashboard"

@@ -455,3 +455,25 @@ def test_a_per_arm_learner_trains_on_its_users_and_publishes_to_its_channel(conf
 
 def base_items(registry: ModelRegistry, version: str) -> int:
     return int(registry.manifest(version)["model_config"]["n_items"])
+
+
+def test_metrics_port_exports_throughput_loss_lag_and_publishing(config_for: Any) -> None:
+    import httpx
+
+    from seekrec.serving.process import free_port
+
+    port = free_port()
+    config = config_for(events_per_step=5, publish_every_events=10, metrics_port=port)
+    _append(config, [Event(f"u{k % 7}", str(1 + k % 11), float(k)) for k in range(30)])
+    with OnlineTrainer(config) as trainer:
+        trainer.run()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(samples["seekrec_trainer_events_total"]) == 30
+    assert 0 < float(samples["seekrec_trainer_steps_total"]) <= 6  # a read whose events make no example: no step
+    assert float(samples["seekrec_trainer_versions_published_total"]) == 3
+    assert float(samples["seekrec_trainer_position"]) == 30 and float(samples["seekrec_trainer_lag"]) == 0
+    assert time.time() - float(samples["seekrec_trainer_last_publish_timestamp_seconds"]) < 60
+    assert math.isfinite(float(samples["seekrec_trainer_loss"])) and float(samples["process_cpu_seconds_total"]) > 0
+    with pytest.raises(httpx.ConnectError):  # closing the trainer closes its port
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -116,3 +116,17 @@ def test_a_bundle_saved_with_added_items_serves_them(tmp_path: Path, registry: M
     version = registry.publish_bundle(save_bundle(pipeline, tmp_path / "grown"), kind="pipeline", name="grown")
     predictor = PipelinePredictor.from_registry(registry, version, data_dir=sim_data_dir)
     assert predictor.n_items == pipeline.n_items and "grown-1" in predictor.catalog.items
+
+
+def test_pipeline_stages_are_timed_and_its_calibrated_probabilities_are_kept_for_the_bias_gauges(
+        ab_client: TestClient) -> None:
+    _user_in_arm(ab_client, "sequence")
+    user = _user_in_arm(ab_client, "pipeline")
+    body = ab_client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    text = ab_client.get("/metrics").text
+    for stage in ("search", "rank", "rerank"):
+        assert f'seekrec_stage_duration_seconds_count{{stage="{stage}"}}' in text, stage
+    records = {r.arm: r for r in ab_client.app.state.serving.window.snapshot()}
+    assert records["sequence"].probabilities is None  # SASRec's scores are no click probabilities
+    probabilities = records["pipeline"].probabilities
+    assert probabilities == tuple(item["score"] for item in body["items"]) and all(0 <= p <= 1 for p in probabilities)

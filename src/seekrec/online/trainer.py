@@ -47,6 +47,7 @@ from seekrec.models.task import NextItemTask
 from seekrec.online.event_log import TRAINER_CONSUMER, EventLogUnavailableError, LoggedEvent
 from seekrec.online.factory import open_event_log
 from seekrec.online.histories import UNKNOWN_ITEM_POLICIES
+from seekrec.online.metrics import TrainerMetrics
 from seekrec.online.updates import StreamExamples, grow_items_keeping_state
 from seekrec.registry import ModelRegistry, RegistryError, parse_channel
 from seekrec.training.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -106,6 +107,11 @@ class OnlineTrainerConfig:
     unknown_items: str = field(default="accept", metadata={
         "help": "events naming an item outside the catalog: 'accept' grows the item table for it, 'reject' "
                 "skips the event (the server's --unknown-items; keep the two the same)"})
+    metrics_port: int | None = field(default=None, metadata={
+        "help": "serve Prometheus metrics (events trained, loss, lag, last publish, process CPU and memory) on "
+                "this port (none or 0: off)"})
+    metrics_host: str = field(default="127.0.0.1", metadata={
+        "help": "address the metrics port binds (0.0.0.0 in a container that Prometheus scrapes from outside)"})
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +139,8 @@ class OnlineTrainerConfig:
                 raise ValueError(str(exc)) from exc
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None (torch's default), got {self.threads}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be a TCP port (0 or none: no metrics), got {self.metrics_port}")
 
 
 class UserFilter(Protocol):
@@ -166,6 +174,7 @@ class OnlineTrainer:
         self.last_publish_time: float | None = None
         self.events_this_run = 0
         self.last_loss: float | None = None
+        self.exported = TrainerMetrics()  # Prometheus (``metrics`` is the JSONL log)
         self._stop = threading.Event()
         with contextlib.ExitStack() as stack:  # a failed start-up releases the lock and the log at once
             stack.callback(os.close, _lock(self.state_dir / LOCK_FILE))
@@ -176,6 +185,10 @@ class OnlineTrainer:
                 self._start_fresh()
             else:
                 self._restore(checkpoint)
+            if config.metrics_port:
+                server = self.exported.serve(config.metrics_port, config.metrics_host)
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
             self._resources = stack.pop_all()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -378,6 +391,7 @@ class OnlineTrainer:
         seconds = time.perf_counter() - t0
         record.update(seconds=seconds, events_per_s=len(events) / seconds, lag=self._lag())
         self.metrics.append(record)
+        self.exported.stepped(len(events), seconds, record)
         return seconds
 
     def _grow(self) -> None:
@@ -407,6 +421,7 @@ class OnlineTrainer:
         self.state["published_version"] = version
         self.published.append(version)
         self.last_publish_time = time.time()
+        self.exported.publishing(self.position)
         checkpoint_s = self._checkpoint()
         self.metrics.append({"kind": "publish", "time": self.last_publish_time, "version": version,
                              "offset": self.position, "n_items": self.model.n_items, "publish_s": publish_s,

@@ -44,6 +44,7 @@ from seekrec.pipeline.stages import (
     seen_mask,
 )
 from seekrec.retrieval.index import ItemIndex
+from seekrec.timing import StageClock, StageObserver
 
 if TYPE_CHECKING:
     from seekrec.llm.prompts import History
@@ -180,7 +181,7 @@ class Pipeline:
     @torch.inference_mode()
     def recommend(self, user: FeatureBatch, seen: Sequence[Sequence[int] | np.ndarray], *, k: int | None = None,
                   item_features: CandidateFeatures | None = None,
-                  histories: Sequence[History] | None = None) -> Recommendations:
+                  histories: Sequence[History] | None = None, on_stage: StageObserver | None = None) -> Recommendations:
         """Top-K items for B users: retrieve R candidates, rank them with DIN (or the LLM), re-rank.
 
         ``user``: B user rows of the spec (``FeatureStore.user_features`` or ``OfflineRows.features``).
@@ -188,16 +189,22 @@ class Pipeline:
         ``stages.filter_seen``. ``k`` defaults to ``stages.k``. ``item_features`` supplies fresh item
         rows for the candidates (see ``CandidateFeatures``); by default the catalog's rows are used.
         ``histories``: what the LLM stage reads of each user (``reranker = "llm"`` only); by default
-        ``seen`` in the order given, as item ids without ratings or times.
+        ``seen`` in the order given, as item ids without ratings or times. ``on_stage``: told the seconds of
+        ``search`` (user tower and ANN), ``rank`` and ``rerank``.
         """
         if len(seen) != len(user):
             raise ValueError(f"seen has {len(seen)} rows for {len(user)} users; pass one id list per user")
         if histories is None and self.stages.reranker == "llm":
             histories = item_histories(seen)
+        clock = StageClock(on_stage)
         exclude = self.exclusions(seen)
         candidates, retrieval_logits = self.retrieve(user, exclude)
+        clock.lap("search")
         ranker_logits = self.rank(user, candidates, item_features, histories=histories)
-        return self.finish(candidates, retrieval_logits, ranker_logits, exclude, k)
+        clock.lap("rank")
+        recs = self.finish(candidates, retrieval_logits, ranker_logits, exclude, k)
+        clock.lap("rerank")
+        return recs
 
     def exclusions(self, seen: Sequence[Sequence[int] | np.ndarray]) -> Tensor:
         """``[B, N' + 1]`` bool: the items each user must not get (their seen items, with ``filter_seen``)."""

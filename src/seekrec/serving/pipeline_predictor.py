@@ -39,6 +39,7 @@ from seekrec.serving.predictor import (
     replay_log,
     route,
 )
+from seekrec.timing import StageObserver
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class PipelinePredictor:
         self._counts = np.asarray(counts, dtype=np.int64)  # [N + 1] training interactions per item, for the fallback
         self._shared_log = shared_log  # the log, when other replicas share ``store`` (see follow_restarted_log)
         self._lock = threading.Lock()
+        self.on_stage: StageObserver | None = None  # seconds of search, rank and rerank per batch
+        # DIN's scores are calibrated click probabilities (the server watches their bias); an LLM's sigmoid is not
+        self.calibrated = pipeline.stages.reranker == "din"
         self._refresh_catalog()
 
     @classmethod
@@ -91,8 +95,10 @@ class PipelinePredictor:
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, context: LoadContext) -> PipelinePredictor:
         """``from_registry`` with the server's load settings (see ``serving.loading``)."""
-        return cls.from_registry(registry, version, data_dir=context.data_dir, event_log=context.event_log,
-                                 feature_store=context.feature_store)
+        predictor = cls.from_registry(registry, version, data_dir=context.data_dir, event_log=context.event_log,
+                                      feature_store=context.feature_store)
+        predictor.on_stage = context.on_stage  # after the self-check, which is not a request
+        return predictor
 
     # -- the Predictor surface the server uses ---------------------------------------------------------------
     @property
@@ -122,7 +128,8 @@ class PipelinePredictor:
             user = self.store.user_features([q.user_id for q in batch], now)
             recs = self.pipeline.recommend(user, [q.history if q.exclude_seen else () for q in batch],
                                            k=max(q.k for q in batch),
-                                           item_features=self.pipeline.store_item_features(self.store, now))
+                                           item_features=self.pipeline.store_item_features(self.store, now),
+                                           on_stage=self.on_stage)
             out = []
             for row, query in enumerate(batch):
                 ids, scores = recs.row(row)

@@ -21,6 +21,7 @@ import numpy as np
 from seekrec.data.vocab import Catalog
 from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.retrieval.index import IndexConfig
+from seekrec.timing import StageObserver
 
 REPLAY_CHUNK = 10_000  # events read from the log per call while replaying it
 
@@ -84,6 +85,7 @@ class LoadContext:
     data_dir: Path | None = None
     event_log: EventLog | None = None
     feature_store: str | None = None  # Redis url of the pipeline feature store replicas share (none: embedded)
+    on_stage: StageObserver | None = None  # seconds per request-path stage (the server's stage histograms)
 
 
 @runtime_checkable
@@ -152,12 +154,14 @@ class PopularItems:
 
 def describe_version(version: str, manifest: Mapping[str, Any], n_items: int, index: str,
                      **extra: Any) -> dict[str, Any]:
-    """The facts ``/version`` and the metrics show for a version; ``extra``: kind-specific ones."""
+    """The facts ``/version`` and the metrics show for a version; ``extra``: kind-specific ones. ``offset``: the
+    event-log offset an online-trained version was trained through (None for an offline one)."""
     published = manifest.get("extra", {}).get("published_at")
     if isinstance(published, (int, float)) and not isinstance(published, bool):  # the online trainer's unix time
         published = datetime.fromtimestamp(published, timezone.utc).isoformat()
     return {"version": version, "model_name": manifest.get("model_name"), "created": manifest.get("created"),
-            "published_at": published, "n_items": n_items, "index": index, **extra}
+            "published_at": published, "offset": manifest.get("extra", {}).get("offset"), "n_items": n_items,
+            "index": index, **extra}
 
 
 def replay_log(event_log: EventLog, offset: Callable[[], int], apply: Callable[[list[LoggedEvent]], None]) -> int:

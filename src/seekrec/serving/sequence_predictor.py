@@ -38,6 +38,7 @@ from seekrec.serving.predictor import (
     describe_version,
     route,
 )
+from seekrec.timing import StageClock, StageObserver
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class SequencePredictor:
         # event-time / action inputs: queries must carry times and values, and "now" is the query time
         self.needs_context = bool(getattr(getattr(self.model, "config", None), "needs_context", False))
         self.clock = clock  # the request time's source (unix seconds); tests pin it
+        self.on_stage: StageObserver | None = None  # seconds of encode, search and rank per batch
         # a catalog can only be longer than the model if items were added after it was trained
         self.n_items = min(int(self.model.n_items), len(catalog.items))
         if self.n_items < 1:
@@ -88,7 +90,8 @@ class SequencePredictor:
     @classmethod
     def from_registry(cls, registry: ModelRegistry, version: str | None = None, *, candidates: int = 200,
                       index_config: IndexConfig | None = None, device: str = "cpu",
-                      compile_encoder: bool = False, quantize: str = "none") -> SequencePredictor:
+                      compile_encoder: bool = False, quantize: str = "none",
+                      on_stage: StageObserver | None = None) -> SequencePredictor:
         """Load (and checksum) ``version`` (None: CURRENT) with its catalog and build its index."""
         loaded = registry.load(version, device=device)
         path = loaded.directory / CATALOG_FILE
@@ -101,6 +104,7 @@ class SequencePredictor:
         predictor = cls(loaded, catalog, candidates=candidates, index_config=index_config,
                         compile_encoder=compile_encoder, quantize=quantize)
         predictor.check()
+        predictor.on_stage = on_stage  # from now on: the self-check is not a request
         log.info("loaded %s: %s encoder, %s index over %d items", loaded.version, predictor.encoder,
                  predictor.index.kind, predictor.n_items)
         return predictor
@@ -110,7 +114,7 @@ class SequencePredictor:
         """``from_registry`` with the server's load settings (see ``serving.loading``)."""
         return cls.from_registry(registry, version, candidates=context.candidates, index_config=context.index_config,
                                  device=context.device, compile_encoder=context.compile_encoder,
-                                 quantize=context.quantize)
+                                 quantize=context.quantize, on_stage=context.on_stage)
 
     def check(self) -> None:
         """Smoke-test the version before it serves: one forward pass must give finite scores and full
@@ -152,11 +156,14 @@ class SequencePredictor:
         # enough candidates that every user keeps k items after their seen ones are removed
         n_cand = min(self.n_items, max(max(self.candidates, q.k + len(h)) for q, h in zip(queries, seen)))
         k = min(max(q.k for q in queries), n_cand)
+        clock = StageClock(self.on_stage)
         with torch.inference_mode():
             ids = torch.from_numpy(inputs).to(self.device)  # [B, L]
             users = (self._encode_users(ids) if context is None  # [B, D]
                      else self._encode_users(ids, context.to(self.device)))
+            clock.lap("encode")
             _, cand = self.index.search(users, n_cand)  # [B, C] item ids, -1 where HNSW found none
+            clock.lap("search")
             cand = cand.clamp(min=0).to(self.device)
             scores = self.model.similarity.pairwise(users.unsqueeze(1), self.item_embeddings[cand]).float()  # [B, C]
             blocked = torch.zeros(b, self.n_items + 1, dtype=torch.bool)  # [B, N + 1]; column 0: padding
@@ -166,6 +173,7 @@ class SequencePredictor:
             top_scores, top_pos = scores.topk(k, dim=1)  # [B, K]
             top_ids = cand.gather(1, top_pos).cpu().numpy()
             top_scores = top_scores.cpu().numpy()
+        clock.lap("rank")
         out = []
         for row, query in enumerate(queries):
             row_scores = top_scores[row, : query.k]

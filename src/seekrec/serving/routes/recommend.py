@@ -35,6 +35,7 @@ async def recommend(body: RecommendRequest, state: Annotated[ServingState, Depen
         raise
     rec = served.rec
     request_id = new_request_id()
+    state.track(request_id, served)
     state.log_served(ServedList(request_id, body.user_id, time.time(), served.arms, rec.model_version,
                                 list(rec.item_ids), (time.perf_counter() - start) * 1000, rec.fallback, served.teams))
     items = [ScoredItem(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)]
