@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "seekrec"
 
 # the order of docs/architecture.md: a package imports only packages before it
-ORDER = ("io", "config", "data", "features", "models", "retrieval", "evaluation", "training", "registry", "llm", "online",
+ORDER = ("io", "timing", "config", "data", "features", "models", "retrieval", "evaluation", "training", "registry", "llm", "online",
          "experiments", "pipeline", "publish", "serving", "demo", "api", "cli")
 
 
