@@ -88,3 +88,17 @@ def test_demo_options_are_checked():
         DemoConfig(explore_test="both")
     with pytest.raises(ValueError, match="choose one"):
         DemoConfig(explore_test="shared", rollout=True)
+
+
+@pytest.mark.slow
+def test_quick_demo_compares_the_ab_test_with_interleaving(tmp_path):
+    """``--compare-designs``: half of the users in the A/B test, half interleaved, and the users each design needs."""
+    lines = []
+    report = run_demo(DemoConfig(workdir=tmp_path, quick=True, live_seconds=15, workers=2, compare_designs=True),
+                      show=lines.append)
+    assert report["errors"] == 0 and report["interleaving"]["lists"] > 100
+    designs = report["designs"]
+    assert designs["ab"]["users"] > 20 and designs["interleaving"]["users"] > 20
+    assert 0.35 < designs["ab"]["users"] / (designs["ab"]["users"] + designs["interleaving"]["users"]) < 0.65
+    assert any("users needed for p < 0.01" in line for line in lines)
+    assert any("paired t-test p=" in line for line in lines)

@@ -170,6 +170,7 @@ def test_benjamini_hochberg_is_the_step_up_rule(pvalues, q):
 def test_users_needed_textbook_value_and_simulated_power():
     assert users_needed(0.2, 1.0) == 393  # 2 (1.95996 + 0.84162)^2 / 0.2^2 = 392.4
     assert users_needed(-0.5, 2.0) == users_needed(0.25, 1.0) == 252
+    assert users_needed(0.2, 1.0, paired=True) == 197  # one-sample: (1.95996 + 0.84162)^2 / 0.2^2 = 196.2
     rng = np.random.default_rng(6)
     a, b = rng.normal(0.0, 1.0, (4000, 393)), rng.normal(0.2, 1.0, (4000, 393))
     power = np.mean(stats.ttest_ind(b, a, axis=1).pvalue < 0.05)

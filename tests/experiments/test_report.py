@@ -89,3 +89,29 @@ def test_an_interleaving_experiment_is_judged_by_its_users_votes(tmp_path):
     assert found["click_difference"] > 0 and found["click_ci_low"] > 0 and found["p_value_clicks"] < 1e-3
     assert "paired t-test p=" in format_interleaving(found)
     assert interleaving_report(load_outcomes(tmp_path / "served.db", tmp_path / "events.db"), "other") is None
+
+
+def test_design_sample_sizes_from_an_ab_half_and_an_interleaved_half():
+    from seekrec.evaluation.experiments import users_needed
+    from seekrec.experiments.attribution import Outcome
+    from seekrec.experiments.report import design_sample_sizes, format_design_sample_sizes
+
+    outcomes = []
+    for u in range(8):  # A/B: control users click 1 of 10, treatment users 2 or 3 of 10
+        arm = "control" if u % 2 else "treatment"
+        clicks = 1 if arm == "control" else 2 + u % 3 // 2
+        served = ServedList(f"ab{u}", f"u{u}", 1.0, {"ab": arm}, "v1", [str(i) for i in range(10)], 1.0, False)
+        outcomes.append(Outcome(served, clicks, tuple(range(clicks)), 0.0))
+    for u in range(6):  # interleaving: team B draws one more click than team A, except on a shared item
+        served = ServedList(f"il{u}", f"w{u}", 1.0, {"il": "interleaved"}, "v1+v2", ["a", "b", "c", "d"], 1.0,
+                            False, [0, 1, 2 + 1, 0])  # position 2: B's pick, in both top K
+        positions = (1, 2) if u % 3 else (0, 1, 2)
+        outcomes.append(Outcome(served, len(positions), positions, 0.0))
+    found = design_sample_sizes(outcomes, "ab", "control", "treatment", "il")
+    assert found["ab"]["users"] == 8 and found["interleaving"]["users"] == 6
+    assert found["interleaving"]["effect"] == pytest.approx(np.mean([1, 1, 0, 1, 1, 0]))  # shared click left out
+    sd = np.std([1, 1, 0, 1, 1, 0], ddof=1)
+    assert found["interleaving"]["users_needed"] == users_needed(found["interleaving"]["effect"], sd, 0.01, 0.8,
+                                                                 paired=True)
+    assert found["ab_over_interleaving"] == found["ab"]["users_needed"] / found["interleaving"]["users_needed"]
+    assert "fewer users than the A/B test" in format_design_sample_sizes(found)

@@ -28,8 +28,17 @@ from seekrec.demo.traffic import (
     run_traffic,
 )
 from seekrec.evaluation.abtest import welch_test
+from seekrec.experiments.attribution import Outcome
 from seekrec.experiments.outcome_stores import outcome_log_beside
-from seekrec.experiments.report import ExperimentReport, load_outcomes, plot_report
+from seekrec.experiments.report import (
+    ExperimentReport,
+    design_sample_sizes,
+    format_design_sample_sizes,
+    format_interleaving,
+    interleaving_report,
+    load_outcomes,
+    plot_report,
+)
 from seekrec.experiments.report import build_report as build_experiment_report
 from seekrec.experiments.report import format_report as format_report_of_experiment
 from seekrec.experiments.rollout_store import RolloutStore
@@ -45,6 +54,7 @@ from seekrec.training.metrics_log import MetricsLog
 log = logging.getLogger(__name__)
 FROZEN, REALTIME = "frozen", "realtime"
 GREEDY, EXPLORE = "greedy", "explore"  # the arms of --explore-test
+VERSUS = "versus"  # --compare-designs: the interleaving experiment beside the A/B test
 LEARNERS = ("shared", "per-arm")
 DEMO_EXPERIMENT, EXPERIMENT_PNG = "demo", "experiment.png"
 SERVER_LOG, TRAINER_LOG, TRAINER_STATE = "server.log", "online-trainer.log", "online"  # under the workdir
@@ -69,6 +79,9 @@ class DemoConfig:
         "help": "instead of frozen vs real-time: an A/B test of greedy vs Thompson-sampling exploration, both arms "
                 "served by online learners, 'shared' (one learner on every user's events) or 'per-arm' (a learner "
                 "per arm on its own users' events, publishing to its own registry channel; docs/experiments.md)"})
+    compare_designs: bool = field(default=False, metadata={
+        "help": "give half of the users the 50/50 A/B test and the other half team-draft interleaving of the same "
+                "two models, and report how many users each design needs to reach p < 0.01 with 80% power"})
     event_log: str | None = field(default=None, metadata={
         "help": "event log url the server and the online trainer share (none: SQLite in the workdir, the embedded "
                 "default; redis://host:port/db runs the loop on Redis Streams)"})
@@ -77,8 +90,8 @@ class DemoConfig:
         self.workdir = Path(self.workdir)
         if self.explore_test is not None and self.explore_test not in LEARNERS:
             raise ValueError(f"explore_test must be one of {LEARNERS} (or unset), got {self.explore_test!r}")
-        if self.explore_test is not None and self.rollout:
-            raise ValueError("--rollout and --explore-test are two different experiments: choose one")
+        if sum([self.explore_test is not None, self.rollout, self.compare_designs]) > 1:
+            raise ValueError("--rollout, --explore-test and --compare-designs are different experiments: choose one")
         if self.workers < 1 or (self.live_seconds is not None and self.live_seconds <= 0):
             raise ValueError(f"demo needs workers >= 1 and live_seconds > 0, got workers={self.workers}, "
                              f"live_seconds={self.live_seconds}")
@@ -185,6 +198,32 @@ def write_explore_test(cfg: DemoConfig) -> Path:
     return path
 
 
+DESIGNS = """# written by seekrec demo --compare-designs: one half of the users in the A/B test, the other interleaved
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "{name}"
+buckets = [0, 5000]
+control = "{frozen}"
+arms = [{{ name = "{frozen}", share = 0.5, version = "{version}" }}, {{ name = "{realtime}", share = 0.5, version = "current" }}]
+
+[[layers.experiments]]
+name = "{versus}"
+buckets = [5000, 10000]
+interleave = true
+arms = [{{ name = "{frozen}-il", version = "{version}" }}, {{ name = "{realtime}-il", version = "current" }}]
+"""
+
+
+def write_designs(cfg: DemoConfig, frozen_version: str) -> Path:
+    """The experiments file of ``--compare-designs``: the A/B test and interleaving on disjoint halves of a layer."""
+    path = cfg.workdir / EXPERIMENTS_FILE
+    path.write_text(DESIGNS.format(name=DEMO_EXPERIMENT, versus=VERSUS, frozen=FROZEN, realtime=REALTIME,
+                                   version=frozen_version))
+    return path
+
+
 def learners(cfg: DemoConfig) -> dict[str, list[str]]:
     """State dir name -> extra ``stream-train`` flags of each online learner the demo runs."""
     if cfg.explore_test != "per-arm":
@@ -214,7 +253,8 @@ def live_phase(
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "seekrec.cli"]
     experiments = (write_rollout(cfg, frozen_version, duration) if cfg.rollout
-                   else write_explore_test(cfg) if cfg.explore_test else None)
+                   else write_explore_test(cfg) if cfg.explore_test
+                   else write_designs(cfg, frozen_version) if cfg.compare_designs else None)
     control, treatment = cfg.arms
     with ExitStack() as stack:
         trainers = [_start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
@@ -224,7 +264,7 @@ def live_phase(
                     for state, flags in learners(cfg).items()]
         if cfg.rollout:
             arms = ["--experiments", str(experiments), "--rollout-interval-s", "1.0"]
-        elif cfg.explore_test:
+        elif cfg.explore_test or cfg.compare_designs:
             arms = ["--experiments", str(experiments)]
         else:
             arms = ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
@@ -319,12 +359,10 @@ def format_report(report: dict[str, Any]) -> str:
     ])
 
 
-def experiment_report(cfg: DemoConfig, since: float, n_items: int) -> ExperimentReport:
+def experiment_report(cfg: DemoConfig, outcomes: list[Outcome], n_items: int) -> ExperimentReport:
     """The A/B experiment rebuilt from the server's outcome log and the event log: per-user CTR by the delta
     method, the always-valid p-value, the 50/50 sample-ratio check (A/B) or the rollout's stages (``--rollout``);
     plots in ``workdir/experiment.png``."""
-    events_url = event_log_url(cfg)
-    outcomes = load_outcomes(outcome_log_beside(events_url), events_url, window_s=60.0, since=since)
     rollout = None
     if cfg.rollout:
         state = RolloutStore(cfg.workdir / "registry" / "rollouts").read(DEMO_EXPERIMENT)
@@ -350,13 +388,22 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
                           cfg.arms)
     if cfg.explore_test:
         report["learners"] = cfg.explore_test
-    experiment = experiment_report(cfg, since=started, n_items=sim.config.n_items)
+    events_url = event_log_url(cfg)
+    outcomes = load_outcomes(outcome_log_beside(events_url), events_url, window_s=60.0, since=started)
+    experiment = experiment_report(cfg, outcomes, n_items=sim.config.n_items)
     report["experiment"] = experiment.to_dict()
+    if cfg.compare_designs:
+        report["interleaving"] = interleaving_report(outcomes, VERSUS)
+        report["designs"] = design_sample_sizes(outcomes, DEMO_EXPERIMENT, FROZEN, REALTIME, VERSUS)
     report["total_seconds"] = time.time() - started
     atomic_write_json(cfg.workdir / "report.json", report)
     show("[3/3] report\n" + format_report(report))
     show("experiment report from the server's logs (users as the unit; docs/experiments.md)\n"
          + format_report_of_experiment(experiment) + f"\nplots: {cfg.workdir / EXPERIMENT_PNG}")
+    if cfg.compare_designs:
+        if report["interleaving"] is not None:
+            show(format_interleaving(report["interleaving"]))
+        show(format_design_sample_sizes(report["designs"]))
     logs = ", ".join([SERVER_LOG, *(trainer_log(s) for s in states)])
     show(f"wrote {cfg.workdir / 'report.json'} (logs: {logs})")
     return report

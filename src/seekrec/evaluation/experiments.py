@@ -261,10 +261,11 @@ def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray, q: float = 0.05) -
 # --------------------------------------------------------------------------------------- sample size
 
 
-def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int:
+def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8, *, paired: bool = False) -> int:
     """Users per arm for a two-sided two-sample test to detect a mean difference ``effect`` with
     outcome standard deviation ``sd``: ``2 (z_{1-alpha/2} + z_{power})^2 sd^2 / effect^2``, rounded up
-    (normal approximation, equal arms)."""
+    (normal approximation, equal arms). ``paired``: users in all for a one-sample test of per-user
+    differences with mean ``effect`` and standard deviation ``sd`` (interleaving), without the factor 2."""
     if effect == 0 or not math.isfinite(effect):
         raise ValueError(f"effect must be a finite non-zero difference, got {effect}")
     if not sd > 0 or not math.isfinite(sd):
@@ -272,4 +273,4 @@ def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"alpha ({alpha}) and power ({power}) must lie in (0, 1)")
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return math.ceil(2 * (z * sd / effect) ** 2)
+    return math.ceil((1 if paired else 2) * (z * sd / effect) ** 2)

@@ -8,6 +8,7 @@ log), so a report can be rebuilt at any time, on any machine that can read them.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from seekrec.evaluation.experiments import srm_check
+from seekrec.evaluation.experiments import srm_check, users_needed
 from seekrec.evaluation.interleaving import (
     interleaving_click_test,
     interleaving_credit,
@@ -115,6 +116,58 @@ def interleaving_report(outcomes: Sequence[Outcome], experiment: str,
         found.update(click_difference=by_clicks.diff, click_ci_low=by_clicks.ci_low,
                      click_ci_high=by_clicks.ci_high, p_value_clicks=by_clicks.p_value)
     return found
+
+
+def design_sample_sizes(outcomes: Sequence[Outcome], ab: str, control: str, treatment: str, interleaving: str,
+                        alpha: float = 0.01, power: float = 0.8) -> dict[str, Any]:
+    """Users each design would need to detect what it measured, at ``alpha`` with ``power`` (``users_needed``,
+    normal approximation): the A/B test ``ab`` from its per-user CTR (both arms together), the interleaving
+    experiment ``interleaving`` from its users' click differences on items only one ranker showed. Two
+    experiments of one layer on disjoint users of the same traffic, so the figures are comparable."""
+    per_user: dict[str, dict[str, list[int]]] = {control: defaultdict(lambda: [0, 0]),
+                                                 treatment: defaultdict(lambda: [0, 0])}
+    diffs: dict[str, int] = defaultdict(int)
+    for o in outcomes:
+        arm = o.served.arm(ab)
+        if arm in per_user:
+            counts = per_user[arm][o.served.user_id]
+            counts[0] += o.clicked
+            counts[1] += o.shown
+        elif o.served.arm(interleaving) is not None and o.served.teams is not None:
+            coded = np.asarray(o.served.teams)
+            a, b = team_clicks(coded % SHARED, list(o.clicked_positions), coded >= SHARED)
+            diffs[o.served.user_id] += b - a
+    ctr = {arm: np.array([c / s for c, s in users.values() if s]) for arm, users in per_user.items()}
+    out: dict[str, Any] = {"alpha": alpha, "power": power}
+    if min(len(v) for v in ctr.values()) >= 2:
+        effect = float(ctr[treatment].mean() - ctr[control].mean())
+        sd = float(np.sqrt((ctr[control].var(ddof=1) + ctr[treatment].var(ddof=1)) / 2))
+        out["ab"] = {"users": sum(len(v) for v in ctr.values()), "effect": effect, "sd": sd,
+                     "users_needed": 2 * users_needed(effect, sd, alpha, power) if effect and sd else None}
+    d = np.array(list(diffs.values()), dtype=np.float64)
+    if len(d) >= 2:
+        effect, sd = float(d.mean()), float(d.std(ddof=1))
+        out["interleaving"] = {"users": len(d), "effect": effect, "sd": sd,
+                               "users_needed": users_needed(effect, sd, alpha, power, paired=True)
+                               if effect and sd else None}
+    needed = [out.get(k, {}).get("users_needed") for k in ("ab", "interleaving")]
+    out["ab_over_interleaving"] = needed[0] / needed[1] if all(needed) else None
+    return out
+
+
+def format_design_sample_sizes(found: dict[str, Any]) -> str:
+    """Two lines and the ratio: what each design measured and how many users it would need."""
+    lines = [f"users needed for p < {found['alpha']} with {found['power']:.0%} power, from what each design measured:"]
+    for key, what in (("ab", "A/B test, per-user CTR"), ("interleaving", "interleaving, per-user click difference")):
+        got = found.get(key)
+        if got is None:
+            lines.append(f"  {what}: too few users")
+            continue
+        needed = "no effect measured" if got["users_needed"] is None else f"{got['users_needed']} users"
+        lines.append(f"  {what}: effect {got['effect']:+.4f}, sd {got['sd']:.4f} over {got['users']} users -> {needed}")
+    if found["ab_over_interleaving"] is not None:
+        lines.append(f"  interleaving needs {found['ab_over_interleaving']:.1f}x fewer users than the A/B test")
+    return "\n".join(lines)
 
 
 def format_interleaving(found: dict[str, Any]) -> str:
