@@ -16,6 +16,7 @@ from seekrec.evaluation.experiments import (
     ratio_estimate,
     ratio_test,
     srm_check,
+    users_for_power,
     users_needed,
 )
 from seekrec.evaluation.interleaving import (
@@ -23,8 +24,8 @@ from seekrec.evaluation.interleaving import (
     interleaving_click_test,
     interleaving_credit,
     interleaving_test,
-    team_clicks,
     interleaving_user_test,
+    team_clicks,
     team_draft_interleave,
 )
 from seekrec.evaluation.sequential import confidence_sequence, log_mixture_lr, msprt, msprt_pvalues
@@ -170,7 +171,10 @@ def test_benjamini_hochberg_is_the_step_up_rule(pvalues, q):
 def test_users_needed_textbook_value_and_simulated_power():
     assert users_needed(0.2, 1.0) == 393  # 2 (1.95996 + 0.84162)^2 / 0.2^2 = 392.4
     assert users_needed(-0.5, 2.0) == users_needed(0.25, 1.0) == 252
-    assert users_needed(0.2, 1.0, paired=True) == 197  # one-sample: (1.95996 + 0.84162)^2 / 0.2^2 = 196.2
+    # a test that saw z = 0.2 / sqrt(2 / 100) with 100 users per arm needs what users_needed says, both arms
+    assert users_for_power(0.2 / math.sqrt(2 / 100), 200) == pytest.approx(2 * users_needed(0.2, 1.0), abs=2)
+    with pytest.raises(ValueError, match="non-zero"):
+        users_for_power(0.0, 100)
     rng = np.random.default_rng(6)
     a, b = rng.normal(0.0, 1.0, (4000, 393)), rng.normal(0.2, 1.0, (4000, 393))
     power = np.mean(stats.ttest_ind(b, a, axis=1).pvalue < 0.05)

@@ -92,7 +92,7 @@ def test_an_interleaving_experiment_is_judged_by_its_users_votes(tmp_path):
 
 
 def test_design_sample_sizes_from_an_ab_half_and_an_interleaved_half():
-    from seekrec.evaluation.experiments import users_needed
+    from seekrec.evaluation.experiments import users_for_power
     from seekrec.experiments.attribution import Outcome
     from seekrec.experiments.report import design_sample_sizes, format_design_sample_sizes
 
@@ -109,9 +109,10 @@ def test_design_sample_sizes_from_an_ab_half_and_an_interleaved_half():
         outcomes.append(Outcome(served, len(positions), positions, 0.0))
     found = design_sample_sizes(outcomes, "ab", "control", "treatment", "il")
     assert found["ab"]["users"] == 8 and found["interleaving"]["users"] == 6
-    assert found["interleaving"]["effect"] == pytest.approx(np.mean([1, 1, 0, 1, 1, 0]))  # shared click left out
-    sd = np.std([1, 1, 0, 1, 1, 0], ddof=1)
-    assert found["interleaving"]["users_needed"] == users_needed(found["interleaving"]["effect"], sd, 0.01, 0.8,
-                                                                 paired=True)
+    d = np.array([0, 1, 1, 0, 1, 1])  # per user: B's clicks - A's, the shared click left out
+    assert found["interleaving"]["effect"] == pytest.approx(d.mean())
+    z = d.mean() / (d.std(ddof=1) / np.sqrt(6))
+    assert found["interleaving"]["z"] == pytest.approx(z)
+    assert found["interleaving"]["users_needed"] == users_for_power(z, 6, 0.01, 0.8)
     assert found["ab_over_interleaving"] == found["ab"]["users_needed"] / found["interleaving"]["users_needed"]
     assert "fewer users than the A/B test" in format_design_sample_sizes(found)

@@ -261,11 +261,10 @@ def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray, q: float = 0.05) -
 # --------------------------------------------------------------------------------------- sample size
 
 
-def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8, *, paired: bool = False) -> int:
+def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Users per arm for a two-sided two-sample test to detect a mean difference ``effect`` with
     outcome standard deviation ``sd``: ``2 (z_{1-alpha/2} + z_{power})^2 sd^2 / effect^2``, rounded up
-    (normal approximation, equal arms). ``paired``: users in all for a one-sample test of per-user
-    differences with mean ``effect`` and standard deviation ``sd`` (interleaving), without the factor 2."""
+    (normal approximation, equal arms)."""
     if effect == 0 or not math.isfinite(effect):
         raise ValueError(f"effect must be a finite non-zero difference, got {effect}")
     if not sd > 0 or not math.isfinite(sd):
@@ -273,4 +272,19 @@ def users_needed(effect: float, sd: float, alpha: float = 0.05, power: float = 0
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"alpha ({alpha}) and power ({power}) must lie in (0, 1)")
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return math.ceil((1 if paired else 2) * (z * sd / effect) ** 2)
+    return math.ceil(2 * (z * sd / effect) ** 2)
+
+
+def users_for_power(z: float, users: int, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Users in all that a test which measured the statistic ``z`` on ``users`` users would need to reach
+    ``power`` at two-sided ``alpha``, for the same effect: ``users ((z_{1-alpha/2} + z_{power}) / |z|)^2``,
+    rounded up (normal approximation: a z statistic grows with the square root of the users). Any test works
+    (delta-method ratio, paired differences), so two designs compare on what each actually measured."""
+    if not math.isfinite(z) or z == 0:
+        raise ValueError(f"z must be a finite non-zero statistic, got {z}")
+    if users < 2:
+        raise ValueError(f"users must be >= 2, got {users}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha ({alpha}) and power ({power}) must lie in (0, 1)")
+    target = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return math.ceil(users * (target / abs(z)) ** 2)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from seekrec.evaluation.experiments import srm_check, users_needed
+from seekrec.evaluation.experiments import ratio_test, srm_check, users_for_power
 from seekrec.evaluation.interleaving import (
     interleaving_click_test,
     interleaving_credit,
@@ -120,10 +120,11 @@ def interleaving_report(outcomes: Sequence[Outcome], experiment: str,
 
 def design_sample_sizes(outcomes: Sequence[Outcome], ab: str, control: str, treatment: str, interleaving: str,
                         alpha: float = 0.01, power: float = 0.8) -> dict[str, Any]:
-    """Users each design would need to detect what it measured, at ``alpha`` with ``power`` (``users_needed``,
-    normal approximation): the A/B test ``ab`` from its per-user CTR (both arms together), the interleaving
-    experiment ``interleaving`` from its users' click differences on items only one ranker showed. Two
-    experiments of one layer on disjoint users of the same traffic, so the figures are comparable."""
+    """Users each design would need to detect what it measured, at ``alpha`` with ``power``
+    (``users_for_power``): the A/B test ``ab`` from its delta-method CTR test on per-user clicks / shown (both
+    arms together), the interleaving experiment ``interleaving`` from the paired t-test of its users' click
+    differences on items only one ranker showed. Two experiments of one layer on disjoint users of the same
+    traffic, so the figures are comparable."""
     per_user: dict[str, dict[str, list[int]]] = {control: defaultdict(lambda: [0, 0]),
                                                  treatment: defaultdict(lambda: [0, 0])}
     diffs: dict[str, int] = defaultdict(int)
@@ -137,19 +138,19 @@ def design_sample_sizes(outcomes: Sequence[Outcome], ab: str, control: str, trea
             coded = np.asarray(o.served.teams)
             a, b = team_clicks(coded % SHARED, list(o.clicked_positions), coded >= SHARED)
             diffs[o.served.user_id] += b - a
-    ctr = {arm: np.array([c / s for c, s in users.values() if s]) for arm, users in per_user.items()}
     out: dict[str, Any] = {"alpha": alpha, "power": power}
-    if min(len(v) for v in ctr.values()) >= 2:
-        effect = float(ctr[treatment].mean() - ctr[control].mean())
-        sd = float(np.sqrt((ctr[control].var(ddof=1) + ctr[treatment].var(ddof=1)) / 2))
-        out["ab"] = {"users": sum(len(v) for v in ctr.values()), "effect": effect, "sd": sd,
-                     "users_needed": 2 * users_needed(effect, sd, alpha, power) if effect and sd else None}
+    arms = {arm: np.array(list(users.values()), dtype=np.float64).reshape(-1, 2) for arm, users in per_user.items()}
+    if min(len(v) for v in arms.values()) >= 2:
+        test = ratio_test(arms[control][:, 0], arms[control][:, 1], arms[treatment][:, 0], arms[treatment][:, 1])
+        users = sum(len(v) for v in arms.values())
+        out["ab"] = {"users": users, "effect": test.diff, "z": test.z, "p_value": test.p_value,
+                     "users_needed": users_for_power(test.z, users, alpha, power) if test.z else None}
     d = np.array(list(diffs.values()), dtype=np.float64)
     if len(d) >= 2:
-        effect, sd = float(d.mean()), float(d.std(ddof=1))
-        out["interleaving"] = {"users": len(d), "effect": effect, "sd": sd,
-                               "users_needed": users_needed(effect, sd, alpha, power, paired=True)
-                               if effect and sd else None}
+        se = float(d.std(ddof=1)) / np.sqrt(len(d))
+        z = float(d.mean()) / se if se > 0 else 0.0
+        out["interleaving"] = {"users": len(d), "effect": float(d.mean()), "z": z,
+                               "users_needed": users_for_power(z, len(d), alpha, power) if z else None}
     needed = [out.get(k, {}).get("users_needed") for k in ("ab", "interleaving")]
     out["ab_over_interleaving"] = needed[0] / needed[1] if all(needed) else None
     return out
@@ -158,13 +159,14 @@ def design_sample_sizes(outcomes: Sequence[Outcome], ab: str, control: str, trea
 def format_design_sample_sizes(found: dict[str, Any]) -> str:
     """Two lines and the ratio: what each design measured and how many users it would need."""
     lines = [f"users needed for p < {found['alpha']} with {found['power']:.0%} power, from what each design measured:"]
-    for key, what in (("ab", "A/B test, per-user CTR"), ("interleaving", "interleaving, per-user click difference")):
+    for key, what in (("ab", "A/B test, CTR (delta method)"),
+                      ("interleaving", "interleaving, per-user click difference on items one ranker showed")):
         got = found.get(key)
         if got is None:
             lines.append(f"  {what}: too few users")
             continue
         needed = "no effect measured" if got["users_needed"] is None else f"{got['users_needed']} users"
-        lines.append(f"  {what}: effect {got['effect']:+.4f}, sd {got['sd']:.4f} over {got['users']} users -> {needed}")
+        lines.append(f"  {what}: effect {got['effect']:+.4f}, z {got['z']:.2f} over {got['users']} users -> {needed}")
     if found["ab_over_interleaving"] is not None:
         lines.append(f"  interleaving needs {found['ab_over_interleaving']:.1f}x fewer users than the A/B test")
     return "\n".join(lines)
