@@ -56,7 +56,7 @@ DASHBOARDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
               *(q(f"histogram_quantile({p}, sum by (le) (rate(seekrec_event_freshness_seconds_bucket[15m])))",
                   f"p{round(p * 100)}") for p in (0.5, 0.99)), threshold=30),
         panel("Served model age by arm, and events waiting for a version", "s",
-              q("seekrec_model_freshness_seconds", "{{arm}} {{version}}"),
+              q("max by (arm) (seekrec_model_freshness_seconds)", "{{arm}}"),
               q("seekrec_event_freshness_pending", "events waiting (count)")),
     ]),
     "seekrec-experiments": ("seekrec: experiments", [
