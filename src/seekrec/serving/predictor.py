@@ -83,6 +83,8 @@ class LoadContext:
     data_dir: Path | None = None
     event_log: EventLog | None = None
     feature_store: str | None = None  # Redis url of the pipeline feature store replicas share (none: embedded)
+    hot_items: int = 0  # popular items whose attributes a pipeline keeps in memory in front of that Redis store
+    on_hot_items: Callable[[str, int], None] | None = None  # told (hit|miss, count) of those lookups (a metric)
 
 
 @runtime_checkable

@@ -174,6 +174,9 @@ class ServeSettings:
                 "swap (least recently used out first); 0: no response cache"})
     response_cache_ttl_s: float = field(default=300.0, metadata={
         "help": "longest a cached list is served (a bound on memory held for users who went quiet)"})
+    hot_items: int = field(default=1000, metadata={
+        "help": "most popular items whose attributes a pipeline arm keeps in memory instead of reading them from the "
+                "shared Redis feature store (--feature-store) per request; 0: off. An embedded store is all in memory"})
     request_log: Path | None = field(default=None, metadata={
         "help": "JSONL file of every /recommend request and response, written by a background thread (none: off)"})
     request_log_queue: int = field(default=10_000, metadata={
@@ -241,7 +244,7 @@ class ServeSettings:
 
     def _check_cache(self) -> None:
         """The response cache and request log fields."""
-        for name, low in (("response_cache_size", 0), ("request_log_queue", 1)):
+        for name, low in (("response_cache_size", 0), ("request_log_queue", 1), ("hot_items", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**8:
                 raise ValueError(f"ServeSettings.{name} must be an integer in {low}..{10**8}, got {value!r}")

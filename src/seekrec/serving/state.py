@@ -124,9 +124,12 @@ class ServingState:
         self.attribution = ClickAttribution(self.feedback)
         self._explorers: dict[ExploreSettings, Explorer] = {}
         self._requests = itertools.count()  # seeds each request's exploration draws
+        cache_metrics = CacheMetrics(metrics.registry)  # response cache and hot items (docs/serving-cache.md)
+        hot_lookups = cache_metrics.requests.labels
         context = LoadContext(candidates=settings.candidates, index_config=IndexConfig(hnsw_threshold=settings.ann_threshold),
                               device=settings.device, compile_encoder=settings.compile, data_dir=settings.data_dir,
-                              feature_store=settings.feature_store)
+                              feature_store=settings.feature_store, hot_items=settings.hot_items,
+                              on_hot_items=lambda result, n: hot_lookups(cache="hot_items", result=result).inc(n))
         arms = model_arms(self.experiments) if self.experiments is not None else settings.experiment.arms
         self.table = ArmTable(self.registry, arms, context, metrics)
         self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
@@ -146,8 +149,7 @@ class ServingState:
         self.failure: str | None = None  # why a background start-up gave up (liveness then fails)
         self._starting: asyncio.Task[None] | None = None
         # response cache (docs/serving-cache.md): history changes and installs invalidate it on the loop thread
-        self.responses = ResponseCache(settings.response_cache_size, settings.response_cache_ttl_s,
-                                       CacheMetrics(metrics.registry))
+        self.responses = ResponseCache(settings.response_cache_size, settings.response_cache_ttl_s, cache_metrics)
         self.tail.on_applied, self.tail.on_rebuilt = self.responses.events_applied, self.responses.histories_rebuilt
         self.request_log: RequestLog | None = None  # settings.request_log, opened at start
 
