@@ -54,7 +54,7 @@ from seekrec.serving.predictor import (
     Query,
     Recommendation,
 )
-from seekrec.serving.request_log import RequestLog, RequestRecord
+from seekrec.serving.request_log import RequestLog
 from seekrec.serving.response_cache import BYPASS, HIT, MISS, CacheMetrics, ResponseCache
 from seekrec.serving.rollouts import RolloutController, interleaved_pair, model_arm, model_arms
 from seekrec.serving.settings import CURRENT, ServeSettings
