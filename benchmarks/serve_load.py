@@ -31,9 +31,9 @@ import numpy as np
 
 from seekrec.data.simulator import Simulator, SimulatorConfig
 from seekrec.data.vocab import CATALOG_FILE, Catalog
-from seekrec.serving.process import free_port, wait_ready
 from seekrec.models.factory import build_model
 from seekrec.registry import ModelRegistry
+from seekrec.serving.process import free_port, wait_ready
 
 
 def publish_random_model(root: Path, n_items: int, n_users: int, seed: int) -> tuple[Path, Path]:
@@ -55,14 +55,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def draw_users(rng: np.random.Generator, n_users: int, n: int, zipf: float | None = None) -> np.ndarray:
+    """``n`` user ids in ``1..n_users``: uniform, or Zipf-distributed with exponent ``zipf`` (the user of
+    popularity rank r is drawn with probability proportional to r^-zipf; ranks go to ids in a seeded random
+    order, so the heavy users are not simply the lowest ids)."""
+    if zipf is None:
+        return rng.integers(1, n_users + 1, n)
+    weights = np.arange(1, n_users + 1, dtype=np.float64) ** -zipf
+    ranks = rng.choice(n_users, size=n, p=weights / weights.sum())
+    return np.random.default_rng(12345).permutation(n_users)[ranks] + 1
+
+
 async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: int, seed: int,
-               server_pid: int | Sequence[int] | None = None) -> dict:
+               server_pid: int | Sequence[int] | None = None, zipf: float | None = None,
+               click_prob: float = 0.0) -> dict:
     """Open-loop: request i starts at t0 + i / rate; returns latency percentiles, achieved rate and CPU
     per request of the server(s) and of this client (they share the machine's cores).
 
     ``base``: one server, or several replicas taking turns (request i goes to ``base[i % n]``, a
     round-robin balancer); ``server_pid``: their processes, whose CPU seconds are also reported one by
-    one (``server_cpu_s``).
+    one (``server_cpu_s``). ``zipf``: draw users Zipf-distributed (``draw_users``), not uniformly.
+    ``click_prob``: after that share of the answers, the user clicks the top item (POST /events, not
+    counted in the latencies), as live traffic does; it invalidates their cached list.
 
     aiohttp rather than httpx: the client shares the cores with the server, and aiohttp costs a
     fraction of httpx's CPU per request, so less of the measured latency is the load generator's.
@@ -75,7 +89,10 @@ async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: 
     gc.freeze()
     rng = np.random.default_rng(seed)
     n = int(rate * seconds)
-    bodies = [json.dumps({"user_id": str(u), "k": 10}).encode() for u in rng.integers(1, n_users + 1, n)]
+    users = draw_users(rng, n_users, n, zipf)
+    bodies = [json.dumps({"user_id": str(u), "k": 10}).encode() for u in users]
+    clicks = np.random.default_rng(seed + 1).random(n) < click_prob
+    event_errors = 0
     latencies: list[float] = []
     late: list[float] = []  # how long after its scheduled time each request was sent: the client's own lag
     errors = 0
@@ -88,16 +105,26 @@ async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: 
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, event_errors
             start = time.perf_counter()
             late.append(1000 * (start - (t0 + i / rate)))
             try:
                 async with clients[i % len(clients)].post("/recommend", data=bodies[i]) as resp:
-                    await resp.read()
+                    answer = await resp.read()
                     resp.raise_for_status()
                 latencies.append(1000 * (time.perf_counter() - start))
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
+                return
+            items = json.loads(answer)["items"] if clicks[i] else []
+            if items:
+                event = {"events": [{"user_id": str(users[i]), "item_id": items[0]["item_id"]}]}
+                try:
+                    async with clients[i % len(clients)].post("/events", data=json.dumps(event)) as resp:
+                        await resp.read()
+                        resp.raise_for_status()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    event_errors += 1
 
         tasks = []
         for i in range(n):  # one task per request, created at its send time (3000 sleeping tasks lag the loop)
@@ -109,7 +136,8 @@ async def fire(base: str | Sequence[str], rate: float, seconds: float, n_users: 
         server_cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, server_cpu)]
     lat = np.asarray(latencies)
     pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95, 99)}
-    return {"rate": rate, "requests": n, "ok": len(latencies), "errors": errors,
+    return {"rate": rate, "requests": n, "ok": len(latencies), "errors": errors, "clicks": int(clicks.sum()),
+            "event_errors": event_errors,
             "achieved_rate": len(latencies) / elapsed, **pct,
             "client_send_lag_p99_ms": float(np.percentile(late, 99)) if late else float("nan"),
             "server_cpu_ms_per_request": 1000 * sum(server_cpu) / max(n, 1) if pids else float("nan"),
@@ -152,6 +180,8 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="server on CPU 0, this client on the other CPUs, so the load generator does not "
                              "steal the server's core (Linux taskset)")
+    parser.add_argument("--zipf", type=float, default=None,
+                        help="draw users Zipf-distributed with this exponent (e.g. 1.1) instead of uniformly")
     parser.add_argument("--server-args", default="", help="extra `seekrec serve` flags, e.g. --server-args='--max-wait-ms 1'")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -165,7 +195,7 @@ def main() -> None:
             with running_server(registry, data_dir, Path(tmp), args.server_args.split(), pin) as (base, pid):
                 asyncio.run(fire(base, 20, 2.0, args.users, 99))  # warm-up
                 for rate in args.rates:
-                    row = {"n_items": n_items, **asyncio.run(fire(base, rate, args.seconds, args.users, 1, pid))}
+                    row = {"n_items": n_items, **asyncio.run(fire(base, rate, args.seconds, args.users, 1, pid, args.zipf))}
                     results.append(row)
                     print(json.dumps(row), flush=True)
     held = {str(n): held_rate([r for r in results if r["n_items"] == n], args.budget_ms) for n in args.items}

@@ -3,6 +3,7 @@ live events through its feature store, cold-start items through ``POST /items``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from seekrec.data.schema import InteractionData
 from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
 from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
+
 
 @pytest.fixture
 def ab_client(tmp_path: Path, registry: ModelRegistry, pipeline_bundle: Path, sim_data_dir: Path) -> TestClient:
@@ -130,3 +132,26 @@ def test_pipeline_stages_are_timed_and_its_calibrated_probabilities_are_kept_for
     assert records["sequence"].probabilities is None  # SASRec's scores are no click probabilities
     probabilities = records["pipeline"].probabilities
     assert probabilities == tuple(item["score"] for item in body["items"]) and all(0 <= p <= 1 for p in probabilities)
+
+
+def test_hot_items_in_front_of_a_shared_store_give_the_same_lists(tmp_path: Path, registry: ModelRegistry,
+                                                                  pipeline_bundle: Path, sim_data_dir: Path,
+                                                                  redis_url: str, redis_prefix: str) -> None:
+    """A pipeline arm over a shared Redis feature store keeps its popular items' attributes in memory: the lists are
+    those of a server reading every attribute from Redis, and the arm bypasses the response cache (its rows hold
+    live window counts)."""
+    registry.publish_bundle(pipeline_bundle, kind="pipeline", name="two-tower+din")
+    settings = ServeSettings(registry=registry.root, event_log=str(tmp_path / "events.db"), data_dir=sim_data_dir,
+                             poll_interval_s=0.05, max_wait_ms=1.0, background_start=False,
+                             feature_store=f"{redis_url}?prefix={redis_prefix}:features")
+    users = [str(u) for u in range(1, 21)]
+    lists = {}
+    for hot in (0, 1000):
+        with TestClient(create_app(replace(settings, hot_items=hot))) as client:
+            lists[hot] = [client.post("/recommend", json={"user_id": u, "k": 8}).json()["items"] for u in users]
+            metrics = client.get("/metrics").text
+        hits = [line for line in metrics.splitlines()
+                if line.startswith('seekrec_cache_requests_total{cache="hot_items",result="hit"}')]
+        assert bool(hits) == bool(hot) and (not hits or float(hits[0].split()[-1]) > 0)
+        assert f'seekrec_cache_requests_total{{cache="response",result="bypass"}} {len(users)}.0' in metrics
+    assert lists[1000] == lists[0]

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from seekrec.online.event_log import EventLogUnavailableError
 
@@ -39,6 +39,7 @@ QUEUE_FULL = "queue_full"  # ``on_lost`` reasons of BackgroundWriter
 WRITE_FAILED = "write_failed"
 CLOSED = "closed"
 _LogT = TypeVar("_LogT", bound="OutcomeLog")
+_RecordT = TypeVar("_RecordT")
 
 
 def new_request_id() -> str:
@@ -215,8 +216,15 @@ class OutcomeLog(Protocol):
 # -------------------------------------------------------------------------------------------- SQLite
 
 
-class BackgroundWriter:
-    """Writes served lists from a daemon thread so that ``POST /recommend`` never waits for the log.
+class RecordSink(Protocol[_RecordT]):
+    """Where a ``BackgroundWriter`` hands its batches: an ``OutcomeLog``, or any ``append(records)``."""
+
+    def append(self, records: Sequence[_RecordT]) -> Any:
+        ...
+
+
+class BackgroundWriter(Generic[_RecordT]):
+    """Writes records (served lists by default) from a daemon thread so that ``POST /recommend`` never waits.
 
     ``submit`` only puts the record in a bounded queue (``put_nowait``): it returns at once, True when
     queued, False when the queue is full or the writer is closed; such records are dropped and counted
@@ -227,10 +235,13 @@ class BackgroundWriter:
     reason)`` (reason ``"queue_full"``, ``"closed"`` or ``"write_failed"``) is the hook for a Prometheus
     counter; it runs on the caller's thread for drops and on the writer thread for failures, so it
     must be cheap and must not raise. The writer does not own the log: close the writer, then the log.
+    ``record_type`` (default ``ServedList``) is what ``submit`` accepts and ``name`` names the thread and the
+    warnings, so other records (the server's request log) reuse the same queue and counters.
     """
 
-    def __init__(self, log: OutcomeLog, max_queue: int = 10_000, *, batch_size: int = 500, max_retries: int = 3,
-                 retry_delay_s: float = 0.5, on_lost: Callable[[int, str], None] | None = None) -> None:
+    def __init__(self, log: RecordSink[_RecordT], max_queue: int = 10_000, *, batch_size: int = 500,
+                 max_retries: int = 3, retry_delay_s: float = 0.5, on_lost: Callable[[int, str], None] | None = None,
+                 record_type: type = ServedList, name: str = "outcome-log-writer") -> None:
         for name, value, least in (("max_queue", max_queue, 1), ("batch_size", batch_size, 1),
                                    ("max_retries", max_retries, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -243,12 +254,13 @@ class BackgroundWriter:
         self.max_retries = max_retries
         self.retry_delay_s = retry_delay_s
         self._on_lost = on_lost
-        self._queue: queue.Queue[ServedList | None] = queue.Queue(max_queue)  # None: the stop sentinel
+        self.record_type, self.name = record_type, name
+        self._queue: queue.Queue[_RecordT | None] = queue.Queue(max_queue)  # None: the stop sentinel
         self._cond = threading.Condition()  # guards the counters below; never held during I/O
         self._accepted = self._finished = 0
         self._dropped = self._failed = self._written = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="outcome-log-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
@@ -271,10 +283,10 @@ class BackgroundWriter:
         """Records accepted and not yet written or given up."""
         return self._accepted - self._finished
 
-    def submit(self, record: ServedList) -> bool:
+    def submit(self, record: _RecordT) -> bool:
         """Queue ``record`` without waiting; False (and counted in ``dropped``) when it had to be dropped."""
-        if not isinstance(record, ServedList):
-            raise TypeError(f"submit() takes a ServedList, got {type(record).__name__}")
+        if not isinstance(record, self.record_type):
+            raise TypeError(f"submit() takes a {self.record_type.__name__}, got {type(record).__name__}")
         reason = None
         with self._cond:
             if self._closed:
@@ -310,11 +322,11 @@ class BackgroundWriter:
             try:  # the queue may be full: the sentinel waits for the thread to make room
                 self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
-                logger.warning("outcome log writer: %d served lists still queued at close", self.pending)
+                logger.warning("%s: %d records still queued at close", self.name, self.pending)
                 return False
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            logger.warning("outcome log writer: %d served lists not written at close", self.pending)
+            logger.warning("%s: %d records not written at close", self.name, self.pending)
             return False
         return True
 
@@ -337,7 +349,7 @@ class BackgroundWriter:
             if stop:
                 return
 
-    def _write(self, batch: list[ServedList]) -> None:
+    def _write(self, batch: list[_RecordT]) -> None:
         ok = False
         for attempt in range(self.max_retries + 1):
             try:
@@ -345,12 +357,12 @@ class BackgroundWriter:
                 ok = True
                 break
             except OSError as exc:  # transient: the log's storage is down or busy
-                logger.warning("outcome log %r: append of %d served lists failed (attempt %d of %d): %s",
-                               self.log, len(batch), attempt + 1, self.max_retries + 1, exc)
+                logger.warning("%s (%r): append of %d records failed (attempt %d of %d): %s",
+                               self.name, self.log, len(batch), attempt + 1, self.max_retries + 1, exc)
                 if attempt < self.max_retries:
                     time.sleep(self.retry_delay_s * 2**attempt)
             except Exception:  # a bug must not kill the thread and silently stop all logging: count and go on
-                logger.exception("outcome log %r: append of %d served lists failed", self.log, len(batch))
+                logger.exception("%s (%r): append of %d records failed", self.name, self.log, len(batch))
                 break
         with self._cond:
             if ok:
@@ -362,7 +374,7 @@ class BackgroundWriter:
         if not ok and self._on_lost is not None:
             self._on_lost(len(batch), WRITE_FAILED)
 
-    def __enter__(self) -> BackgroundWriter:
+    def __enter__(self) -> BackgroundWriter[_RecordT]:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -94,8 +94,9 @@ class StoreBackend(Protocol):
         ...
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
-             history: bool) -> list[EntityState]:
-        """State of each id as of its ``now``; one round-trip for a remote backend."""
+             history: bool, attributes: bool | Sequence[bool] = True) -> list[EntityState]:
+        """State of each id as of its ``now``; one round-trip for a remote backend. ``attributes``: whether to
+        read the attributes (all ids, or one flag per id); the state of an id read without them has none."""
         ...
 
     def offset(self) -> int:

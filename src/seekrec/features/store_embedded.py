@@ -68,15 +68,16 @@ class EmbeddedBackend:
         return True
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
-             history: bool) -> list[EntityState]:
+             history: bool, attributes: bool | Sequence[bool] = True) -> list[EntityState]:
         check_side(side)
+        flags = [attributes] * len(ids) if isinstance(attributes, bool) else attributes
         out = []
-        for key, t in zip(ids, now):
+        for key, t, with_attributes in zip(ids, now, flags):
             times = self._times[side].get(key, [])
             end = bisect.bisect_left(times, t)
             counts = tuple(end - bisect.bisect_left(times, t - w) for w in windows_s)
             past = tuple(self._history.get(key, ())) if history else ()
-            out.append(EntityState(dict(self._attributes[side].get(key, {})), past, counts))
+            out.append(EntityState(dict(self._attributes[side].get(key, {})) if with_attributes else {}, past, counts))
         return out
 
     def offset(self) -> int:

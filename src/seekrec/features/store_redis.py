@@ -95,23 +95,25 @@ class RedisBackend:
         return True
 
     def read(self, side: str, ids: Sequence[str], now: Sequence[float], windows_s: Sequence[int],
-             history: bool) -> list[EntityState]:
+             history: bool, attributes: bool | Sequence[bool] = True) -> list[EntityState]:
         check_side(side)
         history = history and side == "user"
+        flags = [attributes] * len(ids) if isinstance(attributes, bool) else list(attributes)
         pipe = self._client.pipeline(transaction=False)
-        for key, t in zip(ids, now):
-            pipe.hgetall(self._key("attr", side, key))
+        for key, t, with_attributes in zip(ids, now, flags):
+            if with_attributes:
+                pipe.hgetall(self._key("attr", side, key))
             if history:
                 pipe.lrange(self._key("seq", key), 0, -1)
             for w in windows_s:
                 pipe.zcount(self._key("win", side, key), float(t) - w, f"({float(t)!r}")
         replies = iter(pipe.execute())
         out = []
-        for _ in ids:
-            attributes = {field: json.loads(value) for field, value in next(replies).items()}
+        for with_attributes in flags:
+            attrs = {field: json.loads(value) for field, value in next(replies).items()} if with_attributes else {}
             past = tuple((str(i), float(t)) for i, t in map(json.loads, next(replies))) if history else ()
             counts = tuple(int(next(replies)) for _ in windows_s)
-            out.append(EntityState(attributes, past, counts))
+            out.append(EntityState(attrs, past, counts))
         return out
 
     def run_once(self, name: str, work: Callable[[], None], wait_s: float) -> bool:

@@ -45,6 +45,10 @@ class HistoryTail:
         self.resets = 0  # times the log was seen going backwards (restarted empty)
         self._next_sync: asyncio.Future[BaseException | None] | None = None  # the read callers join now
         self._syncer: asyncio.Task[None] | None = None
+        # told, on the loop thread and with no await in between, of every history change: the users of each
+        # applied batch, and a rebuild of all of them (the response cache invalidates on these)
+        self.on_applied: Callable[[Iterable[str]], None] | None = None
+        self.on_rebuilt: Callable[[], None] | None = None
 
     def get(self, user_id: str) -> list[int]:
         """The user's recent items as server ids, oldest first (call only once ``histories`` exist)."""
@@ -167,10 +171,14 @@ class HistoryTail:
         histories, unknown = await asyncio.to_thread(self._build)
         async with self.lock:
             self.histories, self._unknown_items = histories, unknown
+            if self.on_rebuilt is not None:
+                self.on_rebuilt()
 
     def _apply(self, events: Sequence[LoggedEvent]) -> None:
         assert self.histories is not None
         _apply(self.histories, events, self.catalog, self._unknown_items)
+        if self.on_applied is not None:
+            self.on_applied(e.user_id for e in events)
         for predictor in self.observers():
             predictor.observe(events)
 

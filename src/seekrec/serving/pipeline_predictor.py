@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from seekrec.data.schema import InteractionData
 from seekrec.data.vocab import Catalog, Vocab
 from seekrec.features.store import FeatureStore
+from seekrec.features.store_hot import HotItemAttributes
 from seekrec.online.event_log import EventLog, LoggedEvent
 from seekrec.pipeline.artifacts import PIPELINE_KIND, load_bundle
 from seekrec.pipeline.features import new_item_features
@@ -62,9 +63,12 @@ class PipelinePredictor:
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, version: str | None, *, data_dir: Path | None,
-                      event_log: EventLog | None = None, feature_store: str | None = None) -> PipelinePredictor:
+                      event_log: EventLog | None = None, feature_store: str | None = None, hot_items: int = 0,
+                      on_hot_items: Callable[[str, int], None] | None = None) -> PipelinePredictor:
         """Load (and checksum) a pipeline bundle, fill its store from ``data_dir`` and the log, smoke-test it.
-        ``feature_store``: the Redis url of a store shared with other replicas (filled once, by the first)."""
+        ``feature_store``: the Redis url of a store shared with other replicas (filled once, by the first);
+        ``hot_items``: with it, the attributes of that many most popular items are kept in memory
+        (``HotItemAttributes``; ``on_hot_items`` counts its hits and misses)."""
         bundle = registry.load_bundle(version)
         if bundle.kind != PIPELINE_KIND:
             raise RegistryError(f"{bundle.version} is a {bundle.kind}, not a pipeline bundle")
@@ -84,6 +88,9 @@ class PipelinePredictor:
             filled = store.bootstrap_once(data)
             log.info("%s: shared feature store %s (%s)", bundle.version, pipeline.spec.version[:16],
                      "filled by this replica" if filled else "already filled")
+            if hot_items and counts.any():  # the candidates' attributes are read per request; the popular ones stay here
+                hot = pipeline.raw_item_ids(np.argsort(-counts[1:], kind="stable")[:hot_items] + 1)
+                store = FeatureStore(pipeline.spec, HotItemAttributes(store.backend, hot, on_hot_items))
         predictor = cls(bundle, pipeline, store, counts, shared_log=event_log if feature_store is not None else None)
         if event_log is not None:
             predictor.replay(event_log)
@@ -96,7 +103,8 @@ class PipelinePredictor:
     def load(cls, registry: ModelRegistry, version: str, context: LoadContext) -> PipelinePredictor:
         """``from_registry`` with the server's load settings (see ``serving.loading``)."""
         predictor = cls.from_registry(registry, version, data_dir=context.data_dir, event_log=context.event_log,
-                                      feature_store=context.feature_store)
+                                      feature_store=context.feature_store, hot_items=context.hot_items,
+                                      on_hot_items=context.on_hot_items)
         predictor.on_stage = context.on_stage  # after the self-check, which is not a request
         return predictor
 

@@ -86,6 +86,8 @@ class LoadContext:
     event_log: EventLog | None = None
     feature_store: str | None = None  # Redis url of the pipeline feature store replicas share (none: embedded)
     on_stage: StageObserver | None = None  # seconds per request-path stage (the server's stage histograms)
+    hot_items: int = 0  # popular items whose attributes a pipeline keeps in memory in front of that Redis store
+    on_hot_items: Callable[[str, int], None] | None = None  # told (hit|miss, count) of those lookups (a metric)
 
 
 @runtime_checkable

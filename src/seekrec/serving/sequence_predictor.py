@@ -198,6 +198,12 @@ class SequencePredictor:
                 values[row, width - n :] = query.values[-n:]
         return SequenceContext.of_history(inputs, times, values, int(self.clock()))
 
+    @property
+    def response_cacheable(self) -> bool:
+        """Whether an answer is a function of the query alone (the server's response cache may keep it): yes,
+        unless the model reads the request time (event-time inputs)."""
+        return not self.needs_context
+
     def observe(self, events: Sequence[LoggedEvent]) -> None:
         """Nothing to keep: the server's histories reach this model through each query."""
 

@@ -176,6 +176,19 @@ class ServeSettings:
                 "log, <name>-served.db, or the stream seekrec:served on its Redis)"})
     outcome_queue: int = field(default=10_000, metadata={
         "help": "served lists waiting to be written; beyond it they are dropped and counted, never waited for"})
+    # -- response cache and request log (docs/serving-cache.md) --
+    response_cache_size: int = field(default=20_000, metadata={
+        "help": "lists kept per (user, arm, k, exclude_seen) and served again until the user's next event or a model "
+                "swap (least recently used out first); 0: no response cache"})
+    response_cache_ttl_s: float = field(default=300.0, metadata={
+        "help": "longest a cached list is served (a bound on memory held for users who went quiet)"})
+    hot_items: int = field(default=1000, metadata={
+        "help": "most popular items whose attributes a pipeline arm keeps in memory instead of reading them from the "
+                "shared Redis feature store (--feature-store) per request; 0: off. An embedded store is all in memory"})
+    request_log: Path | None = field(default=None, metadata={
+        "help": "JSONL file of every /recommend request and response, written by a background thread (none: off)"})
+    request_log_queue: int = field(default=10_000, metadata={
+        "help": "request-log lines waiting to be written; beyond it they are dropped and counted, never waited for"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", Path(self.registry))
@@ -228,6 +241,7 @@ class ServeSettings:
         if not self.trainer_consumer:
             raise ValueError("trainer_consumer must be a non-empty consumer name")
         self._check_perimeter()
+        self._check_cache()
 
     def _check_int8(self) -> None:
         """The int8 options (docs/inference-int8.md): known values, and int8 encoders only on the CPU."""
@@ -246,6 +260,18 @@ class ServeSettings:
         for name in ("metrics_require_key", "docs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ServeSettings.{name} must be true or false, got {getattr(self, name)!r}")
+
+    def _check_cache(self) -> None:
+        """The response cache and request log fields."""
+        for name, low in (("response_cache_size", 0), ("request_log_queue", 1), ("hot_items", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**8:
+                raise ValueError(f"ServeSettings.{name} must be an integer in {low}..{10**8}, got {value!r}")
+        ttl = self.response_cache_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+            raise ValueError(f"ServeSettings.response_cache_ttl_s must be finite seconds > 0, got {ttl!r}")
+        if self.request_log is not None:
+            object.__setattr__(self, "request_log", Path(self.request_log))
 
     @property
     def rollout_path(self) -> Path:

@@ -64,6 +64,8 @@ from seekrec.serving.quality import (
     outcome_type,
     summarise,
 )
+from seekrec.serving.request_log import RequestLog
+from seekrec.serving.response_cache import BYPASS, HIT, MISS, CacheMetrics, ResponseCache
 from seekrec.serving.rollouts import RolloutController, interleaved_pair, model_arm, model_arms
 from seekrec.serving.settings import CURRENT, ServeSettings
 from seekrec.timing import StageClock
@@ -83,6 +85,7 @@ class Served:
     arm: str
     arms: dict[str, str]
     teams: tuple[int, ...] | None = None
+    cache: str | None = None  # response cache: hit, miss or bypass (None: the cache is off)
 
 
 class NotReadyError(RuntimeError):
@@ -136,10 +139,14 @@ class ServingState:
         self.window = ServedWindow()
         self.drift = DriftMonitor()
         self.pending = PendingEvents()
+        cache_metrics = CacheMetrics(metrics.registry)  # response cache and hot items (docs/serving-cache.md)
+        hot_lookups = cache_metrics.requests.labels
         index_config = IndexConfig(hnsw_threshold=settings.ann_threshold, codec=settings.index_codec)
         context = LoadContext(candidates=settings.candidates, index_config=index_config, device=settings.device,
                               compile_encoder=settings.compile, quantize=settings.quantize, data_dir=settings.data_dir,
-                              feature_store=settings.feature_store, on_stage=self._observe_stage)
+                              feature_store=settings.feature_store, on_stage=self._observe_stage,
+                              hot_items=settings.hot_items,
+                              on_hot_items=lambda result, n: hot_lookups(cache="hot_items", result=result).inc(n))
         arms = model_arms(self.experiments) if self.experiments is not None else settings.experiment.arms
         self.table = ArmTable(self.registry, arms, context, metrics)
         self.tail = HistoryTail(self.table.catalog, settings.history_len, settings.data_dir, self.table.predictors,
@@ -158,6 +165,10 @@ class ServingState:
         self._journal_seen: tuple[int, int, int] | None = None  # the journal's signature when last read
         self.failure: str | None = None  # why a background start-up gave up (liveness then fails)
         self._starting: asyncio.Task[None] | None = None
+        # response cache (docs/serving-cache.md): history changes and installs invalidate it on the loop thread
+        self.responses = ResponseCache(settings.response_cache_size, settings.response_cache_ttl_s, cache_metrics)
+        self.tail.on_applied, self.tail.on_rebuilt = self.responses.events_applied, self.responses.histories_rebuilt
+        self.request_log: RequestLog | None = None  # settings.request_log, opened at start
 
     @property
     def arms(self) -> dict[str, ArmModel]:
@@ -186,6 +197,9 @@ class ServingState:
             if arm.version not in self.table.pointers():
                 await asyncio.to_thread(self.registry.manifest, arm.version)  # RegistryError naming it
         self.batcher.start()
+        if self.settings.request_log is not None:
+            self.request_log = RequestLog(self.settings.request_log, self.settings.request_log_queue,
+                                          self.metrics.registry)
         if not self.settings.background_start:
             try:
                 await self._load()
@@ -325,6 +339,8 @@ class ServingState:
             await asyncio.to_thread(self.outcomes.close)  # writes what is queued (bounded wait)
         if self.outcome_log is not None:
             await asyncio.to_thread(self.outcome_log.close)
+        if self.request_log is not None:
+            await asyncio.to_thread(self.request_log.close)  # writes what is queued (bounded wait)
 
     @property
     def ready(self) -> bool:
@@ -363,14 +379,41 @@ class ServingState:
             arms = {**arms, experiment: INTERLEAVED}
             self.metrics.recommendations.labels(arm=INTERLEAVED, version=rec.model_version,
                                                 fallback=str(rec.fallback).lower()).inc()
-            return Served(rec, INTERLEAVED, arms, teams)
+            return Served(rec, INTERLEAVED, arms, teams, self._bypass())
         explorer = self._explorer(params)
-        rec = await self._rank(arm_name, user_id, explorer.candidates_needed(k) if explorer else k, exclude_seen)
         if explorer is not None:
-            rec = self._explore(explorer, rec, k)
+            rec = await self._rank(arm_name, user_id, explorer.candidates_needed(k), exclude_seen)
+            rec, cache = self._explore(explorer, rec, k), self._bypass()
+        else:
+            rec, cache = await self._rank_cached(arm_name, user_id, k, exclude_seen)
         self.metrics.recommendations.labels(arm=arm_name, version=rec.model_version,
                                             fallback=str(rec.fallback).lower()).inc()
-        return Served(rec, arm_name, arms)
+        return Served(rec, arm_name, arms, cache=cache)
+
+    async def _rank_cached(self, arm_name: str, user_id: str, k: int, exclude_seen: bool) -> tuple[Recommendation,
+                                                                                                   str | None]:
+        """``_rank`` through the response cache when the arm's answer is a function of history and model alone."""
+        if not self.responses.enabled:
+            return await self._rank(arm_name, user_id, k, exclude_seen), None
+        model = self.table.arms[arm_name]
+        if not getattr(model.predictor, "response_cacheable", False):  # time-dependent or live-feature answers
+            return await self._rank(arm_name, user_id, k, exclude_seen), self._bypass()
+        missed = False
+
+        async def compute() -> Recommendation:
+            nonlocal missed
+            missed = True
+            return await self._rank(arm_name, user_id, k, exclude_seen)
+
+        rec = await self.responses.serve((user_id, arm_name, k, exclude_seen), model, compute)
+        return rec, MISS if missed else HIT
+
+    def _bypass(self) -> str | None:
+        """Count a request the response cache cannot answer (randomised or time-dependent); its cache label."""
+        if not self.responses.enabled:
+            return None
+        self.responses.bypass()
+        return BYPASS
 
     async def _rank(self, arm_name: str, user_id: str, k: int, exclude_seen: bool) -> Recommendation:
         """The model of ``arm_name`` ranks for the user's history (batched with other requests when personal)."""
@@ -603,6 +646,7 @@ class ServingState:
                 for predictor in predictors.values():
                     predictor.replay(self.event_log)
             self.table.swap(arms, heads)
+            self.responses.models_installed(self.table.arms)
         self._fresher(predictors)
         self.metrics.set_versions(self.describe_arms())
         self.metrics.ready.set(1 if self.ready else 0)
