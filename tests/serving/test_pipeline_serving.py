@@ -128,7 +128,7 @@ def test_pipeline_stages_are_timed_and_its_calibrated_probabilities_are_kept_for
     text = ab_client.get("/metrics").text
     for stage in ("search", "rank", "rerank"):
         assert f'seekrec_stage_duration_seconds_count{{stage="{stage}"}}' in text, stage
-    records = {r.arm: r for r in ab_client.app.state.serving.window.snapshot()}
+    records = {r.arm: r for r in ab_client.app.state.serving.monitor.window.snapshot()}
     assert records["sequence"].probabilities is None  # SASRec's scores are no click probabilities
     probabilities = records["pipeline"].probabilities
     assert probabilities == tuple(item["score"] for item in body["items"]) and all(0 <= p <= 1 for p in probabilities)

@@ -42,27 +42,18 @@ from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.retrieval.index import IndexConfig, set_search_threads
 from seekrec.serving.arms import ArmModel, ArmTable
 from seekrec.serving.batching import MicroBatcher
-from seekrec.serving.drift import DriftMonitor, DriftWindows, drift_psi
 from seekrec.serving.experiments import ArmAssigner
 from seekrec.serving.explore import ClickAttribution, Explorer, ExploreSettings, FeedbackCounts, explore_settings
-from seekrec.serving.freshness import PendingEvents
 from seekrec.serving.history_tail import HistoryTail
 from seekrec.serving.item_journal import ItemJournal
 from seekrec.serving.metrics import ServingMetrics
+from seekrec.serving.monitor import TrafficMonitor
 from seekrec.serving.predictor import (
     ItemsNotAddableError,
     LoadContext,
     Predictor,
     Query,
     Recommendation,
-)
-from seekrec.serving.quality import (
-    CALIBRATION_SETTLE_S,
-    ArmQuality,
-    ServedRecord,
-    ServedWindow,
-    outcome_type,
-    summarise,
 )
 from seekrec.serving.request_log import RequestLog
 from seekrec.serving.response_cache import BYPASS, HIT, MISS, CacheMetrics, ResponseCache
@@ -135,16 +126,13 @@ class ServingState:
         self.attribution = ClickAttribution(self.feedback)
         self._explorers: dict[ExploreSettings, Explorer] = {}
         self._requests = itertools.count()  # seeds each request's exploration draws
-        # monitoring (docs/operations.md): recent served lists, request drift, events awaiting a fresher version
-        self.window = ServedWindow()
-        self.drift = DriftMonitor()
-        self.pending = PendingEvents()
+        self.monitor = TrafficMonitor(metrics)  # the operator metrics of live traffic (docs/operations.md)
         cache_metrics = CacheMetrics(metrics.registry)  # response cache and hot items (docs/serving-cache.md)
         hot_lookups = cache_metrics.requests.labels
         index_config = IndexConfig(hnsw_threshold=settings.ann_threshold, codec=settings.index_codec)
         context = LoadContext(candidates=settings.candidates, index_config=index_config, device=settings.device,
                               compile_encoder=settings.compile, quantize=settings.quantize, data_dir=settings.data_dir,
-                              feature_store=settings.feature_store, on_stage=self._observe_stage,
+                              feature_store=settings.feature_store, on_stage=self.monitor.observe_stage,
                               hot_items=settings.hot_items,
                               on_hot_items=lambda result, n: hot_lookups(cache="hot_items", result=result).inc(n))
         arms = model_arms(self.experiments) if self.experiments is not None else settings.experiment.arms
@@ -417,7 +405,7 @@ class ServingState:
 
     async def _rank(self, arm_name: str, user_id: str, k: int, exclude_seen: bool) -> Recommendation:
         """The model of ``arm_name`` ranks for the user's history (batched with other requests when personal)."""
-        clock = StageClock(self._observe_stage)
+        clock = StageClock(self.monitor.observe_stage)
         model = self.table.arms[arm_name]
         if model.needs_context:  # event-time / action inputs: the events' times and values go along
             items, times, values = model.translate_events(self.tail.events(user_id))
@@ -428,12 +416,8 @@ class ServingState:
         if not query.personal:
             return model.predictor.recommend([query])[0]  # popular items: no forward pass, nothing to batch
         rec = await self.batcher.submit((model, query))
-        if not rec.fallback and rec.scores:
-            self.drift.observe(arm_name, rec.model_version, query.history, rec.scores[0])
+        self.monitor.ranked(arm_name, rec, query.history)
         return rec
-
-    def _observe_stage(self, stage: str, seconds: float) -> None:
-        self.metrics.stages.labels(stage=stage).observe(seconds)
 
     def _interleave(self, rec_a: Recommendation, rec_b: Recommendation, k: int) -> tuple[Recommendation, tuple[int, ...]]:
         """Team-draft interleaving of two rankings (a fresh coin per request for who picks first)."""
@@ -461,7 +445,7 @@ class ServingState:
         """Re-rank the model's top candidates (server item ids keep the click counts across model swaps)."""
         if rec.fallback or not rec.item_ids:
             return dataclasses.replace(rec, item_ids=rec.item_ids[:k], scores=rec.scores[:k])
-        clock = StageClock(self._observe_stage)
+        clock = StageClock(self.monitor.observe_stage)
         ids = self.table.catalog.items.encode(rec.item_ids)
         slate = explorer.rerank(ids, np.asarray(rec.scores), k, explorer.request_rng(rec.user_id, next(self._requests)))
         self.attribution.served(rec.user_id, slate.item_ids)
@@ -472,13 +456,8 @@ class ServingState:
                                    scores=tuple(rec.scores[i] for i in positions))
 
     def track(self, request_id: str, served: Served) -> None:
-        """An answered list: its slots count for the arm's click rate, and it is remembered so that events
-        naming ``request_id`` are attributed to it (``add_events``) and for the served-list quality gauges."""
-        rec = served.rec
-        model = self.table.arms.get(served.arm)  # None for an interleaved list: two rankers, no one calibration
-        calibrated = model is not None and bool(getattr(model.predictor, "calibrated", False)) and not rec.fallback
-        self.window.served(request_id, served.arm, rec.item_ids, rec.scores if calibrated else None)
-        self.metrics.served_items.labels(arm=served.arm).inc(len(rec.item_ids))
+        """An answered list, for the operator metrics (``TrafficMonitor.served``)."""
+        self.monitor.served(request_id, served, self.table.arms.get(served.arm))
 
     def record_failure(self, user_id: str) -> None:
         """A request of ``user_id`` failed: counted per model arm, and against the arms of their rollouts
@@ -522,11 +501,7 @@ class ServingState:
             raise
         self.outage.ok()
         self.metrics.events.inc(len(offsets))
-        self.pending.acknowledged(offsets)
-        for e in events:
-            arm = self.window.attribute(e.request_id, e.item_id, e.event_type) if e.request_id else None
-            if arm is not None:
-                self.metrics.attributed.labels(arm=arm, event_type=outcome_type(e.event_type)).inc()
+        self.monitor.acknowledged(events, offsets)
         logged = [LoggedEvent(e.user_id, e.item_id, e.timestamp, e.event_type, e.value, offset=o)
                   for e, o in zip(events, offsets)]
         if self._explorers:  # the clicks on explored slates feed the Thompson arms' posteriors
@@ -647,17 +622,10 @@ class ServingState:
                     predictor.replay(self.event_log)
             self.table.swap(arms, heads)
             self.responses.models_installed(self.table.arms)
-        self._fresher(predictors)
+        self.monitor.installed(predictors)
         self.metrics.set_versions(self.describe_arms())
         self.metrics.ready.set(1 if self.ready else 0)
         await self.tail.catch_up()
-
-    def _fresher(self, predictors: dict[str, Predictor]) -> None:
-        """Versions now served: the acknowledged events the newest one was trained through are fresh from now."""
-        offsets = [o for o in (p.describe().get("offset") for p in predictors.values()) if isinstance(o, int)]
-        if offsets:
-            for age in self.pending.covered(max(offsets)):
-                self.metrics.event_freshness.observe(age)
 
     # -- reporting ---------------------------------------------------------------------------
     def describe_arms(self) -> dict[str, dict[str, Any]]:
@@ -669,23 +637,10 @@ class ServingState:
         recent traffic (computed in a worker thread on copies of the bounded windows)."""
         self.metrics.set_versions(self.describe_arms())
         self.metrics.ready.set(1 if self.ready else 0)
-        self.metrics.freshness_pending.set(len(self.pending))
-        arms = dict(self.table.arms)
-        self.drift.forget(list(arms))
-        quality, drift = await asyncio.to_thread(self._summaries, arms, self.window.snapshot(), self.drift.windows())
-        self.metrics.set_quality(quality, drift)
+        await self.monitor.refresh(dict(self.table.arms))
         if self.event_log is not None:
             consumer = self.settings.trainer_consumer
             self.metrics.lag.labels(consumer=consumer).set(await asyncio.to_thread(self.event_log.lag, consumer))
-
-    @staticmethod
-    def _summaries(arms: dict[str, ArmModel], records: list[ServedRecord], windows: dict[str, DriftWindows],
-                   ) -> tuple[dict[str, ArmQuality], dict[str, dict[str, float]]]:
-        """Worker thread: each arm's served-list quality and drift PSI."""
-        settled = time.time() - CALIBRATION_SETTLE_S
-        quality = {arm: summarise(records, arm, m.predictor.catalog, settled) for arm, m in arms.items()}
-        drift = {arm: drift_psi(*windows[arm], arms[arm].predictor.catalog) for arm in arms if arm in windows}
-        return quality, drift
 
     async def _every(self, job: Callable[[], Awaitable[object]], kind: str, interval_s: float | None = None) -> None:
         """Run ``job`` every ``interval_s`` (default: the poll interval); a failure is logged and counted, and the
