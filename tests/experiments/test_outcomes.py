@@ -30,6 +30,13 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 T0 = float(int(time.time()) - 100)  # recent: Redis bounded reads look near the arrival time (slack 300 s)
 
 
+@pytest.fixture(autouse=True)
+def _recent_t0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T0 100 s before each test starts, not before the module was imported: a long suite may run this test
+    minutes after collection, past the Redis reads' 300 s slack around the records' arrival."""
+    monkeypatch.setitem(globals(), "T0", float(int(time.time()) - 100))
+
+
 def served(k: int, user: str = "u1", arm: str = "control", t: float | None = None, **kw: object) -> ServedList:
     fields: dict[str, object] = dict(request_id=f"r{k}", user_id=user, time=T0 + k if t is None else t,
                                      arms={"ranker": arm}, version="v1", items=[f"i{k}", f"i{k + 1}"],
