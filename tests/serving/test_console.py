@@ -19,7 +19,7 @@ from seekrec.serving.settings import ServeSettings
 from seekrec.serving.ui.live import quantile
 
 ADMIN, READ = "admin-key-" + "a" * 32, "read-key-" + "r" * 32
-PAGES = ("try.html",)
+PAGES = ("try.html", "live.html", "models.html")
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +98,31 @@ def test_quantile_interpolates_within_the_bucket_of_the_rank() -> None:
     assert quantile(0.75, newer, older) == pytest.approx(0.055)
     assert quantile(0.5, older, older) is None  # nothing observed in the window
     assert quantile(0.99, [(0.01, 0.0), (float("inf"), 10.0)], []) == 0.01  # in +Inf: the last finite bound
+
+
+def test_live_figures_cover_recent_requests(client: TestClient) -> None:
+    first = client.get("/ui/api/live").json()
+    assert first["served"] == {"live": "v000001"} and first["qps"] is None  # one reading: no window yet
+    for n in range(20):
+        client.post("/recommend", json={"user_id": str(n + 1)})
+    live = client.get("/ui/api/live").json()
+    assert live["qps"] > 0 and 0 < live["latency_p50_ms"] <= live["latency_p99_ms"]
+    assert [v for _, v in live["published"]] == ["v000001"] and live["model_age_s"]["live"] >= 0
+
+
+def test_models_view_and_admin_actions_need_a_configured_admin_key(
+        client: TestClient, keyed: TestClient, registry: ModelRegistry, variant) -> None:
+    view = client.get("/ui/api/models").json()
+    row = view["versions"][0]
+    assert row["current"] and row["served_by"] == ["live"] and "test/ndcg@10" in row["metrics"]
+    assert view["curves_of"] == "v000001" and view["curves"]["train loss"]
+    new = variant(registry, seed=1)
+    # an open (keyless) server refuses the console's admin actions outright
+    refused = client.post(f"/ui/api/models/{'v000001'}/promote")
+    assert refused.status_code == 403 and "no 'admin' key" in refused.json()["detail"]
+    assert keyed.post("/ui/api/models/rollback").status_code == 401
+    assert keyed.post("/ui/api/models/rollback", headers={"Authorization": f"Bearer {READ}"}).status_code == 403
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    assert keyed.post("/ui/api/models/rollback", headers=admin).json()["current"] == "v000001"
+    assert keyed.post(f"/ui/api/models/{new}/promote", headers=admin).json()["current"] == new
+    assert keyed.post("/ui/api/models/v000099/promote", headers=admin).status_code == 409
