@@ -26,6 +26,7 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     assert sum(arm["users"] for arm in experiment["arms"].values()) > 10
     assert experiment["srm"]["mismatch"] is False and (tmp_path / "experiment.png").is_file()
     assert any("always-valid p=" in line for line in lines)
+    assert any(line.startswith("web console: http://127.0.0.1:") and line.split()[2].endswith("/ui") for line in lines)
 
 
 @pytest.mark.slow

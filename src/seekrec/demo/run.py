@@ -85,6 +85,8 @@ class DemoConfig:
     event_log: str | None = field(default=None, metadata={
         "help": "event log url the server and the online trainer share (none: SQLite in the workdir, the embedded "
                 "default; redis://host:port/db runs the loop on Redis Streams)"})
+    keep_serving: bool = field(default=False, metadata={
+        "help": "leave the server, trainer and console up after the report until Ctrl-C"})
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -240,9 +242,10 @@ def event_log_url(cfg: DemoConfig) -> str:
 
 def live_phase(
     cfg: DemoConfig, sim: Simulator, data_dir: Path, frozen_version: str, registry: ModelRegistry,
-    show: Callable[[str], None],
+    show: Callable[[str], None], stack: ExitStack,
 ) -> tuple[TrafficStats, float]:
-    """Server + online trainer + simulated users for ``live`` seconds; prints a live table."""
+    """Server + online trainer + simulated users for ``live`` seconds; prints a live table. The processes stop
+    when ``stack`` closes, so the caller decides how long they outlive the traffic (``keep_serving``)."""
     duration = cfg.live_seconds or cfg.sizes()["live"]
     events_url = event_log_url(cfg)
     with closing(open_event_log(events_url)) as events:
@@ -256,49 +259,49 @@ def live_phase(
                    else write_explore_test(cfg) if cfg.explore_test
                    else write_designs(cfg, frozen_version) if cfg.compare_designs else None)
     control, treatment = cfg.arms
-    with ExitStack() as stack:
-        trainers = [_start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
-                            "--data", str(data_dir), "--state", str(cfg.workdir / state),
-                            "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
-                            "--threads", "1", *flags], cfg.workdir / trainer_log(state), stack)
-                    for state, flags in learners(cfg).items()]
-        if cfg.rollout:
-            arms = ["--experiments", str(experiments), "--rollout-interval-s", "1.0"]
-        elif cfg.explore_test or cfg.compare_designs:
-            arms = ["--experiments", str(experiments)]
-        else:
-            arms = ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
-                    "--arm", f"{REALTIME}=current:0.5"]
-        server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
-                         "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5", *arms],
-                        cfg.workdir / SERVER_LOG, stack)
-        wait_ready(base, server, cfg.workdir / SERVER_LOG)
-        stats, stop = TrafficStats(), threading.Event()
-        start = time.time()
-        driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={
-            "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop,
-            "browse_share": 0.2})
-        driver.start()
-        show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR ' + control:>10}  {'CTR ' + treatment:>12}  "
-             f"{'serving':>8}  {'p99 ms':>7}  errors")
-        try:
-            while driver.is_alive():
-                driver.join(timeout=5.0)
-                for state, trainer in zip(learners(cfg), trainers):
-                    if trainer.poll() is not None:
-                        raise RuntimeError(f"the online trainer exited; see {cfg.workdir / trainer_log(state)}")
-                elapsed = time.time() - start
-                with stats.lock:
-                    ctr = {arm: float(np.mean(v)) if v else float("nan") for arm, v in stats.ctr.items()}
-                    p99 = percentiles(stats.latencies_ms[-2000:])["p99"]
-                    line = (f"{elapsed:5.0f}  {stats.requests:8d}  {stats.requests / elapsed:6.1f}  "
-                            f"{ctr.get(control, float('nan')):10.4f}  {ctr.get(treatment, float('nan')):12.4f}  "
-                            f"{max(stats.version_first_seen, default='-'):>8}  {p99:7.1f}  {stats.errors}")
-                show(line)
-        finally:
-            stop.set()
-            driver.join()
-        return stats, time.time() - start
+    trainers = [_start([*cli, "stream-train", "--registry", str(registry.root), "--event-log", events_url,
+                        "--data", str(data_dir), "--state", str(cfg.workdir / state),
+                        "--publish-every-seconds", "1.0", "--publish-every-events", "500", "--lr", "3e-3",
+                        "--threads", "1", *flags], cfg.workdir / trainer_log(state), stack)
+                for state, flags in learners(cfg).items()]
+    if cfg.rollout:
+        arms = ["--experiments", str(experiments), "--rollout-interval-s", "1.0"]
+    elif cfg.explore_test or cfg.compare_designs:
+        arms = ["--experiments", str(experiments)]
+    else:
+        arms = ["--experiment", DEMO_EXPERIMENT, "--arm", f"{FROZEN}={frozen_version}:0.5",
+                "--arm", f"{REALTIME}=current:0.5"]
+    server = _start([*cli, "serve", "--registry", str(registry.root), "--event-log", events_url,
+                     "--data", str(data_dir), "--port", str(port), "--poll-interval", "0.5", *arms],
+                    cfg.workdir / SERVER_LOG, stack)
+    wait_ready(base, server, cfg.workdir / SERVER_LOG)
+    show(f"web console: {base}/ui (Try it, Live, Models; docs/console.md)")
+    stats, stop = TrafficStats(), threading.Event()
+    start = time.time()
+    driver = threading.Thread(target=run_traffic, args=(base, sim), daemon=True, kwargs={
+        "duration_s": duration, "workers": cfg.workers, "seed": cfg.seed, "stats": stats, "stop": stop,
+        "browse_share": 0.2})
+    driver.start()
+    show(f"{'time':>5}  {'requests':>8}  {'QPS':>6}  {'CTR ' + control:>10}  {'CTR ' + treatment:>12}  "
+         f"{'serving':>8}  {'p99 ms':>7}  errors")
+    try:
+        while driver.is_alive():
+            driver.join(timeout=5.0)
+            for state, trainer in zip(learners(cfg), trainers):
+                if trainer.poll() is not None:
+                    raise RuntimeError(f"the online trainer exited; see {cfg.workdir / trainer_log(state)}")
+            elapsed = time.time() - start
+            with stats.lock:
+                ctr = {arm: float(np.mean(v)) if v else float("nan") for arm, v in stats.ctr.items()}
+                p99 = percentiles(stats.latencies_ms[-2000:])["p99"]
+                line = (f"{elapsed:5.0f}  {stats.requests:8d}  {stats.requests / elapsed:6.1f}  "
+                        f"{ctr.get(control, float('nan')):10.4f}  {ctr.get(treatment, float('nan')):12.4f}  "
+                        f"{max(stats.version_first_seen, default='-'):>8}  {p99:7.1f}  {stats.errors}")
+            show(line)
+    finally:
+        stop.set()
+        driver.join()
+    return stats, time.time() - start
 
 
 def trainer_log(state: str) -> str:
@@ -382,7 +385,30 @@ def run_demo(cfg: DemoConfig, show: Callable[[str], None] = print) -> dict[str, 
     show(f"[1/3] simulating users and training the initial model in {cfg.workdir} ...")
     sim, data_dir, version, registry = prepare(cfg)
     show(f"[2/3] initial model {version} published; starting server, online trainer and simulated users")
-    stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show)
+    with ExitStack() as stack:
+        stats, seconds = live_phase(cfg, sim, data_dir, version, registry, show, stack)
+        if not cfg.keep_serving:
+            stack.close()  # stopping the server flushes its outcome log, so the report counts every served list
+        report = _report(cfg, stats, seconds, sim, started, show)
+        if cfg.keep_serving:
+            _serve_until_interrupted(show)
+    return report
+
+
+def _serve_until_interrupted(show: Callable[[str], None]) -> None:
+    """``keep_serving``: the server, trainer and console stay up (without simulated users) until Ctrl-C."""
+    show("the server, online trainer and console stay up (--keep-serving); Ctrl-C stops them")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        show("stopping")
+
+
+def _report(cfg: DemoConfig, stats: TrafficStats, seconds: float, sim: Simulator, started: float,
+            show: Callable[[str], None]) -> dict[str, Any]:
+    """Build, write and print the report of the live phase. With ``keep_serving`` the server still runs, and a
+    served list its outcome writer has not flushed yet (the last fraction of a second) is not counted."""
     states = learners(cfg)
     report = build_report(stats, seconds, published_offsets([cfg.workdir / s / METRICS_FILE for s in states]),
                           cfg.arms)

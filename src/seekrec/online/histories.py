@@ -7,6 +7,8 @@ state that never needs its own persistence.
 
 from __future__ import annotations
 
+import itertools
+
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
@@ -117,6 +119,10 @@ class UserHistories:
         while self.max_users is not None and len(self._events) > self.max_users:
             self._events.popitem(last=False)
             self.evicted += 1
+
+    def recent(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` most recently active users, most recent first, with how many events each one keeps."""
+        return [(user, len(events)) for user, events in itertools.islice(reversed(self._events.items()), n)]
 
     def get(self, user: object) -> list[int]:
         """The user's recent item ids, oldest first; empty for an unknown user."""

@@ -25,6 +25,7 @@ from seekrec.serving.metrics import MetricsMiddleware, ServingMetrics
 from seekrec.serving.routes import admin, events, experiments, health, items, metrics, recommend
 from seekrec.serving.settings import ServeSettings
 from seekrec.serving.state import NotReadyError, ServingState
+from seekrec.serving.ui.routes import install as install_console
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=serving_metrics)
     for module in (recommend, events, items, health, admin, experiments, metrics):
         app.include_router(module.router)
+    install_console(app)  # the web console at /ui (docs/console.md)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

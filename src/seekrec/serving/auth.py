@@ -183,6 +183,11 @@ class KeyStore:
         self._stamp, self._entries = stamp, _index(self._env + entries)
         log.info("API keys reloaded: %s", self.summary())
 
+    def count(self, role: Role) -> int:
+        """How many configured keys hold ``role`` (admin keys hold every role)."""
+        self._refresh()
+        return sum(role in entry.roles for entry in self._entries)
+
     def roles(self, key: str) -> frozenset[Role] | None:
         """The roles of ``key``; None when no configured key matches."""
         self._refresh()
@@ -227,6 +232,22 @@ def require(role: Role) -> Callable[[Request], Awaitable[None]]:
         if role not in roles:
             raise HTTPException(status_code=403, detail=f"this API key lacks the {role.value!r} role "
                                                          f"(it holds: {', '.join(sorted(r.value for r in roles))})")
+
+    return check
+
+
+def require_configured(role: Role) -> Callable[[Request], Awaitable[None]]:
+    """``require(role)`` for actions an open server must not offer: 403 unless some configured key holds
+    ``role``. The web console's admin buttons use it, so a page anyone on the host can open cannot promote a
+    model or roll back an experiment on a server started without keys."""
+    checked = require(role)
+
+    async def check(request: Request) -> None:
+        keys: KeyStore = request.app.state.keys
+        if not keys.enabled or keys.count(role) == 0:
+            raise HTTPException(status_code=403, detail=f"disabled: this server has no {role.value!r} key configured "
+                                                         f"(start it with --api-keys-file or {ENV_VAR} holding one)")
+        await checked(request)
 
     return check
 
