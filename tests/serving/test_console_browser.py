@@ -3,7 +3,8 @@ download) against ``seekrec serve`` and ``seekrec stream-train`` subprocesses.
 
 Each page loads without console errors in under a second; on Try it a click is posted as a real event and
 the page shows the version trained through it within the freshness objective; the controls are reachable by
-keyboard; axe-core finds no serious accessibility violation. Screenshots go to ``docs/console/``.
+keyboard; axe-core finds no serious accessibility violation. Screenshots go to the test's tmp dir, or to the
+folder in SEEKREC_CONSOLE_SHOTS (``SEEKREC_CONSOLE_SHOTS=docs/console pytest -s ...`` refreshes the docs' images).
 Skipped without Chromium or Playwright, except under SEEKREC_REQUIRE_SERVICES=1 (CI), where that fails.
 """
 
@@ -31,7 +32,7 @@ from seekrec.serving.ui.routes import FRESHNESS_SLO_S
 
 pytestmark = pytest.mark.slow
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+SHOTS_ENV = "SEEKREC_CONSOLE_SHOTS"  # where screenshots go (default: the test's tmp dir)
 MAX_SHOT_BYTES = 300_000
 LOAD_LIMIT_S = 1.0
 PAGES = ("try", "live", "experiments", "models")
@@ -129,7 +130,8 @@ def _traffic(base: str, per_s: float = 20.0) -> Iterator[None]:
 class Browser:
     """One page of headless Chromium that records console errors and failed requests."""
 
-    def __init__(self, playwright: Any) -> None:
+    def __init__(self, playwright: Any, shots: Path) -> None:
+        self.shots = shots
         self.browser = playwright.chromium.launch(executable_path=_chromium(), headless=True)
         self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
         self.errors: list[str] = []
@@ -146,7 +148,7 @@ class Browser:
         return float(json.loads(timing)["loadEventEnd"]) / 1000
 
     def shot(self, name: str) -> None:
-        path = SHOTS / f"{name}.png"
+        path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=False)
         assert path.stat().st_size < MAX_SHOT_BYTES, f"{path} is {path.stat().st_size} bytes"
 
@@ -173,13 +175,14 @@ def _tab_reaches(page: Any, selector: str, presses: int = 40) -> bool:
     return False
 
 
-def test_try_it_click_is_learned_and_shown(loop: Loop) -> None:
+def test_try_it_click_is_learned_and_shown(loop: Loop, tmp_path: Path) -> None:
     """Try it: a click is accepted, the online trainer publishes a version trained through it, and the page
     shows that version and a changed list within the freshness objective; the page loads in under 1 s."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {"load_s": {}, "axe": {}}
     with _playwright()() as playwright:
-        browser = Browser(playwright)
+        browser = Browser(playwright, shots)
         page = browser.page
         load = browser.open(f"{loop.base}/ui/try.html", "#items li button.item")
         figures["load_s"]["try"] = load
