@@ -107,7 +107,7 @@ def test_live_figures_cover_recent_requests(client: TestClient) -> None:
         client.post("/recommend", json={"user_id": str(n + 1)})
     live = client.get("/ui/api/live").json()
     assert live["qps"] > 0 and 0 < live["latency_p50_ms"] <= live["latency_p99_ms"]
-    assert [v for _, v in live["published"]] == ["v000001"] and live["model_age_s"]["live"] >= 0
+    assert [p["version"] for p in live["published"]] == ["v000001"] and live["model_age_s"]["live"] >= 0
 
 
 def test_models_view_and_admin_actions_need_a_configured_admin_key(
@@ -126,3 +126,10 @@ def test_models_view_and_admin_actions_need_a_configured_admin_key(
     assert keyed.post("/ui/api/models/rollback", headers=admin).json()["current"] == "v000001"
     assert keyed.post(f"/ui/api/models/{new}/promote", headers=admin).json()["current"] == new
     assert keyed.post("/ui/api/models/v000099/promote", headers=admin).status_code == 409
+
+
+def test_the_console_reads_training_curves_from_the_file_training_writes() -> None:
+    from seekrec.serving.ui.models import RUN_METRICS_FILE
+    from seekrec.training.run_dir import METRICS_FILE
+
+    assert RUN_METRICS_FILE == METRICS_FILE

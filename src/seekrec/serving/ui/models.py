@@ -13,10 +13,13 @@ from typing import Any
 from seekrec.registry import ModelRegistry, RegistryError
 from seekrec.serving.metrics import published_at
 from seekrec.serving.ui.schemas import CurvePoint, ModelsView, VersionRow
-from seekrec.training.run_dir import METRICS_FILE
 
 CURVE_KEYS = ("loss", "ndcg@10", "hr@10")  # train loss per step; validation metrics per evaluation
 MAX_PARENTS = 10_000  # an online trainer's chain of versions back to its offline base
+
+# training.run_dir.METRICS_FILE, named again: the server imports no training code (tests/test_layers.py),
+# and tests/serving/test_console.py holds the two equal
+RUN_METRICS_FILE = "metrics.jsonl"
 
 
 def models_view(registry: ModelRegistry, served: dict[str, str]) -> ModelsView:
@@ -50,8 +53,8 @@ def training_curves(registry: ModelRegistry, version: str) -> tuple[str | None, 
             return None, {}
         extra = manifest.get("extra", {})
         run_dir = extra.get("run_dir")
-        if isinstance(run_dir, str) and (Path(run_dir) / METRICS_FILE).is_file():
-            return version, _curves(Path(run_dir) / METRICS_FILE)
+        if isinstance(run_dir, str) and (Path(run_dir) / RUN_METRICS_FILE).is_file():
+            return version, _curves(Path(run_dir) / RUN_METRICS_FILE)
         parent = manifest.get("parent") or extra.get("base_version")
         if not isinstance(parent, str) or parent == version:
             return None, {}

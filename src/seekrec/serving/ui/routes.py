@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse
@@ -32,12 +32,19 @@ from seekrec.serving.ui.schemas import (
     LiveView,
     ModelAction,
     ModelsView,
+    Published,
     Session,
     TryView,
     UserRow,
     Users,
 )
 
+ADMIN_ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no API key sent"},
+    403: {"description": "the key is not an admin key, or the server has no admin key configured (then the "
+                         "console's admin actions are disabled)"},
+    409: {"description": "refused by the registry (unknown version, nothing to roll back to)"},
+}
 FRESHNESS_SLO_S = 30.0  # docs/operations.md: the SeekrecFreshnessSLO alert's objective
 HISTORY_SHOWN = 10
 State = Annotated[ServingState, Depends(get_state)]
@@ -125,7 +132,8 @@ async def live(request: Request, state: State) -> LiveView:
     now, arms = time.time(), state.describe_arms()
     ages = {arm: now - t for arm, info in arms.items() if (t := published_at(info)) is not None}
     infos = await asyncio.to_thread(state.registry.versions)
-    published = [(t, i.version) for i in infos if (t := published_at({"created": i.created})) is not None]
+    published = [Published(time=t, version=i.version) for i in infos
+                 if (t := published_at({"created": i.created})) is not None]
 
     def ms(seconds: float | None) -> float | None:
         return None if seconds is None else seconds * 1000
@@ -144,7 +152,7 @@ async def models(state: State) -> ModelsView:
     return await asyncio.to_thread(models_view, state.registry, served)
 
 
-@router.post("/api/models/{version}/promote", response_model=ModelAction,
+@router.post("/api/models/{version}/promote", response_model=ModelAction, responses=ADMIN_ACTION_ERRORS,
              dependencies=[Depends(require_configured(Role.ADMIN))])
 async def promote(version: Annotated[str, Path(max_length=64)], state: State) -> ModelAction:
     """Point CURRENT at ``version``; every server following CURRENT swaps within a poll interval."""
@@ -156,7 +164,7 @@ async def promote(version: Annotated[str, Path(max_length=64)], state: State) ->
     return ModelAction(current=state.registry.current(), detail=f"promoted {version}")
 
 
-@router.post("/api/models/rollback", response_model=ModelAction,
+@router.post("/api/models/rollback", response_model=ModelAction, responses=ADMIN_ACTION_ERRORS,
              dependencies=[Depends(require_configured(Role.ADMIN))])
 async def rollback(state: State) -> ModelAction:
     """CURRENT back to the version before it (``seekrec registry rollback``)."""

@@ -58,6 +58,13 @@ class TryView(BaseModel):
     applied_offset: int = Field(description="last event-log offset in this server's user histories")
 
 
+class Published(BaseModel):
+    """One retained registry version and when it was published."""
+
+    time: float = Field(description="unix seconds")
+    version: str
+
+
 class LiveView(BaseModel):
     """Recent-window figures (``seekrec.serving.ui.live``) and the state they describe."""
 
@@ -72,7 +79,7 @@ class LiveView(BaseModel):
     event_log_lag: int | None = Field(description="events the online trainer has not committed")
     model_age_s: dict[str, float] = Field(description="arm -> seconds since its version was published")
     served: dict[str, str] = Field(description="arm -> version served now")
-    published: list[tuple[float, str]] = Field(description="(unix time, version) of the registry's retained versions")
+    published: list[Published] = Field(description="the registry's retained versions, oldest first")
     server_time: float
 
 

@@ -38,9 +38,9 @@ function render(now) {
   lineChart($("chart-freshness"), [{ name: "p50", points: pts("freshness_p50_s") }, { name: "p99", points: pts("freshness_p99_s") }],
     { xText: clock, yUnit: " s" });
   lineChart($("chart-lag"), [{ name: "lag", points: pts("event_log_lag") }], { xText: clock });
-  const versions = now.published.map(([t, v]) => [t, Number(v.replace(/\D/g, ""))]);
+  const versions = now.published.map(({ time, version }) => [time, Number(version.replace(/\D/g, ""))]);
   lineChart($("chart-versions"), [{ name: "version number", points: versions, step: true }],
-    { xText: clock, summary: `${versions.length} retained versions, newest ${now.published.at(-1)?.[1] ?? "none"}` });
+    { xText: clock, summary: `${versions.length} retained versions, newest ${now.published.at(-1)?.version ?? "none"}` });
   $("chart-versions").dataset.count = String(versions.length);
   say($("error"), "");
 }
