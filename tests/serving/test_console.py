@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
 from seekrec.serving.auth import ENV_VAR, hash_key
-from seekrec.serving.settings import ServeSettings
+from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
 from seekrec.serving.ui.live import quantile
+from seekrec.serving.ui import routes
 
 ADMIN, READ = "admin-key-" + "a" * 32, "read-key-" + "r" * 32
-PAGES = ("try.html", "live.html", "models.html")
+PAGES = ("try.html", "live.html", "experiments.html", "models.html")
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +134,94 @@ def test_the_console_reads_training_curves_from_the_file_training_writes() -> No
     from seekrec.training.run_dir import METRICS_FILE
 
     assert RUN_METRICS_FILE == METRICS_FILE
+
+
+ROLLOUT = """
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "rollout"
+control = "pinned"
+arms = [{ name = "pinned", version = "v000001" }, { name = "online", version = "current" }]
+
+[layers.experiments.rollout]
+steps = 4
+min_users_per_step = 1000
+min_seconds_per_step = 3600
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_experiments_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routes, "EXPERIMENTS_CACHE_S", 0.0)  # every reading of /ui/api/experiments reads the logs
+
+
+def _traffic(client: TestClient, users: int, headers: dict[str, str] | None = None) -> None:
+    """Each user gets a list and clicks its first item (with the list's request id) every other time; then the
+    server's outcome writer is flushed so the lists are in the log."""
+    for u in range(users):
+        body = client.post("/recommend", json={"user_id": str(u + 1), "k": 5}, headers=headers).json()
+        if u % 2 == 0:
+            event = {"user_id": str(u + 1), "item_id": body["items"][0]["item_id"], "request_id": body["request_id"]}
+            assert client.post("/events", json={"events": [event]}, headers=headers).status_code == 200
+    assert client.app.state.serving.outcomes.flush(timeout=10)
+
+
+def test_experiments_view_of_an_ab_test(settings: ServeSettings) -> None:
+    """Arms with their shares, per-arm users, lists and CTR from the logs, a timeline with bands, the treatment's
+    always-valid p-value and the sample-ratio check against the configured 50/50."""
+    ab = ExperimentSettings("ab", (ArmSettings("a", "current"), ArmSettings("b", "current")))
+    with TestClient(create_app(replace(settings, experiment=ab))) as client:
+        empty = client.get("/ui/api/experiments").json()
+        assert empty["lists"] == 0 and empty["experiments"][0]["arms"][0]["ctr"] is None
+        _traffic(client, 60)
+        view = client.get("/ui/api/experiments").json()
+    assert view["lists"] == 60 and view["events"] == 30 and view["note"] is None
+    assert view["alpha"] == pytest.approx(0.05)
+    (exp,) = view["experiments"]
+    assert exp["name"] == "ab" and exp["kind"] == "ab" and exp["control"] == "a" and exp["rollout"] is None
+    arms = {a["name"]: a for a in exp["arms"]}
+    assert [a["share"] for a in arms.values()] == [0.5, 0.5]
+    assert arms["a"]["users"] + arms["b"]["users"] == 60 and arms["a"]["clicks"] + arms["b"]["clicks"] == 30
+    assert 0 < arms["a"]["ctr"] < 1 and arms["a"]["ctr_low"] <= arms["a"]["ctr"] <= arms["a"]["ctr_high"]
+    assert arms["b"]["diff"] == pytest.approx(arms["b"]["ctr"] - arms["a"]["ctr"])
+    assert 0 <= arms["b"]["p_value_sequential"] <= 1 and arms["a"]["p_value"] is None
+    series = {s["arm"]: s for s in exp["timeline"]}
+    assert series["a"]["p_value"] is None and len(series["b"]["p_value"]) == len(series["b"]["times"]) >= 1
+    assert all(lo <= c <= hi for lo, c, hi in zip(series["a"]["ctr_low"], series["a"]["ctr"], series["a"]["ctr_high"])
+               if lo is not None)
+    srm = exp["srm"]
+    assert srm["arms"] == ["a", "b"] and sum(srm["users"]) == 60 and srm["expected"] == [0.5, 0.5]
+    assert 0 < srm["p_value"] <= 1 and not srm["mismatch"]
+
+
+def test_experiments_view_of_a_rollout_and_its_admin_actions(settings: ServeSettings, registry: ModelRegistry,
+                                                             variant, tmp_path: Path) -> None:
+    """A rollout shows its stage, history and the sample-ratio check against its stage's split; advancing it
+    needs an admin key (401 without a key, 403 with a read key) and shows in the view at once."""
+    variant(registry, seed=1)  # CURRENT: the treatment
+    path = tmp_path / "experiments.toml"
+    path.write_text(ROLLOUT)
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"admin {hash_key(ADMIN)}\nread {hash_key(READ)}\n")
+    read, admin = {"Authorization": f"Bearer {READ}"}, {"Authorization": f"Bearer {ADMIN}"}
+    with TestClient(create_app(replace(settings, experiments=path, api_keys_file=keys))) as client:
+        assert client.get("/ui/api/experiments").status_code == 401
+        _traffic(client, 80, admin)  # (an admin key may also ingest)
+        view = client.get("/ui/api/experiments", headers=read).json()
+        (exp,) = view["experiments"]
+        assert exp["kind"] == "rollout" and exp["control"] == "pinned"
+        assert exp["rollout"]["stage"] == 1 and exp["rollout"]["steps"] == 4 and exp["rollout"]["status"] == "running"
+        assert [a["share"] for a in exp["arms"]] == [0.75, 0.25]
+        assert exp["rollout"]["history"][0]["reasons"] == ["rollout started"]
+        assert exp["srm"]["expected"] == [0.75, 0.25] and sum(exp["srm"]["users"]) == 80
+        assert "stage 1" in exp["srm"]["scope"] and {s["arm"] for s in exp["timeline"]} == {"pinned", "online"}
+        assert client.post("/experiments/rollout/advance", json={}).status_code == 401
+        assert client.post("/experiments/rollout/advance", json={}, headers=read).status_code == 403
+        done = client.post("/experiments/rollout/advance", json={"reason": "console test"}, headers=admin)
+        assert done.status_code == 200
+        after = client.get("/ui/api/experiments", headers=read).json()["experiments"][0]
+    assert after["rollout"]["stage"] == 2 and [a["share"] for a in after["arms"]] == [0.5, 0.5]
+    last = after["rollout"]["history"][-1]
+    assert last["source"] == "operator" and last["reasons"] == ["operator advance: console test"]

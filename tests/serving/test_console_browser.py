@@ -68,6 +68,31 @@ class Loop:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
+# an A/A rollout (both arms serve CURRENT, so Try it learns whichever arm a user is in) and an A/B test on another
+# layer: the Experiments page has a rollout stage, its history, bands and a sample-ratio check to show
+EXPERIMENTS = """
+[[layers]]
+name = "model"
+
+[[layers.experiments]]
+name = "online-rollout"
+description = "A/A: both arms serve CURRENT"
+control = "control"
+arms = [{ name = "control", version = "current" }, { name = "treatment", version = "current" }]
+
+[layers.experiments.rollout]
+steps = 4
+
+[[layers]]
+name = "ranking"
+
+[[layers.experiments]]
+name = "ab-test"
+description = "two labels on the same ranking: an A/A test of the assignment and the statistics"
+arms = [{ name = "a", share = 0.5 }, { name = "b", share = 0.5 }]
+"""
+
+
 def _start(cmd: list[str], logfile: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(logfile, "w") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -77,10 +102,12 @@ def _start(cmd: list[str], logfile: Path, env: dict[str, str]) -> subprocess.Pop
 def loop(tmp_path: Path, registry: ModelRegistry, sim_data_dir: Path) -> Iterator[Loop]:
     """``seekrec serve`` without keys (open, loopback) and ``seekrec stream-train`` publishing every second."""
     port, log_url = free_port(), f"sqlite:///{tmp_path / 'events.db'}"
+    (tmp_path / "experiments.toml").write_text(EXPERIMENTS)
     env = {k: v for k, v in os.environ.items() if k != "SEEKREC_API_KEYS"}
     seekrec = [sys.executable, "-m", "seekrec.cli"]
     server = _start([*seekrec, "serve", "--registry", str(registry.root), "--event-log", log_url, "--data",
-                     str(sim_data_dir), "--port", str(port), "--poll-interval", "0.2", "--max-wait-ms", "1"],
+                     str(sim_data_dir), "--port", str(port), "--poll-interval", "0.2", "--max-wait-ms", "1",
+                     "--experiments", str(tmp_path / "experiments.toml")],
                     tmp_path / "serve.log", env)
     running = Loop(f"http://127.0.0.1:{port}", registry, [server])
     try:
@@ -213,6 +240,19 @@ def test_try_it_click_is_learned_and_shown(loop: Loop, tmp_path: Path) -> None:
             browser.shot("live")
             assert _tab_reaches(page, "#api-key")
             figures["axe"]["live"] = _axe(page)
+
+        # an operator's advance (the open loopback server lets the API do it; the page's buttons stay disabled)
+        assert httpx.post(f"{loop.base}/experiments/online-rollout/advance", json={"reason": "browser test"}).is_success
+        figures["load_s"]["experiments"] = browser.open(f"{loop.base}/ui/experiments.html",
+                                                        "section.experiment[data-lists] svg.chart polygon")
+        rollout = page.locator("section.experiment[data-name='online-rollout']")
+        assert "Stage 2 of 4" in rollout.inner_text()
+        assert "operator advance: browser test" in (rollout.text_content() or "")  # in the (closed) history
+        assert all(rollout.locator("button[data-action]").evaluate_all("bs => bs.map(b => b.disabled)"))
+        assert "SRM ok" in page.locator("section.experiment[data-name='ab-test'] .badge").inner_text()
+        browser.shot("experiments")
+        assert _tab_reaches(page, "#api-key")
+        figures["axe"]["experiments"] = _axe(page)
 
         figures["load_s"]["models"] = browser.open(f"{loop.base}/ui/models.html", "#versions tr")
         note = page.locator("#admin-note").inner_text()

@@ -8,6 +8,7 @@ has none configured, even on an open loopback server (``require_configured``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Annotated, Any
 
@@ -15,6 +16,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from seekrec.experiments.attribution import Outcome
+from seekrec.experiments.rollout import RolloutState
+from seekrec.online.event_log import EventLogUnavailableError
 from seekrec.registry import RegistryError
 from seekrec.serving.auth import KeyStore, Role, require, require_configured
 from seekrec.serving.exposure import public_detail
@@ -23,11 +27,14 @@ from seekrec.serving.routes import get_state
 from seekrec.serving.routes.recommend import recommend
 from seekrec.serving.schemas import RecommendRequest
 from seekrec.serving.state import ServingState
+from seekrec.serving.ui.experiments import CONFIDENCE, WINDOW_S, definitions, experiment_view, read_outcomes
 from seekrec.serving.ui.explain import explain
 from seekrec.serving.ui.items import ItemTable
 from seekrec.serving.ui.live import LiveWindow
 from seekrec.serving.ui.models import models_view
 from seekrec.serving.ui.schemas import (
+    ExperimentsView,
+    ExperimentView,
     ItemView,
     LiveView,
     ModelAction,
@@ -47,6 +54,7 @@ ADMIN_ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 FRESHNESS_SLO_S = 30.0  # docs/operations.md: the SeekrecFreshnessSLO alert's objective
 HISTORY_SHOWN = 10
+EXPERIMENTS_CACHE_S = 2.0  # the page polls every 5 s; several tabs share one reading of the logs
 State = Annotated[ServingState, Depends(get_state)]
 UserId = Annotated[str, Path(min_length=1, max_length=256)]
 
@@ -58,6 +66,8 @@ def install(app: FastAPI) -> None:
     otherwise answer every path under ``/ui``)."""
     app.state.console_live = LiveWindow(app.state.metrics)
     app.state.console_items = None  # the dataset's item table, read on first use
+    app.state.console_experiments = (-math.inf, None)  # (monotonic time, ExperimentsView) of the last reading
+    app.state.console_experiments_lock = asyncio.Lock()  # one reading of the logs at a time
     app.include_router(router)
     app.mount("/ui", StaticFiles(packages=[("seekrec.serving.ui", "static")]), name="console")
 
@@ -143,6 +153,49 @@ async def live(request: Request, state: State) -> LiveView:
                     freshness_p50_s=figures.freshness_p50, freshness_p99_s=figures.freshness_p99,
                     freshness_pending=len(state.monitor.pending), event_log_lag=lag, model_age_s=ages,
                     served={arm: info["version"] for arm, info in arms.items()}, published=published, server_time=now)
+
+
+@router.get("/api/experiments", response_model=ExperimentsView, dependencies=[Depends(require(Role.READ))])
+async def experiments(request: Request, state: State) -> ExperimentsView:
+    """Every experiment's arms and, from the lists served in the last ``WINDOW_S`` and the events answering
+    them, per-arm figures, the CTR timeline with bands, the always-valid p-value, the sample-ratio check and,
+    for a rollout, its stage and history. The logs are read in a worker thread, one reading at a time."""
+    async with request.app.state.console_experiments_lock:
+        at, view = request.app.state.console_experiments
+        if view is None or time.monotonic() - at > EXPERIMENTS_CACHE_S:
+            view = await _experiments(state)
+            request.app.state.console_experiments = (time.monotonic(), view)
+    return view
+
+
+async def _experiments(state: ServingState) -> ExperimentsView:
+    config = state.layered.config if state.layered is not None else None
+    rollouts: dict[str, RolloutState | None] = {}
+    if state.rollouts is not None and config is not None:
+        for experiment in config.rollouts:
+            rollouts[experiment.name] = await asyncio.to_thread(state.rollouts.read, experiment.name)
+    found = definitions(config, state.settings.experiment, rollouts)
+    until = time.time()
+    since = until - WINDOW_S
+    outcomes: list[Outcome] = []
+    events, truncated, note = 0, False, None
+    if state.outcome_log is None or state.event_log is None:
+        note = ("no outcome log (the server was started with --outcome-log off, or its store was down at start)"
+                if state.event_log is not None
+                else "the server is still starting: the logs are not open yet")
+    else:
+        try:
+            outcomes, events, truncated = await asyncio.to_thread(read_outcomes, state.outcome_log, state.event_log,
+                                                                  since, until)
+        except EventLogUnavailableError as exc:
+            note = public_detail(f"the logs could not be read: {exc}", "console experiments")
+
+    def compute() -> list[ExperimentView]:  # numpy over up to MAX_LISTS lists: off the event loop too
+        return [experiment_view(d, outcomes, rollouts.get(d.name), state.layered) for d in found]
+
+    views = await asyncio.to_thread(compute)
+    return ExperimentsView(since=since, until=until, lists=len(outcomes), events=events, truncated=truncated,
+                           alpha=1 - CONFIDENCE, note=note, experiments=views)
 
 
 @router.get("/api/models", response_model=ModelsView, dependencies=[Depends(require(Role.READ))])

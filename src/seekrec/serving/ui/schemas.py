@@ -119,3 +119,114 @@ class ModelAction(BaseModel):
 
     current: str | None
     detail: str
+
+
+class ArmRow(BaseModel):
+    """One arm: as configured, and what it did in the window (figures null until it served)."""
+
+    name: str
+    version: str | None = Field(None, description="the registry version it serves (null: not a model arm)")
+    share: float | None = Field(None, description="its share of the experiment's users now (a rollout: per stage)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    users: int = 0
+    lists: int = 0
+    clicks: int = 0
+    ctr: float | None = Field(None, description="distinct items clicked / items shown, over its users' lists")
+    ctr_low: float | None = None
+    ctr_high: float | None = None
+    diff: float | None = Field(None, description="CTR minus control's (delta method), with its confidence interval")
+    diff_low: float | None = None
+    diff_high: float | None = None
+    p_value: float | None = Field(None, description="fixed-horizon p-value of the CTR difference")
+    p_value_sequential: float | None = Field(None, description="always-valid (mSPRT) p-value of the CTR difference")
+
+
+class ArmSeries(BaseModel):
+    """One arm's cumulative CTR at the end of each bucket, its band and (a treatment) its always-valid p-value."""
+
+    arm: str
+    times: list[float]
+    ctr: list[float | None]
+    ctr_low: list[float | None]
+    ctr_high: list[float | None]
+    p_value: list[float | None] | None = Field(description="against control; null for control itself")
+
+
+class SrmView(BaseModel):
+    """The sample-ratio check: users per arm against the configured split (chi-square)."""
+
+    arms: list[str]
+    users: list[int]
+    expected: list[float]
+    p_value: float | None
+    mismatch: bool = Field(description="p below alpha: the assignment is broken and no result can be trusted")
+    alpha: float
+    scope: str = Field(description="which users were counted")
+
+
+class StageRow(BaseModel):
+    at: float
+    action: str
+    from_stage: int
+    to_stage: int
+    reasons: list[str]
+    source: str
+
+
+class RolloutView(BaseModel):
+    """A rollout's state file: where it is and every change so far."""
+
+    stage: int
+    steps: int
+    status: str
+    treatment_share: float
+    stage_started_at: float
+    history: list[StageRow]
+    last_decision: StageRow | None
+
+
+class InterleavingView(BaseModel):
+    """An interleaving experiment's two tests (``seekrec.experiments.report.interleaving_report``)."""
+
+    experiment: str
+    lists: int
+    users: int
+    lists_with_a_winner: int
+    users_preferring_first: int
+    users_preferring_second: int
+    users_tied: int
+    delta: float | None = Field(description="preference for the second ranker (sign test over users)")
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    click_difference: float | None = Field(None, description="clicks per user on items only one ranker showed, "
+                                                             "second minus first (paired t-test)")
+    click_ci_low: float | None = None
+    click_ci_high: float | None = None
+    p_value_clicks: float | None = None
+
+
+class ExperimentView(BaseModel):
+    name: str
+    layer: str
+    kind: str = Field(description="ab, rollout or interleave")
+    description: str
+    control: str
+    arms: list[ArmRow]
+    timeline: list[ArmSeries]
+    srm: SrmView | None
+    rollout: RolloutView | None = Field(description="the rollout's state (null: not a rollout, or not started)")
+    interleaving: InterleavingView | None
+
+
+class ExperimentsView(BaseModel):
+    """Every experiment of the server, with figures from the lists served in ``[since, until)``."""
+
+    since: float
+    until: float
+    lists: int = Field(description="served lists read from the outcome log")
+    events: int = Field(description="events read from the event log")
+    truncated: bool = Field(description="the window held more lists than are read per look; the newest are left out")
+    alpha: float = Field(description="1 - the confidence of the bands: the p-value chart's line")
+    note: str | None = Field(description="why there are no figures (no outcome log, logs unreadable)")
+    experiments: list[ExperimentView]

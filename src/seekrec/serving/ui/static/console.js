@@ -2,7 +2,7 @@
 // The key is kept in sessionStorage (gone when the tab closes) and sent as the API's own header.
 
 const KEY_STORAGE = "seekrec.apiKey";
-const PAGES = [["try.html", "Try it"], ["live.html", "Live"], ["models.html", "Models"]];
+const PAGES = [["try.html", "Try it"], ["live.html", "Live"], ["experiments.html", "Experiments"], ["models.html", "Models"]];
 
 export class ApiError extends Error {
   constructor(status, detail) { super(`${status}: ${detail}`); this.status = status; this.detail = detail; }
