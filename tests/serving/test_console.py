@@ -16,8 +16,8 @@ from seekrec.registry import ModelRegistry
 from seekrec.serving.app import create_app
 from seekrec.serving.auth import ENV_VAR, hash_key
 from seekrec.serving.settings import ArmSettings, ExperimentSettings, ServeSettings
-from seekrec.serving.ui.live import quantile
 from seekrec.serving.ui import routes
+from seekrec.serving.ui.live import quantile
 
 ADMIN, READ = "admin-key-" + "a" * 32, "read-key-" + "r" * 32
 PAGES = ("try.html", "live.html", "experiments.html", "models.html")
