@@ -204,23 +204,11 @@ def render(dashboard: dict[str, Any], results: dict[int, list[list[Series]]], pa
 # -- the live part: a quick demo scraped by a real Prometheus ------------------------------------------------
 def _start(name: str, argv: list[str], workdir: Path, stack: ExitStack) -> subprocess.Popen:
     from seekrec.serving.auth import ENV_VAR as API_KEYS_ENV
+    from seekrec.serving.process import start_logged
 
-    log = stack.enter_context(open(workdir / f"{name}.log", "wb"))
     # the children run this checkout's seekrec; the simulated users send no API key
     env = {k: v for k, v in os.environ.items() if k != API_KEYS_ENV} | {"PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    stack.callback(stop)
-    return proc
+    return start_logged(argv, workdir / f"{name}.log", stack, env)
 
 
 def _prometheus_config(workdir: Path, server_port: int, trainer_port: int) -> Path:

@@ -47,7 +47,7 @@ from seekrec.online.factory import open_event_log
 from seekrec.online.trainer import METRICS_FILE
 from seekrec.registry import ModelRegistry
 from seekrec.serving.auth import ENV_VAR as API_KEYS_ENV
-from seekrec.serving.process import free_port, wait_ready
+from seekrec.serving.process import free_port, start_logged, wait_ready
 from seekrec.training.experiment import ExperimentConfig, train_experiment
 from seekrec.training.metrics_log import MetricsLog
 
@@ -110,22 +110,9 @@ class DemoConfig:
 
 
 def _start(cmd: list[str], logfile: Path, stack: ExitStack) -> subprocess.Popen:
-    fh = stack.enter_context(open(logfile, "w"))
-    # the demo's own users send no API key: keys exported for a real server must not lock them out
-    env = {k: v for k, v in os.environ.items() if k != API_KEYS_ENV}
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    stack.callback(stop)
-    return proc
+    """A child process of the demo; the demo's own users send no API key, so keys exported for a real server
+    must not lock them out."""
+    return start_logged(cmd, logfile, stack, env={k: v for k, v in os.environ.items() if k != API_KEYS_ENV})
 
 
 def prepare(cfg: DemoConfig) -> tuple[Simulator, Path, str, ModelRegistry]:

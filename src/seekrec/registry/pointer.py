@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from seekrec.io import atomic_write_bytes, atomic_write_json, exclusive_lock
@@ -44,27 +45,11 @@ class VersionPointer:
 
     def current(self) -> str | None:
         """The promoted version, or None. Reads one small file, so servers may poll it every second."""
-        path = self.root / CURRENT_FILE
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        try:
-            return parse_version(text)
-        except RegistryError as exc:
-            raise RegistryError(f"{path}: {exc}; promote a version to rewrite it") from exc
+        return _read_pointer(self.root / CURRENT_FILE, "promote a version to rewrite it")
 
     def channel(self, name: str) -> str | None:
         """The head of channel ``name``, or None before its first publish. One small file, like CURRENT."""
-        path = self.root / CHANNELS_DIR / parse_channel(name)
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        try:
-            return parse_version(text)
-        except RegistryError as exc:
-            raise RegistryError(f"{path}: {exc}; publish to the channel again to rewrite it") from exc
+        return _read_pointer(self.root / CHANNELS_DIR / parse_channel(name), "publish to the channel again to rewrite it")
 
     def channels(self) -> dict[str, str]:
         """Every channel and its head."""
@@ -184,3 +169,16 @@ class VersionPointer:
         atomic_write_bytes(self.root / CURRENT_FILE, f"{version}\n".encode())
         events = [*history["events"], {"at": utc_now(), "action": action, "version": version}]
         atomic_write_json(self.root / HISTORY_FILE, {"stack": stack[-MAX_STACK:], "events": events[-MAX_EVENTS:]})
+
+
+def _read_pointer(path: Path, fix: str) -> str | None:
+    """The version a one-line pointer file names (None when the file does not exist); ``fix`` says how to
+    repair a garbled one."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return parse_version(text)
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}; {fix}") from exc
