@@ -75,7 +75,7 @@ def per_user_counts(events: int, users: int, items: int, rng: np.random.Generato
     if events > users * items:
         raise ValueError(f"{events} ratings cannot fit {users} users x {items} items without repeats; use more events")
     floor = min(MIN_PER_USER, events // users)
-    cap = min(items, max(items // 3, 2 * math.ceil(events / users)))  # ML-20M: at most ~1/3 of the movies
+    cap = min(items, max(items // 3, 2 * math.ceil(events / users)))
     weights = rng.lognormal(0.0, 1.2, users)
     counts = np.full(users, floor, dtype=np.int64)
     left = events - counts.sum()
