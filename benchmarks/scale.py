@@ -230,6 +230,7 @@ def measure_prepare(raw: Path, work: Path, timeout_s: float, mem_cap_mb: float) 
     log_path = work / f"{raw.name}-prepare.log"
     row = run_measured(prepare_command(raw, out), timeout_s, mem_cap_mb, log_path)
     log_text = log_path.read_text(errors="replace")
+    log_text = log_text.replace(str(work), "<work>")  # no machine paths in the results
     row["phases"] = log_phases(log_text, datetime.fromisoformat(row.pop("started")))
     if row["status"] == "ok":
         row["output_mb"] = disk_mb(out)

@@ -54,6 +54,7 @@ def test_seekrec_prepare_accepts_it_and_is_measured(raw: Path, tmp_path: Path):
     assert row["status"] == "ok", row.get("log_tail")
     assert row["seconds"] > 0 and row["peak_rss_mb"] > 10 and row["output_mb"] > 0
     assert any("2000 events" in p["message"] for p in row["phases"])
+    assert str(tmp_path) not in json.dumps(row)  # results carry no machine paths
 
 
 def test_a_run_over_the_memory_cap_is_killed(tmp_path: Path):
