@@ -71,3 +71,27 @@ def test_slopes_and_the_target_extrapolation():
     at = summarise(rows)["at_target"]
     assert not at["measured"] and at["seconds"] == pytest.approx(200.0) and not at["meets_time"] and at["meets_memory"]
     json.dumps(at)
+
+
+def test_peak_rss_of_a_live_and_a_gone_process():
+    import os
+    import subprocess
+
+    from benchmarks.scale import peak_rss_mb
+
+    assert peak_rss_mb(os.getpid()) > 10
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert peak_rss_mb(gone.pid) == 0.0
+
+
+def test_summaries_of_stages_with_a_time_target_only_or_none():
+    rows = [{"events": n, "status": "ok", "seconds": n / 1e6, "peak_rss_mb": 100.0} for n in (1e5, 1e6, 1e7)]
+    rows.append({"events": 2e7, "status": "not run: a smaller size timed out"})
+    at = summarise(rows, {"events": 20_000_000, "seconds": 10.0})["at_target"]
+    assert not at["measured"] and at["seconds"] == pytest.approx(20.0) and not at["meets_time"]
+    assert "meets_memory" not in at
+    report = summarise(rows, None)
+    assert report["at_target"] is None and report["fits"]["seconds"]["slope"] == pytest.approx(1.0)
+    assert len(report["local_slopes"]) == 2
+    json.dumps(report)
